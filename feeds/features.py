@@ -1,0 +1,118 @@
+"""Causal per-bar features and the labels the policy is trained on.
+
+One set of pure functions serves meta-training, the backtest feed and the
+paper-trading loop, so what was trained is what trades. Every feature at bar
+``t`` is a function of bars ``<= t`` only (a test truncates the data after
+``t`` and checks nothing up to ``t`` moves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# The label of bar t is the return of a position decided at t's close and
+# filled at the next open: open[t+1] -> open[t+2]. It is known at bar t + 2.
+LABEL_DELAY = 2
+# Floor for the trailing vol (daily, in log-return units): keeps the scaled
+# features finite on flat stretches such as synthetic or halted series.
+VOL_FLOOR = 1e-4
+# Scaled returns and z-scores are clipped so one bad print cannot dominate a
+# short adaptation window.
+CLIP = 6.0
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the policy sees at each bar.
+
+    Params:
+        lags: number of past close-to-close log returns, each divided by the trailing vol.
+        vol_halflife: EWM half-life in bars of the trailing daily vol.
+        long_vol_halflife: EWM half-life in bars of the slow vol in ``vol_ratio``.
+        trend_window: bars of the moving average in ``trend``.
+        volume_window: bars of the rolling window of the range and volume z-scores.
+    """
+
+    lags: int = 10
+    vol_halflife: float = 20.0
+    long_vol_halflife: float = 120.0
+    trend_window: int = 50
+    volume_window: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("lags", "trend_window", "volume_window"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"features.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("vol_halflife", "long_vol_halflife"):
+            if float(getattr(self, name)) <= 0:
+                raise ValueError(f"features.{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        lags = tuple(f"ret_{k}" for k in range(1, self.lags + 1))
+        return lags + ("vol_ratio", "trend", "range_z", "volume_z")
+
+    @property
+    def warmup(self) -> int:
+        """Bars before the first row where every feature is defined and settled."""
+        return int(max(self.lags + 1, self.trend_window, self.volume_window + 1,
+                       2 * np.ceil(self.vol_halflife)))
+
+
+def log_returns(frame: pd.DataFrame) -> pd.Series:
+    """Close-to-close log returns (NaN on the first bar)."""
+    return np.log(frame["close"]).diff()
+
+
+def trailing_vol(frame: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
+    """Daily vol known at each bar: EWM root-mean-square of log returns, floored."""
+    r = log_returns(frame)
+    vol = np.sqrt((r**2).ewm(halflife=spec.vol_halflife, min_periods=1).mean())
+    return vol.clip(lower=VOL_FLOOR)
+
+
+def _rolling_z(x: pd.Series, window: int) -> pd.Series:
+    mean = x.rolling(window, min_periods=window).mean()
+    std = x.rolling(window, min_periods=window).std()
+    z = (x - mean) / std.where(std > 0)
+    return z.fillna(0.0).where(mean.notna()).clip(-CLIP, CLIP)
+
+
+def compute_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Feature rows for every bar, NaN during the first ``spec.warmup`` bars."""
+    r = log_returns(frame)
+    vol = trailing_vol(frame, spec)
+    cols: dict[str, pd.Series] = {}
+    for k in range(1, spec.lags + 1):
+        cols[f"ret_{k}"] = (r.shift(k - 1) / vol).clip(-CLIP, CLIP)
+    long_vol = np.sqrt((r**2).ewm(halflife=spec.long_vol_halflife, min_periods=1).mean())
+    cols["vol_ratio"] = np.log(vol / long_vol.clip(lower=VOL_FLOOR))
+    log_close = np.log(frame["close"])
+    ma = log_close.rolling(spec.trend_window, min_periods=spec.trend_window).mean()
+    cols["trend"] = ((log_close - ma) / (vol * np.sqrt(spec.trend_window))).clip(-CLIP, CLIP)
+    cols["range_z"] = _rolling_z(np.log(frame["high"] / frame["low"]), spec.volume_window)
+    cols["volume_z"] = _rolling_z(np.log1p(frame["volume"]), spec.volume_window)
+    out = pd.DataFrame(cols, index=frame.index)[list(spec.names)].astype(float)
+    out.iloc[: spec.warmup] = np.nan
+    return out
+
+
+def label_from_opens(open_next: np.ndarray | float, open_after: np.ndarray | float,
+                     vol: np.ndarray | float) -> np.ndarray | float:
+    """Vol-scaled return of a position held from one open to the next."""
+    return (np.asarray(open_after) / np.asarray(open_next) - 1.0) / np.asarray(vol)
+
+
+def compute_labels(frame: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
+    """``y_t = (open[t+2] / open[t+1] - 1) / vol[t]``; NaN for the last two bars.
+
+    These look ahead by construction: use them only where the task builder
+    checks that every label used is known at the decision time.
+    """
+    opens = frame["open"]
+    y = label_from_opens(opens.shift(-1).to_numpy(), opens.shift(-2).to_numpy(),
+                         trailing_vol(frame, spec).to_numpy())
+    return pd.Series(y, index=frame.index, name="label")
