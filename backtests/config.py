@@ -1,0 +1,223 @@
+"""Study configuration: one TOML file per study, validated by pydantic.
+
+Unknown keys are an error with a "did you mean" hint (a typo in a config
+must never silently fall back to a default), and every run writes the fully
+resolved config beside its results so it can be re-run exactly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file is missing, unreadable or invalid (one line, names the key)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    source: Literal["sample", "csv", "synthetic", "yfinance"] = "sample"
+    path: str | None = None
+    symbols: list[str] | Literal["all"] = "all"
+    start: date | None = None
+    split: date
+    end: date | None = None
+    cache_dir: str = ".cache/metabt"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DataConfig:
+        if self.start is not None and self.start >= self.split:
+            raise ValueError(f"data.start ({self.start}) must be before data.split ({self.split})")
+        if self.end is not None and self.end <= self.split:
+            raise ValueError(f"data.end ({self.end}) must be after data.split ({self.split})")
+        if self.source == "csv" and not self.path:
+            raise ValueError("data.source = 'csv' needs data.path (or pass --data DIR)")
+        return self
+
+
+class SyntheticConfig(_Section):
+    n_assets: int = Field(8, ge=1, le=64)
+    n_bars: int = Field(3000, ge=300)
+    mean_duration: float = Field(120.0, gt=1)
+    correlation: float = Field(0.3, ge=0, lt=1)
+    seed: int = 0
+    start: date = date(2005, 1, 3)
+
+
+class FeaturesConfig(_Section):
+    lags: int = Field(10, ge=1)
+    vol_halflife: float = Field(20.0, gt=0)
+    long_vol_halflife: float = Field(120.0, gt=0)
+    trend_window: int = Field(50, ge=1)
+    volume_window: int = Field(20, ge=2)
+
+
+class TaskConfig(_Section):
+    support: int = Field(60, ge=2)
+    query: int = Field(20, ge=1)
+
+
+class PolicyConfig(_Section):
+    hidden: list[int] = [16]
+    mode: Literal["long_short", "long_only", "overlay"] = "long_short"
+    overlay_base: float = 1.0
+    overlay_tilt: float = 0.5
+    overlay_min: float = 0.0
+    overlay_max: float = 1.5
+
+
+class ObjectiveConfig(_Section):
+    risk: float = Field(0.05, ge=0)
+    cost: float = Field(0.01, ge=0)
+
+
+class MetaConfig(_Section):
+    algorithm: Literal["maml", "fomaml", "reptile", "metasgd"] = "maml"
+    meta_steps: int = Field(600, ge=1)
+    tasks_per_step: int = Field(64, ge=1)
+    inner_steps: int = Field(5, ge=0)
+    inner_lr: float = Field(0.1, gt=0)
+    outer_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    val_fraction: float = Field(0.25, gt=0, lt=1)
+    eval_every: int = Field(25, ge=1)
+    patience: int = Field(8, ge=1)
+
+
+class DetectorConfig(_Section):
+    name: Literal["bocpd", "cusum"] = "cusum"
+    settings: dict[str, float | int] = {}
+
+
+class StrategyConfig(_Section):
+    min_window: int = Field(20, ge=2)
+    max_window: int = Field(120, ge=2)
+    cooldown: int = Field(5, ge=0)
+    calendar_every: int = Field(20, ge=1)
+    gross_cap: float = Field(1.0, gt=0)
+    asset_weight: float | None = Field(None, gt=0)
+    long_only: bool = False
+    warmup_bars: int = Field(250, ge=0)
+
+    @model_validator(mode="after")
+    def _windows(self) -> StrategyConfig:
+        if self.min_window > self.max_window:
+            raise ValueError(f"strategy.min_window ({self.min_window}) must be <= "
+                             f"strategy.max_window ({self.max_window})")
+        return self
+
+
+class CostsConfig(_Section):
+    commission_bps: float = Field(5.0, ge=0)
+    slippage_bps: float = Field(5.0, ge=0)
+
+
+class ComparatorsConfig(_Section):
+    names: list[Literal["buy_and_hold", "sma_cross", "momentum", "rsi_reversion"]] = [
+        "buy_and_hold", "sma_cross", "momentum", "rsi_reversion"]
+    grids: dict[str, dict[str, list[float | int | bool]]] = {}
+
+
+class WalkForwardConfig(_Section):
+    refit_every: str | None = None
+
+
+class StudyConfig(_Section):
+    title: str = "metabt study"
+    study: Literal["synthetic", "single_asset", "basket", "prediction"] = "basket"
+    seed: int = 0
+    data: DataConfig
+    synthetic: SyntheticConfig = SyntheticConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    task: TaskConfig = TaskConfig()
+    policy: PolicyConfig = PolicyConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    meta: MetaConfig = MetaConfig()
+    detector: DetectorConfig = DetectorConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    costs: CostsConfig = CostsConfig()
+    comparators: ComparatorsConfig = ComparatorsConfig()
+    walk_forward: WalkForwardConfig = WalkForwardConfig()
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = StudyConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    errors = error.errors()
+    # A misspelled key also makes the correct key "missing": report the typo.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        known = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else (
+            f"; known keys here: {', '.join(known)}" if known else "")
+        return f"{source}: unknown key {key!r}{hint}"
+    if first["type"] == "missing":
+        return f"{source}: missing key {key!r}; add it to the config"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {msg}" if msg.startswith(key) else f"{source}: {key}: {msg}"
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> StudyConfig:
+    """Validate a config dict; raise ConfigError (one line) if anything is off."""
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, source)) from None
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file; see backtests/configs/ for examples")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_config(raw, str(path))
+
+
+def with_overrides(config: StudyConfig, **data_overrides: Any) -> StudyConfig:
+    """A copy with ``data.*`` keys replaced (None values are ignored), re-validated."""
+    raw = config.model_dump(mode="json")
+    raw["data"].update({k: v for k, v in data_overrides.items() if v is not None})
+    return parse_config(raw, "command-line options")
+
+
+def dump_config(config: StudyConfig, path: Path) -> None:
+    """Write the fully resolved config (every default spelled out) as TOML."""
+    raw = config.model_dump(mode="json", exclude_none=True)
+    path.write_text(tomli_w.dumps(raw))
+
+
+def configs_dir() -> Path:
+    """Folder of the studies shipped with metabt."""
+    return Path(__file__).parent / "configs"
