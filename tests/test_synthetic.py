@@ -86,6 +86,16 @@ def test_regime_labels_match_autocorrelation_and_vol(long_market, regime_id):
         assert abs(vol / design.vol - 1.0) < 0.08, (column, vol, design.vol)
 
 
+def test_open_is_previous_close_plus_a_small_gap(long_market):
+    # A next-open fill must trade near the close the decision saw, not at a price
+    # that already contains the coming day's move.
+    spec = long_market.spec
+    for symbol, frame in long_market.frames.items():
+        gap = np.log(frame["Open"].to_numpy()[1:] / frame["Close"].to_numpy()[:-1])
+        vol = np.array([r.vol for r in spec.regimes])[long_market.regimes[symbol].to_numpy()[1:]]
+        assert abs(np.std(gap / vol) / spec.gap_vol - 1.0) < 0.1
+
+
 def test_realised_vol_ranks_regimes_like_the_design(long_market):
     vols = [_pairs(long_market, k, "Close")[:, 0].std() for k in range(len(DEFAULT_REGIMES))]
     assert np.argsort(vols).tolist() == np.argsort([r.vol for r in DEFAULT_REGIMES]).tolist()
