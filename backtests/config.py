@@ -7,14 +7,23 @@ resolved config beside its results so it can be re-run exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from feeds.features import FeatureSpec
+from feeds.tasks import TaskSpec
+from metamodels.model import TrainConfig
+from metamodels.objective import ObjectiveSpec
+from metamodels.policy import PolicySpec
+from strategies.detectors import make_detector
+from strategies.engine import CostSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,44 +68,26 @@ class SyntheticConfig(_Section):
     start: date = date(2005, 1, 3)
 
 
-class FeaturesConfig(_Section):
-    lags: int = Field(10, ge=1)
-    vol_halflife: float = Field(20.0, gt=0)
-    long_vol_halflife: float = Field(120.0, gt=0)
-    trend_window: int = Field(50, ge=1)
-    volume_window: int = Field(20, ge=2)
+def _section_of(cls: type, skip: tuple[str, ...] = ()) -> type[_Section]:
+    """A config section whose keys, types and defaults are those of a library dataclass.
+
+    The dataclass stays the single source of every default (no inner LR or
+    window length written twice); its ``__post_init__`` checks run when the
+    study is built (see :func:`build_specs`).
+    """
+    hints = get_type_hints(cls)
+    fields = {f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory())  # type: ignore[misc]
+              for f in dataclasses.fields(cls) if f.name not in skip}
+    return create_model(f"{cls.__name__}Section", __base__=_Section, **fields)  # type: ignore[call-overload]
 
 
-class TaskConfig(_Section):
-    support: int = Field(60, ge=2)
-    query: int = Field(20, ge=1)
-
-
-class PolicyConfig(_Section):
-    hidden: list[int] = [16]
-    mode: Literal["long_short", "long_only", "overlay"] = "long_short"
-    overlay_base: float = 1.0
-    overlay_tilt: float = 0.5
-    overlay_min: float = 0.0
-    overlay_max: float = 1.5
-
-
-class ObjectiveConfig(_Section):
-    risk: float = Field(0.05, ge=0)
-    cost: float = Field(0.01, ge=0)
-
-
-class MetaConfig(_Section):
-    algorithm: Literal["maml", "fomaml", "reptile", "metasgd"] = "maml"
-    meta_steps: int = Field(600, ge=1)
-    tasks_per_step: int = Field(64, ge=1)
-    inner_steps: int = Field(5, ge=0)
-    inner_lr: float = Field(0.1, gt=0)
-    outer_lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    val_fraction: float = Field(0.25, gt=0, lt=1)
-    eval_every: int = Field(25, ge=1)
-    patience: int = Field(8, ge=1)
+FeaturesConfig = _section_of(FeatureSpec)
+TaskConfig = _section_of(TaskSpec)
+PolicyConfig = _section_of(PolicySpec, skip=("n_features",))
+ObjectiveConfig = _section_of(ObjectiveSpec)
+MetaConfig = _section_of(TrainConfig, skip=("seed",))
+CostsConfig = _section_of(CostSpec)
 
 
 class DetectorConfig(_Section):
@@ -112,6 +103,7 @@ class StrategyConfig(_Section):
     gross_cap: float = Field(1.0, gt=0)
     asset_weight: float | None = Field(None, gt=0)
     long_only: bool = False
+    rebalance_threshold: float = Field(0.02, ge=0)
     warmup_bars: int = Field(250, ge=0)
 
     @model_validator(mode="after")
@@ -120,11 +112,6 @@ class StrategyConfig(_Section):
             raise ValueError(f"strategy.min_window ({self.min_window}) must be <= "
                              f"strategy.max_window ({self.max_window})")
         return self
-
-
-class CostsConfig(_Section):
-    commission_bps: float = Field(5.0, ge=0)
-    slippage_bps: float = Field(5.0, ge=0)
 
 
 class ComparatorsConfig(_Section):
@@ -143,14 +130,14 @@ class StudyConfig(_Section):
     seed: int = 0
     data: DataConfig
     synthetic: SyntheticConfig = SyntheticConfig()
-    features: FeaturesConfig = FeaturesConfig()
-    task: TaskConfig = TaskConfig()
-    policy: PolicyConfig = PolicyConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
-    meta: MetaConfig = MetaConfig()
+    features: FeaturesConfig = FeaturesConfig()  # type: ignore[valid-type]
+    task: TaskConfig = TaskConfig()  # type: ignore[valid-type]
+    policy: PolicyConfig = PolicyConfig()  # type: ignore[valid-type]
+    objective: ObjectiveConfig = ObjectiveConfig()  # type: ignore[valid-type]
+    meta: MetaConfig = MetaConfig()  # type: ignore[valid-type]
     detector: DetectorConfig = DetectorConfig()
     strategy: StrategyConfig = StrategyConfig()
-    costs: CostsConfig = CostsConfig()
+    costs: CostsConfig = CostsConfig()  # type: ignore[valid-type]
     comparators: ComparatorsConfig = ComparatorsConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
 
@@ -185,12 +172,51 @@ def _one_line(error: ValidationError, source: str) -> str:
     return f"{source}: {msg}" if msg.startswith(key) else f"{source}: {key}: {msg}"
 
 
+# How the library's own messages name a section, and what the config file calls it.
+_SECTION_NAMES = {"train.": "meta.", "PolicySpec.": "policy.", "CostSpec.": "costs.",
+                  "features.": "features."}
+
+
+@dataclasses.dataclass(frozen=True)
+class Specs:
+    """The library objects a study config stands for."""
+
+    features: FeatureSpec
+    task: TaskSpec
+    policy: PolicySpec
+    objective: ObjectiveSpec
+    train: TrainConfig
+    costs: CostSpec
+
+
+def build_specs(config: StudyConfig) -> Specs:
+    """Turn the config sections into the library's dataclasses (their own checks run here)."""
+    features = FeatureSpec(**config.features.model_dump())
+    return Specs(
+        features=features,
+        task=TaskSpec(**config.task.model_dump()),
+        policy=PolicySpec(n_features=len(features.names), **config.policy.model_dump()),
+        objective=ObjectiveSpec(**config.objective.model_dump()),
+        train=TrainConfig(seed=config.seed, **config.meta.model_dump()),
+        costs=CostSpec(**config.costs.model_dump()),
+    )
+
+
 def parse_config(raw: dict[str, Any], source: str = "config") -> StudyConfig:
     """Validate a config dict; raise ConfigError (one line) if anything is off."""
     try:
-        return StudyConfig.model_validate(raw)
+        config = StudyConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, source)) from None
+    try:
+        build_specs(config)
+        make_detector(config.detector.name, **config.detector.settings)
+    except ValueError as exc:
+        message = str(exc)
+        for library_name, key in _SECTION_NAMES.items():
+            message = message.replace(library_name, key)
+        raise ConfigError(f"{source}: {message}") from None
+    return config
 
 
 def load_config(path: str | Path) -> StudyConfig:
