@@ -26,7 +26,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect and check bar data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
+console = Console(soft_wrap=True)
 # Errors that mean "the input is wrong": one line and exit 2, never a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (DataError,)
 

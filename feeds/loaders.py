@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from feeds.errors import DataError
+from feeds.synthetic import REGIMES_FILE
 from feeds.validate import validate_bars, validate_symbol
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ def load_csv(path: str | Path) -> pd.DataFrame:
 
 
 def list_symbols(folder: Path) -> list[str]:
-    """Symbols of every ``*.csv`` in ``folder``, sorted."""
-    return sorted(p.stem for p in folder.glob("*.csv"))
+    """Symbols of every ``*.csv`` in ``folder``, sorted (a synthetic ``regimes.csv`` is not one)."""
+    return sorted(p.stem for p in folder.glob("*.csv") if p.name != REGIMES_FILE)
 
 
 def parse_symbols(text: str | None) -> list[str] | None:

@@ -35,7 +35,7 @@ _OHLC_RTOL = 1e-9
 
 def validate_symbol(symbol: str) -> str:
     """Return ``symbol`` if it is a safe ticker name, else raise DataError."""
-    if not isinstance(symbol, str) or not _SYMBOL.match(symbol) or ".." in symbol:
+    if not isinstance(symbol, str) or not _SYMBOL.fullmatch(symbol) or ".." in symbol:
         raise DataError(
             f"symbol {symbol!r} is not a valid ticker name (letters, digits and . ^ = _ - only, "
             "no path separators or '..'); rename the file or fix --symbols"
