@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import backtrader as bt
 import numpy as np
+import pandas as pd
 
 from feeds.btfeed import VOL_LINE
 from feeds.features import LABEL_DELAY, label_from_opens
@@ -30,7 +31,7 @@ from metamodels.policy import NumpyParams, PolicySpec, numpy_positions
 from strategies.base import TargetWeightStrategy
 from strategies.detectors import make_detector
 
-TRIGGERS = ("regime", "calendar", "never")
+TRIGGERS = ("regime", "calendar", "never", "oracle")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
     Params:
         policy (AdaptivePolicy): initial weights, inner steps / LR, feature names.
         trigger (str): ``"regime"`` (detector alarms), ``"calendar"`` (every
-            ``calendar_every`` bars) or ``"never"`` (no adaptation).
+            ``calendar_every`` bars), ``"never"`` (no adaptation) or ``"oracle"``
+            (the true change dates in ``known_changes``; synthetic studies only).
+        known_changes (dict): asset name -> dates of true regime changes (oracle).
         detector (str): ``"cusum"`` or ``"bocpd"`` (see strategies.detectors).
         detector_settings (dict): settings of that detector.
         min_window (int): fewest labelled bars an adaptation uses.
@@ -110,6 +113,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         ("cooldown", 5),
         ("calendar_every", 20),
         ("long_only", False),
+        ("known_changes", None),
     )
 
     def __init__(self) -> None:
@@ -128,6 +132,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         self._state = {d: _AssetState(make_detector(self.p.detector, **settings), pol.params,
                                       self.p.max_window) for d in self.datas}
         self.n_adaptations = 0
+        self._changes = {name: {pd.Timestamp(t).date() for t in dates}
+                         for name, dates in (self.p.known_changes or {}).items()}
 
     # -- per bar -------------------------------------------------------------
     def _observe(self, d: bt.LineSeries, st: _AssetState) -> np.ndarray | None:
@@ -157,6 +163,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
 
     def _maybe_adapt(self, d: bt.LineSeries, st: _AssetState, ret: float) -> None:
         alarm = st.detector.update(ret) if math.isfinite(ret) else False
+        if self.p.trigger == "oracle":
+            alarm = self.datetime.date(0) in self._changes.get(d._name, ())
         st.bars_since_adapt += 1
         ready = len(st.support_y) >= self.p.min_window
         if self.p.trigger == "never" or not ready:
@@ -167,15 +175,15 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             if st.bars_since_adapt >= self.p.calendar_every:
                 self._adapt(d, st, "calendar", st.bars_since_adapt)
         elif alarm and st.bars_since_adapt > self.p.cooldown:
-            since = int(st.detector.run_length)
-            self._adapt(d, st, "regime", since)
+            since = 0 if self.p.trigger == "oracle" else int(st.detector.run_length)
+            self._adapt(d, st, self.p.trigger, since)
             # After an early alarm the window holds old-regime bars; adapt once
             # more when a full min_window of the new regime has been labelled.
             wait = self.p.min_window - since
             st.follow_up = wait if wait > 0 else None
         elif st.follow_up is not None and st.bars_since_adapt >= st.follow_up:
             st.follow_up = None
-            self._adapt(d, st, "regime_follow_up", self.p.min_window)
+            self._adapt(d, st, f"{self.p.trigger}_follow_up", self.p.min_window)
 
     def target_weights(self) -> dict:
         pol: AdaptivePolicy = self.p.policy
