@@ -66,7 +66,7 @@ class TargetWeightStrategy(bt.Strategy):
         self._last_target = {d: 0.0 for d in self.datas}
         self._retry: set = set()
         self._weight_rows: list[tuple[float, tuple[float, ...]]] = []
-        self.trade_rows: list[tuple] = []
+        self._trade_rows: list[tuple] = []
         self.n_rejected = 0
         #: Free-form records (one dict each) a subclass appends, e.g. adaptation events.
         self.events: list[dict] = []
@@ -134,7 +134,7 @@ class TargetWeightStrategy(bt.Strategy):
         # iterpending() yields the fills new since the last notification, so a
         # short cover that fills before the opening leg is refused is still logged.
         for bit in order.executed.iterpending():
-            self.trade_rows.append((bit.dt, order.data._name, bit.size, bit.price,
+            self._trade_rows.append((bit.dt, order.data._name, bit.size, bit.price,
                                     bit.size * bit.price, bit.comm))
         if order.status in (order.Margin, order.Rejected):
             # Not enough cash at the fill price (a gap up beyond cash_buffer):
@@ -161,7 +161,7 @@ class TargetWeightStrategy(bt.Strategy):
         ``size`` and ``value`` (= size * fill price) are negative for sells.
         """
         frame = pd.DataFrame(
-            self.trade_rows, columns=["date", "asset", "size", "price", "value", "commission"]
+            self._trade_rows, columns=["date", "asset", "size", "price", "value", "commission"]
         )
         frame["date"] = pd.to_datetime([bt.num2date(t) for t in frame["date"]]).normalize()
         return frame

@@ -160,7 +160,7 @@ def run_backtest(
     trade_start = None if trade_start is None else pd.Timestamp(trade_start).normalize()
 
     cerebro = bt.Cerebro(runonce=runonce, preload=preload, stdstats=False, maxcpus=1)
-    n_bars = 0
+    n_bars, last_bars = 0, {}
     for symbol, frame in frames.items():
         _check_frame(symbol, frame)
         if end is not None:
@@ -168,7 +168,17 @@ def run_backtest(
         if frame.empty:
             raise DataError(f"{symbol}: no bars before end={end}")
         n_bars += len(frame)
+        last_bars[symbol] = frame.index[-1]
         cerebro.adddata(feed_factory(symbol, frame), name=symbol)
+
+    if len(set(last_bars.values())) > 1:
+        early = min(last_bars, key=last_bars.get)
+        warnings.warn(
+            f"feeds end on different days ({early} on {last_bars[early].date()}, latest on "
+            f"{max(last_bars.values()).date()}): after its last bar an asset's position is "
+            "valued at its last close and its orders never fill; cut the frames to a common end",
+            stacklevel=2,
+        )
 
     broker = cerebro.broker
     broker.setcash(float(cash))

@@ -202,6 +202,13 @@ def test_warmup_too_short_warns():
                      trade_start=frames["A0"].index[10])
 
 
+def test_ragged_ends_warn():
+    frames = random_frames(n_bars=60, seed=9)
+    frames["A1"] = frames["A1"].iloc[:50]
+    with pytest.warns(UserWarning, match="A1 on"):
+        run_backtest(frames, BuyAndHold, {}, COSTS)
+
+
 def test_events_are_passed_through():
     res = run_backtest(random_frames(n_bars=30), Recorder, {}, COSTS)
     assert [e["asset"] for e in res.events] == ["A0"] * 3
