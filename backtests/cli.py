@@ -7,14 +7,18 @@ traceback means a bug in metabt, never a problem with the user's files.
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
+from backtests.config import ConfigError, StudyConfig, configs_dir, load_config, with_overrides
 from feeds.errors import DataError
-from feeds.loaders import load_csv
+from feeds.loaders import load_csv, parse_symbols
+from metamodels.checkpoint import CheckpointError
+from reports.errors import ReportError
 
 app = typer.Typer(
     name="metabt",
@@ -22,13 +26,48 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts hold interval notation like [start, split)
 )
 data_app = typer.Typer(help="Inspect and check bar data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 console = Console(soft_wrap=True)
 # Errors that mean "the input is wrong": one line and exit 2, never a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (DataError,)
+USER_ERRORS: tuple[type[Exception], ...] = (DataError, ConfigError, CheckpointError, ReportError)
+
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="Folder of SYMBOL.csv files (Yahoo layout) instead of the config's source.")]
+SymbolsOpt = Annotated[Optional[str], typer.Option(
+    "--symbols", help="Comma-separated symbols, or 'all'.")]
+StartOpt = Annotated[Optional[str], typer.Option("--start", help="First bar of training (YYYY-MM-DD).")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="First bar of the test period.")]
+EndOpt = Annotated[Optional[str], typer.Option("--end", help="Last bar of the test period.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to write.")]
+
+
+def _resolve(config_path: Path, data: Path | None, symbols: str | None, start: str | None,
+             split: str | None, end: str | None) -> StudyConfig:
+    config = load_config(config_path)
+    overrides: dict[str, object] = {"start": start, "split": split, "end": end}
+    if data is not None:
+        overrides.update(source="csv", path=str(data))
+    if symbols is not None:
+        parsed = parse_symbols(symbols)
+        overrides["symbols"] = "all" if parsed is None else parsed
+    return with_overrides(config, **overrides)
+
+
+def _default_out(config: StudyConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.study}-{stamp}"
+
+
+def _run(config: StudyConfig, out: Path | None, model: Path | None = None) -> Path:
+    from backtests.study import run_study  # heavy imports only for commands that run studies
+
+    out = out or _default_out(config)
+    run_study(config, out, model_path=model, console=console)
+    return out
 
 
 @data_app.command("validate")
@@ -49,6 +88,72 @@ def data_validate(
         frame = load_csv(path)
         console.print(f"[green]ok[/green] {path}: {len(frame)} bars, "
                       f"{frame.index[0].date()} .. {frame.index[-1].date()}")
+
+
+@app.command()
+def demo(out: OutOpt = None) -> None:
+    """The main job: the basket study on the bundled sample data, offline."""
+    config = load_config(configs_dir() / "basket.toml")
+    out = _run(config, out or Path("runs") / "demo")
+    console.print(f"\n[bold]tear sheet:[/bold] {out / 'tearsheet.html'}")
+    console.print(f"[bold]comparison:[/bold] {out / 'comparison.md'}   "
+                  f"[bold]equity:[/bold] {out / 'equity.png'}")
+
+
+@app.command()
+def backtest(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
+    data: DataOpt = None, symbols: SymbolsOpt = None, start: StartOpt = None,
+    split: SplitOpt = None, end: EndOpt = None, out: OutOpt = None,
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="Use this checkpoint instead of meta-training.")] = None,
+    refit_every: Annotated[Optional[str], typer.Option(
+        "--refit-every", help="Expanding walk-forward: re-train every 1y / 6m / 2w.")] = None,
+) -> None:
+    """Meta-train on [start, split), tune the comparators there, trade [split, end]."""
+    config = _resolve(config_path, data, symbols, start, split, end)
+    if refit_every is not None:
+        config = config.model_copy(update={"walk_forward": config.walk_forward.model_copy(
+            update={"refit_every": refit_every})})
+        from backtests.runner import parse_period
+
+        parse_period(refit_every)
+    out = _run(config, out, model)
+    console.print(f"\n[bold]run folder:[/bold] {out}")
+
+
+@app.command()
+def train(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
+    data: DataOpt = None, symbols: SymbolsOpt = None, start: StartOpt = None,
+    split: SplitOpt = None,
+) -> None:
+    """Meta-train on [start, split) of the configured assets and save a checkpoint."""
+    from backtests.config import build_specs
+    from backtests.data import load_study_data
+    from feeds.loaders import slice_period
+    from metamodels.model_io import save_model
+    from metamodels.trainer import meta_train
+
+    config = _resolve(config_path, data, symbols, start, split, None)
+    specs = build_specs(config)
+    frames = slice_period(load_study_data(config).frames, config.data.start, config.data.split)
+    model = meta_train(frames, specs.features, specs.task, specs.policy, specs.objective,
+                       specs.train, config.data.start, config.data.split)
+    save_model(model, out, config.model_dump(mode="json", exclude_none=True))
+    best = model.history.get("val_loss") or [float("nan")]
+    console.print(f"saved {out} ({model.algorithm}, best step {model.best_step}, "
+                  f"best validation loss {min(best):.4f}, trained on {model.train_period})")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
+    """Rebuild metrics.json, tearsheet.html, comparison.md and equity.png from a run folder."""
+    from reports.build import build_reports
+
+    build_reports(run_dir, console=console)
+    console.print(f"rebuilt the reports in {run_dir}")
 
 
 def main() -> None:

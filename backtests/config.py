@@ -96,7 +96,9 @@ class DetectorConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    min_window: int = Field(20, ge=2)
+    # The default windows match the meta-training task (support 60 bars, query 20):
+    # adapt on what the policy learned to adapt on, re-adapt when a query span has passed.
+    min_window: int = Field(60, ge=2)
     max_window: int = Field(120, ge=2)
     cooldown: int = Field(5, ge=0)
     calendar_every: int = Field(20, ge=1)

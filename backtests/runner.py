@@ -24,7 +24,7 @@ from feeds.btfeed import make_feature_feed
 from feeds.errors import DataError
 from feeds.features import FeatureSpec
 from feeds.loaders import Frames, slice_period
-from metamodels.erm import random_init, train_erm
+from metamodels.erm import erm_train, random_init
 from metamodels.model import MetaModel
 from metamodels.model_io import load_model
 from metamodels.trainer import meta_train
@@ -93,23 +93,28 @@ def train_models(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Ti
     else:
         meta = meta_train(train, specs.features, specs.task, specs.policy, specs.objective,
                           specs.train, config.data.start, split, progress=progress)
-    erm = train_erm(train, specs.features, specs.task, specs.policy, specs.objective,
+    erm = erm_train(train, specs.features, specs.task, specs.policy, specs.objective,
                     specs.train, config.data.start, split, progress=progress)
-    rand = random_init(specs.policy, specs.objective, meta.inner_lr, meta.inner_steps,
-                       seed=config.seed + 1)
+    # The random init is the very start point of meta-training (same seed), adapted
+    # with the meta-model's step sizes: the ablation isolates what meta-learning added.
+    rand = random_init(specs.policy, specs.objective, specs.train, inner_lr=meta.inner_lr)
     return meta, erm, rand
 
 
-def meta_runs(config: StudyConfig, meta: MetaModel, erm: MetaModel,
-              rand: MetaModel, specs: Specs) -> dict[str, dict]:
-    """Strategy params of the meta policy and its ablations (same sizing, same costs)."""
+def meta_runs(config: StudyConfig, meta: MetaModel, erm: MetaModel, rand: MetaModel,
+              specs: Specs, regimes: dict[str, pd.Series] | None = None) -> dict[str, dict]:
+    """Strategy params of the meta policy and its ablations (same sizing, same costs).
+
+    With known regimes (synthetic data) an oracle runs too: the same policy
+    re-adapted at the true change dates, the best a detector could do.
+    """
     s = config.strategy
     common = dict(detector=config.detector.name, detector_settings=dict(config.detector.settings),
                   min_window=s.min_window, max_window=s.max_window, cooldown=s.cooldown,
                   calendar_every=s.calendar_every, long_only=s.long_only, gross_cap=s.gross_cap,
                   asset_weight=s.asset_weight, rebalance_threshold=s.rebalance_threshold)
     pol = adaptive_policy(meta, specs.features)
-    return {
+    runs = {
         "meta_adaptive": {**common, "policy": pol, "trigger": "regime"},
         "meta_frozen": {**common, "policy": pol, "trigger": "never"},
         "meta_calendar": {**common, "policy": pol, "trigger": "calendar"},
@@ -118,6 +123,12 @@ def meta_runs(config: StudyConfig, meta: MetaModel, erm: MetaModel,
         "erm_static": {**common, "policy": adaptive_policy(erm, specs.features),
                        "trigger": "never"},
     }
+    if regimes is not None:
+        changes = {s: list(r.index[1:][r.to_numpy()[1:] != r.to_numpy()[:-1]])
+                   for s, r in regimes.items()}
+        runs["meta_oracle"] = {**common, "policy": pol, "trigger": "oracle",
+                               "known_changes": changes}
+    return runs
 
 
 def _run_one(frames: Frames, name: str, params: dict, costs: CostSpec, split: pd.Timestamp,
@@ -151,9 +162,9 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
                       f"{tuning[name].n_trials} configs)")
     # The test run is fed `warmup_bars` of history before the split so indicators,
     # detectors and the first adaptation window are warm; nothing before the split is traded.
-    first = split - pd.tseries.offsets.BDay(config.strategy.warmup_bars * 3 // 2)
+    first = split - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
     test_frames = slice_period(data.frames, first, end)
-    jobs = {**meta_runs(config, meta, erm, rand, specs),
+    jobs = {**meta_runs(config, meta, erm, rand, specs, data.regimes),
             **{name: t.best_params for name, t in tuning.items()}}
     done = Parallel(n_jobs=n_jobs)(
         delayed(_run_one)(test_frames, name, params, specs.costs, split, end, specs.features)

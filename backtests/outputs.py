@@ -1,0 +1,106 @@
+"""Write a run folder: the files every report and script can rely on.
+
+``config.toml`` (resolved), ``returns.csv``, ``positions.csv``, ``trades.csv``,
+``adaptations.csv``, ``study.json`` and the model checkpoint are written here;
+the reports (``metrics.json``, ``tearsheet.html``, ``comparison.md``,
+``equity.png``) are then built from these files alone, so ``metabt report``
+rebuilds exactly what the run showed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from backtests.config import StudyConfig, dump_config
+from backtests.data import StudyData
+from backtests.runner import Segment
+from metamodels.model_io import save_model
+
+PERIODS_PER_YEAR = 252
+
+
+def _in_segment(frame: pd.DataFrame, seg: Segment) -> pd.DataFrame:
+    mask = frame["date"] >= seg.split
+    if seg.end is not None:
+        mask &= frame["date"] < seg.end
+    return frame.loc[mask]
+
+
+def _long(segments: list[Segment], what: str) -> pd.DataFrame:
+    """Positions / trades / adaptation events of every strategy, long format, test bars only."""
+    parts = []
+    for seg in segments:
+        for name, result in seg.results.items():
+            if what == "positions":
+                frame = result.weights
+            elif what == "trades":
+                frame = result.trades
+            else:
+                frame = pd.DataFrame(result.events, columns=[
+                    "date", "asset", "trigger", "window", "loss_before", "loss_after"])
+                frame["date"] = pd.to_datetime(frame["date"])
+            frame = _in_segment(frame, seg).copy()
+            frame.insert(1, "strategy", name)
+            parts.append(frame)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def combined_returns(segments: list[Segment]) -> pd.DataFrame:
+    """Daily returns, one column per strategy, segments joined end to end."""
+    pieces = []
+    for seg in segments:
+        frame = pd.DataFrame({n: r.returns for n, r in seg.results.items()})
+        frame = frame.loc[frame.index >= seg.split]
+        if seg.end is not None:
+            frame = frame.loc[frame.index < seg.end]
+        pieces.append(frame)
+    out = pd.concat(pieces).sort_index().fillna(0.0)
+    out.index = pd.DatetimeIndex(out.index).tz_localize(None).rename("date")
+    return out
+
+
+def true_changes(data: StudyData, start: pd.Timestamp) -> list[dict]:
+    """Known regime changes in the test period (synthetic data only)."""
+    if data.regimes is None:
+        return []
+    rows = []
+    for symbol, regime in data.regimes.items():
+        moved = regime.index[1:][np.diff(regime.to_numpy()) != 0]
+        rows.extend({"date": d.date().isoformat(), "asset": symbol} for d in moved if d >= start)
+    return sorted(rows, key=lambda r: (r["date"], r["asset"]))
+
+
+def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Segment]) -> Path:
+    """Write every contract file except the reports; return the folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / "config.toml")
+    returns = combined_returns(segments)
+    returns.to_csv(out / "returns.csv", date_format="%Y-%m-%d")
+    date_fmt = {"date_format": "%Y-%m-%d", "index": False}
+    _long(segments, "positions").to_csv(out / "positions.csv", **date_fmt)
+    _long(segments, "trades").to_csv(out / "trades.csv", **date_fmt)
+    _long(segments, "events").to_csv(out / "adaptations.csv", **date_fmt)
+    first = segments[0]
+    n_trials = {name: t.n_trials for name, t in first.tuning.items()}
+    # Each meta variant is one configuration fixed before the test (no test-period tuning).
+    n_trials.update({name: 1 for name in first.results if name not in n_trials})
+    study = {
+        "title": config.title,
+        "periods_per_year": PERIODS_PER_YEAR,
+        "split": first.split.date().isoformat(),
+        "seed": config.seed,
+        "n_trials": n_trials,
+        "train_best": {k: float(v) for k, v in first.train_sharpe.items()},
+        "regime_changes": true_changes(data, first.split),
+    }
+    (out / "study.json").write_text(json.dumps(study, indent=2) + "\n")
+    resolved = config.model_dump(mode="json", exclude_none=True)
+    for i, seg in enumerate(segments):
+        name = "model" if i == 0 else f"model-{seg.split.date().isoformat()}"
+        if seg.meta.train_period is not None:
+            save_model(seg.meta, out / name, resolved)
+    return out
