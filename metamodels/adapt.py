@@ -1,0 +1,99 @@
+"""The one definition of adaptation: a few SGD steps on a support window.
+
+Meta-training (every learner, batched or looped) and the reference for the
+trading-time numpy path (:mod:`metamodels.fast_adapt`) both go through
+:func:`adapt`, so what was trained is what trades.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metamodels.objective import ObjectiveSpec, trading_loss
+from metamodels.policy import Params, PolicySpec, positions
+
+LearningRate = float | torch.Tensor | dict[str, torch.Tensor]
+
+
+def support_loss(params: Params, x: torch.Tensor, y: torch.Tensor, policy_spec: PolicySpec,
+                 objective_spec: ObjectiveSpec) -> torch.Tensor:
+    """Summed trading loss of every window in ``x`` (a scalar).
+
+    Summing (not averaging) over tasks keeps each task's gradient exact when
+    every task carries its own copy of the weights: task ``b``'s loss depends
+    only on weights ``[b]``.
+    """
+    return trading_loss(positions(params, x, policy_spec), y, objective_spec).sum()
+
+
+def lr_for(lr: LearningRate, name: str) -> float | torch.Tensor:
+    """The step size of parameter ``name``: shared, or Meta-SGD's per-parameter tensor."""
+    return lr[name] if isinstance(lr, dict) else lr
+
+
+def adapt(params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: LearningRate,
+          policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
+          create_graph: bool = False) -> Params:
+    """Adapt ``params`` to one support window (or a batch of them) by plain SGD.
+
+    Parameters
+    ----------
+    params : dict of Tensor
+        Initial weights. Unbatched with ``x`` of shape ``(n, F)``; or with a
+        leading task dimension (``(B, in, out)``) with ``x`` of shape
+        ``(B, n, F)``, which adapts every task's copy independently.
+    x, y : Tensor
+        Support features ``(..., n, F)`` and labels ``(..., n)``.
+    steps : int
+        Number of gradient steps; 0 returns the parameters unchanged.
+    lr : float, 0-d Tensor or dict of Tensor
+        Inner step size: shared, learned scalar, or one tensor per parameter
+        (Meta-SGD), broadcastable to that parameter.
+    create_graph : bool
+        Keep the graph of the inner steps so a meta-gradient can flow through
+        them (second-order MAML, Meta-SGD). When False the result is detached.
+
+    Returns
+    -------
+    dict of Tensor
+        New parameter dict; the input dict and its tensors are never modified.
+    """
+    if steps < 0:
+        raise ValueError(f"adaptation steps must be >= 0, got {steps}")
+    if steps == 0:
+        return dict(params)
+    names = list(params)
+    with torch.enable_grad():
+        if create_graph:
+            # Leaves that are plain data still need a grad slot for the inner step.
+            cur = {k: v if v.requires_grad else v.detach().requires_grad_(True)
+                   for k, v in params.items()}
+        else:
+            cur = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        for _ in range(steps):
+            loss = support_loss(cur, x, y, policy_spec, objective_spec)
+            grads = torch.autograd.grad(loss, [cur[k] for k in names], create_graph=create_graph)
+            if create_graph:
+                cur = {k: cur[k] - lr_for(lr, k) * g for k, g in zip(names, grads)}
+            else:
+                with torch.no_grad():
+                    cur = {k: cur[k] - lr_for(lr, k) * g for k, g in zip(names, grads)}
+                cur = {k: v.requires_grad_(True) for k, v in cur.items()}
+    if not create_graph:
+        cur = {k: v.detach() for k, v in cur.items()}
+    return cur
+
+
+def expand_tasks(params: Params, n_tasks: int) -> Params:
+    """Give each of ``n_tasks`` tasks its own view of the weights, ``(B, ...)``.
+
+    ``expand`` copies nothing; the gradient of every task's copy flows back to
+    the shared weights, so one graph holds the whole batch.
+    """
+    return {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in params.items()}
+
+
+def query_loss(params: Params, x: torch.Tensor, y: torch.Tensor, policy_spec: PolicySpec,
+               objective_spec: ObjectiveSpec) -> torch.Tensor:
+    """Per-task trading loss on query windows, ``(B,)`` (or a scalar for one window)."""
+    return trading_loss(positions(params, x, policy_spec), y, objective_spec)

@@ -1,0 +1,133 @@
+"""Adaptation: the torch reference and the trading-time numpy path are the same function."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from feeds.tasks import random_task_batch
+from metamodels.adapt import adapt, expand_tasks, support_loss
+from metamodels.fast_adapt import fast_adapt, loss_and_grad, window_loss
+from metamodels.model import MetaModel, evaluate
+from metamodels.objective import ObjectiveSpec, numpy_trading_loss
+from metamodels.policy import MODES, PolicySpec, init_params, to_numpy
+
+OBJ = ObjectiveSpec(risk=0.05, cost=0.01)
+SPECS = [PolicySpec(14, (16,), mode) for mode in MODES] + [
+    PolicySpec(6, (5, 4), "long_short"),
+    PolicySpec(6, (), "long_only"),
+    PolicySpec(6, (8,), "overlay", overlay_base=0.6, overlay_tilt=0.6, overlay_max=1.0),
+]
+IDS = [f"{s.mode}-{'x'.join(map(str, s.hidden)) or 'linear'}" for s in SPECS]
+
+
+def _task(spec: PolicySpec, seed: int, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, spec.n_features)), rng.standard_normal(n)
+
+
+def _torch64(params: dict) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_numpy_fast_adapt_matches_torch_reference(spec):
+    for seed in range(4):
+        params = to_numpy(init_params(spec, seed))
+        x, y = _task(spec, 100 + seed)
+        lr = 0.5 if seed % 2 else {k: np.random.default_rng(seed).uniform(0.1, 0.9, v.shape)
+                                   for k, v in params.items()}
+        got = fast_adapt(params, x, y, 5, lr, spec, OBJ)
+        torch_lr = _torch64(lr) if isinstance(lr, dict) else lr
+        want = adapt(_torch64(params), torch.tensor(x), torch.tensor(y), 5, torch_lr, spec, OBJ)
+        moved = max(np.abs(got[k] - params[k]).max() for k in params)
+        assert moved > 1e-3  # the check below must compare real adaptation, not two no-ops
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k].numpy(), rtol=0, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_hand_written_gradient_matches_autograd(spec):
+    params = to_numpy(init_params(spec, 5))
+    x, y = _task(spec, 7, n=33)
+    loss, grads = loss_and_grad(params, x, y, spec, OBJ)
+    tp = {k: v.requires_grad_(True) for k, v in _torch64(params).items()}
+    tloss = support_loss(tp, torch.tensor(x), torch.tensor(y), spec, OBJ)
+    tgrads = torch.autograd.grad(tloss, list(tp.values()))
+    assert loss == pytest.approx(float(tloss.detach()), abs=1e-12)
+    for k, g in zip(tp, tgrads):
+        np.testing.assert_allclose(grads[k], g.numpy(), rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_zero_steps_change_nothing():
+    spec = PolicySpec(14)
+    params = init_params(spec, 0)
+    x, y = torch.randn(60, 14), torch.randn(60)
+    same = adapt(params, x, y, 0, 0.5, spec, OBJ)
+    assert all(torch.equal(same[k], params[k]) for k in params)
+    same_np = fast_adapt(to_numpy(params), x.numpy(), y.numpy(), 0, 0.5, spec, OBJ)
+    assert all(np.array_equal(same_np[k], to_numpy(params)[k]) for k in params)
+
+
+def test_adapt_is_pure():
+    spec = PolicySpec(14)
+    params = init_params(spec, 0)
+    before = {k: v.clone() for k, v in params.items()}
+    np_params = to_numpy(params)
+    np_before = {k: v.copy() for k, v in np_params.items()}
+    x, y = torch.randn(60, 14), torch.randn(60)
+    adapt(params, x, y, 3, 0.5, spec, OBJ)
+    fast_adapt(np_params, x.numpy(), y.numpy(), 3, 0.5, spec, OBJ)
+    assert all(torch.equal(before[k], params[k]) for k in params)
+    assert all(np.array_equal(np_before[k], np_params[k]) for k in np_params)
+
+
+def test_a_small_step_lowers_the_support_loss():
+    spec = PolicySpec(14)
+    params = to_numpy(init_params(spec, 2))
+    x, y = _task(spec, 3)
+    before = window_loss(params, x, y, spec, OBJ)
+    after = window_loss(fast_adapt(params, x, y, 1, 0.05, spec, OBJ), x, y, spec, OBJ)
+    assert after < before
+
+
+def test_batched_adaptation_equals_one_task_at_a_time():
+    spec = PolicySpec(14)
+    params = init_params(spec, 1)
+    tasks = random_task_batch(5, 60, 20, 14, seed=2)
+    x, y = torch.tensor(tasks.support_x), torch.tensor(tasks.support_y)
+    batched = adapt(expand_tasks(params, 5), x, y, 4, 0.3, spec, OBJ)
+    for b in range(5):
+        single = adapt(params, x[b], y[b], 4, 0.3, spec, OBJ)
+        for k in params:
+            torch.testing.assert_close(batched[k][b], single[k], rtol=0, atol=1e-6)
+
+
+def test_meta_model_adapts_with_its_own_step_sizes():
+    spec = PolicySpec(14)
+    params = init_params(spec, 4)
+    lrs = {k: torch.full_like(v, 0.2) for k, v in params.items()}
+    lrs["w0"] = lrs["w0"] * 2
+    model = MetaModel(params=params, inner_lr=lrs, inner_steps=3, algorithm="metasgd",
+                      policy_spec=spec, objective_spec=OBJ)
+    tasks = random_task_batch(3, 60, 20, 14, seed=5)
+    adapted = model.adapt_numpy(tasks.support_x[0], tasks.support_y[0])
+    want = adapt(_torch64(model.numpy_params()), torch.tensor(tasks.support_x[0]).double(),
+                 torch.tensor(tasks.support_y[0]).double(), 3,
+                 _torch64(model.numpy_inner_lr()), spec, OBJ)
+    for k in params:
+        np.testing.assert_allclose(adapted[k], want[k].numpy(), rtol=0, atol=1e-6)
+    # evaluate() adapts every task the same way before scoring the query window.
+    pos = model.positions_numpy(tasks.query_x[0].astype(np.float64), adapted)
+    assert evaluate(model, tasks)[0] == pytest.approx(
+        float(numpy_trading_loss(pos, tasks.query_y[0], OBJ)), abs=1e-5)
+
+
+def test_negative_steps_are_refused():
+    spec = PolicySpec(3)
+    with pytest.raises(ValueError, match="steps"):
+        adapt(init_params(spec, 0), torch.zeros(5, 3), torch.zeros(5), -1, 0.1, spec, OBJ)
+    with pytest.raises(ValueError, match="steps"):
+        fast_adapt(to_numpy(init_params(spec, 0)), np.zeros((5, 3)), np.zeros(5), -1, 0.1,
+                   spec, OBJ)
