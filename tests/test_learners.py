@@ -1,0 +1,170 @@
+"""Meta-learners: the batched engine computes the textbook meta-gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from feeds.tasks import random_task_batch
+from metamodels.fast_adapt import fast_adapt, loss_and_grad
+from metamodels.learners import FOMAML, LEARNERS, LOG_LR, MAML, MetaSGD, Reptile, TorchTasks
+from metamodels.model import ALGORITHMS
+from metamodels.objective import ObjectiveSpec
+from metamodels.policy import PolicySpec, init_params, to_numpy
+
+OBJ = ObjectiveSpec(risk=0.05, cost=0.01)
+SPEC = PolicySpec(6, (5,))
+
+
+def _tasks(n: int = 6, seed: int = 0) -> TorchTasks:
+    batch = random_task_batch(n, 30, 10, 6, seed=seed)
+    return TorchTasks(*(torch.tensor(getattr(batch, f), dtype=torch.float64)
+                        for f in TorchTasks._fields))
+
+
+def _meta(learner, seed: int = 0) -> dict[str, torch.Tensor]:
+    return learner.init_meta({k: v.double() for k, v in init_params(SPEC, seed).items()})
+
+
+def _theta_np(meta: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return to_numpy({k: v for k, v in meta.items() if not k.startswith(LOG_LR)})
+
+
+LEARNER_CASES = {
+    "maml": {"cls": MAML},
+    "maml-learned-lr": {"cls": MAML, "learn_inner_lr": True},
+    "fomaml": {"cls": FOMAML},
+    "fomaml-learned-lr": {"cls": FOMAML, "learn_inner_lr": True},
+    "metasgd": {"cls": MetaSGD},
+    "reptile": {"cls": Reptile},
+}
+
+
+@pytest.mark.parametrize("case", LEARNER_CASES, ids=list(LEARNER_CASES))
+def test_batched_and_looped_meta_gradients_agree(case):
+    kw = dict(LEARNER_CASES[case])
+    cls = kw.pop("cls")
+    tasks = _tasks()
+    batched, looped = cls(inner_lr=0.4, inner_steps=3, **kw), cls(
+        inner_lr=0.4, inner_steps=3, engine="loop", **kw)
+    meta = _meta(batched)
+    loss_b, grads_b = batched.meta_grads(meta, tasks, SPEC, OBJ)
+    loss_l, grads_l = looped.meta_grads(meta, tasks, SPEC, OBJ)
+    assert loss_b == pytest.approx(loss_l, abs=1e-12)
+    assert set(grads_b) == set(meta) == set(grads_l)
+    assert max(float(g.abs().max()) for g in grads_b.values()) > 1e-4  # a real gradient
+    for k in meta:
+        torch.testing.assert_close(grads_b[k], grads_l[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_weights():
+    tasks = _tasks(n=5, seed=1)
+    learner = FOMAML(inner_lr=0.3, inner_steps=4)
+    meta = _meta(learner)
+    _, grads = learner.meta_grads(meta, tasks, SPEC, OBJ)
+    # Hand-built reference, independent of torch: adapt each task in numpy, take
+    # the hand-written query-loss gradient there, average over tasks.
+    theta = _theta_np(meta)
+    want = {k: np.zeros_like(v) for k, v in theta.items()}
+    for b in range(len(tasks)):
+        phi = fast_adapt(theta, tasks.support_x[b].numpy(), tasks.support_y[b].numpy(), 4, 0.3,
+                         SPEC, OBJ)
+        _, g = loss_and_grad(phi, tasks.query_x[b].numpy(), tasks.query_y[b].numpy(), SPEC, OBJ)
+        for k in want:
+            want[k] += g[k] / len(tasks)
+    for k, value in want.items():
+        np.testing.assert_allclose(grads[k].numpy(), value, rtol=0, atol=1e-10, err_msg=k)
+
+
+@pytest.mark.parametrize("cls", [MAML, FOMAML, MetaSGD])
+def test_zero_inner_steps_is_plain_query_gradient(cls):
+    tasks = _tasks(n=4, seed=2)
+    learner = cls(inner_lr=0.3, inner_steps=0)
+    meta = _meta(learner)
+    before = {k: v.detach().clone() for k, v in meta.items()}
+    _, grads = learner.meta_grads(meta, tasks, SPEC, OBJ)
+    theta = _theta_np(meta)
+    want = {k: np.zeros_like(v) for k, v in theta.items()}
+    for b in range(len(tasks)):
+        _, g = loss_and_grad(theta, tasks.query_x[b].numpy(), tasks.query_y[b].numpy(), SPEC,
+                             OBJ)
+        for k in want:
+            want[k] += g[k] / len(tasks)
+    for k in meta:
+        assert torch.equal(meta[k], before[k])  # meta-parameters untouched
+        if k in want:
+            np.testing.assert_allclose(grads[k].numpy(), want[k], rtol=0, atol=1e-10)
+        else:  # step sizes do nothing without steps
+            assert float(grads[k].abs().max()) == 0.0
+
+
+def _meta_loss(learner, meta, tasks) -> float:
+    return learner.meta_grads({k: v.detach().clone().requires_grad_(True)
+                               for k, v in meta.items()}, tasks, SPEC, OBJ)[0]
+
+
+@pytest.mark.parametrize("learner", [MAML(inner_lr=0.3, inner_steps=3, learn_inner_lr=True),
+                                     MetaSGD(inner_lr=0.3, inner_steps=2)],
+                         ids=["maml", "metasgd"])
+def test_second_order_meta_gradient_matches_finite_differences(learner):
+    tasks = _tasks(n=4, seed=3)
+    meta = _meta(learner)
+    _, grads = learner.meta_grads(meta, tasks, SPEC, OBJ)
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+    for name in meta:
+        flat = meta[name].detach().reshape(-1)
+        for i in rng.choice(flat.numel(), size=min(3, flat.numel()), replace=False):
+            up = {k: v.detach().clone() for k, v in meta.items()}
+            down = {k: v.detach().clone() for k, v in meta.items()}
+            up[name].view(-1)[i] += eps
+            down[name].view(-1)[i] -= eps
+            numeric = (_meta_loss(learner, up, tasks) - _meta_loss(learner, down, tasks)) / (2 * eps)
+            analytic = float(grads[name].reshape(-1)[i])
+            assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-7), (name, i)
+
+
+def test_second_order_term_is_really_there():
+    tasks = _tasks(n=6, seed=4)
+    kw = {"inner_lr": 0.5, "inner_steps": 3}
+    meta = _meta(MAML(**kw))
+    _, second = MAML(**kw).meta_grads(meta, tasks, SPEC, OBJ)
+    _, first = FOMAML(**kw).meta_grads(meta, tasks, SPEC, OBJ)
+    gap = max(float((second[k] - first[k]).abs().max()) for k in meta)
+    assert gap > 1e-4
+
+
+def test_fomaml_step_size_gradient_is_exact_for_one_step():
+    # With one inner step the adapted weights depend on the step size only
+    # through theta - alpha * g(theta), so the first-order formula is exact.
+    tasks = _tasks(n=5, seed=5)
+    kw = {"inner_lr": 0.4, "inner_steps": 1, "learn_inner_lr": True}
+    meta = _meta(MAML(**kw))
+    _, exact = MAML(**kw).meta_grads(meta, tasks, SPEC, OBJ)
+    _, first = FOMAML(**kw).meta_grads(meta, tasks, SPEC, OBJ)
+    assert float(first[LOG_LR]) == pytest.approx(float(exact[LOG_LR]), rel=1e-6)
+
+
+def test_reptile_pulls_the_init_toward_the_adapted_weights():
+    tasks = _tasks(n=4, seed=6)
+    learner = Reptile(inner_lr=0.2, inner_steps=3)
+    meta = _meta(learner)
+    _, grads = learner.meta_grads(meta, tasks, SPEC, OBJ)
+    theta = _theta_np(meta)
+    phis = [fast_adapt(theta, tasks.support_x[b].numpy(), tasks.support_y[b].numpy(), 3, 0.2,
+                       SPEC, OBJ) for b in range(len(tasks))]
+    for k in theta:
+        want = (theta[k] - np.mean([p[k] for p in phis], axis=0)) / (0.2 * 3)
+        np.testing.assert_allclose(grads[k].numpy(), want, rtol=0, atol=1e-9)
+
+
+def test_registry_and_invalid_combinations():
+    assert set(LEARNERS) == set(ALGORITHMS) == {"maml", "fomaml", "reptile", "metasgd"}
+    with pytest.raises(ValueError, match="Reptile"):
+        Reptile(learn_inner_lr=True)
+    with pytest.raises(ValueError, match="engine"):
+        MAML(engine="gpu")
+    lr = MetaSGD(inner_lr=0.25).final_lr(_meta(MetaSGD(inner_lr=0.25)))
+    assert isinstance(lr, dict) and set(lr) == set(init_params(SPEC, 0))
+    assert all(torch.allclose(v, torch.full_like(v, 0.25)) for v in lr.values())
