@@ -1,0 +1,204 @@
+"""What training produces: ``TrainConfig`` in, ``MetaModel`` out.
+
+Kept apart from the training loop so checkpoints, strategies and reports can
+use a trained model without importing the trainer (or rich, or the task
+sampler).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from metamodels.adapt import adapt, expand_tasks, query_loss
+from metamodels.fast_adapt import NumpyLR, fast_adapt
+from metamodels.objective import ObjectiveSpec
+from metamodels.policy import NumpyParams, Params, PolicySpec, numpy_positions, to_numpy
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd")
+# A learned inner step size is the default where the algorithm has a gradient for it.
+_LR_DEFAULT = {"maml": True, "fomaml": True, "reptile": False, "metasgd": True}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to (meta-)train the policy.
+
+    Parameters
+    ----------
+    algorithm : {"maml", "fomaml", "reptile", "metasgd"}
+        Meta-learner (see :mod:`metamodels.learners`). ERM uses the same config.
+    meta_steps : int
+        Maximum outer (meta-)optimiser steps; early stopping may end sooner.
+    tasks_per_step : int
+        Tasks per meta-batch.
+    inner_steps : int
+        SGD steps of each adaptation (training and trading alike).
+    inner_lr : float
+        Inner step size (the starting value when learned).
+    learn_inner_lr : bool or None
+        None = the algorithm's default: a learned scalar for maml / fomaml,
+        per-parameter for metasgd (always), fixed for reptile (never learnable).
+    outer_lr : float
+        AdamW step size of the outer loop.
+    weight_decay : float
+        AdamW decoupled weight decay on the policy weights (not on step sizes);
+        with early stopping, the guard against memorising the training period.
+    val_fraction : float
+        Share of the training period's dates, taken from its END, whose tasks
+        validate; training tasks end before it (no label overlaps it). 0 = none.
+    val_tasks : int
+        At most this many validation tasks (evenly spaced anchors).
+    eval_every : int
+        Meta-steps between validations.
+    patience : int
+        Stop after this many validations without a new best validation loss;
+        the best validated parameters are returned.
+    seed : int
+        Fixes initial weights, task sampling and hence the result.
+    threads : int
+        Torch intra-op threads while training (restored afterwards). The
+        tensors are small, so extra threads gain little, and on a busy machine
+        a parallel op waits for its slowest thread; a fixed count also keeps
+        results independent of the machine's core count.
+    """
+
+    algorithm: str = "maml"
+    meta_steps: int = 600
+    tasks_per_step: int = 64
+    inner_steps: int = 5
+    inner_lr: float = 0.1
+    learn_inner_lr: bool | None = None
+    outer_lr: float = 3e-3
+    weight_decay: float = 1e-2
+    val_fraction: float = 0.25
+    val_tasks: int = 512
+    eval_every: int = 20
+    patience: int = 8
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"train.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        for name in ("meta_steps", "tasks_per_step", "val_tasks", "eval_every", "patience",
+                     "threads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.inner_steps < 0:
+            raise ValueError(f"train.inner_steps must be >= 0, got {self.inner_steps}")
+        for name in ("inner_lr", "outer_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"train.{name} must be a positive number, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.learn_inner_lr is True and self.algorithm == "reptile":
+            raise ValueError("train.learn_inner_lr = true is impossible for reptile (no gradient "
+                             "for the step size); leave it unset or use maml / fomaml / metasgd")
+        if self.learn_inner_lr is False and self.algorithm == "metasgd":
+            raise ValueError("train.learn_inner_lr = false turns metasgd into maml; "
+                             "use algorithm = \"maml\" instead")
+
+    @property
+    def learns_inner_lr(self) -> bool:
+        """Whether the inner step size(s) are learned (resolving the None default)."""
+        if self.learn_inner_lr is None:
+            return _LR_DEFAULT[self.algorithm]
+        return bool(self.learn_inner_lr)
+
+
+@dataclass(frozen=True)
+class MetaModel:
+    """A trained policy initialisation and how to adapt it.
+
+    Attributes
+    ----------
+    params : dict of Tensor
+        Initial weights (float32, detached), the ones adaptation starts from.
+    inner_lr : float or dict of Tensor
+        Inner step size, or one tensor per parameter (Meta-SGD).
+    inner_steps : int
+        Adaptation steps it was trained for.
+    algorithm : str
+        ``maml``, ``fomaml``, ``reptile``, ``metasgd``, ``erm`` or ``random``.
+    policy_spec, objective_spec : PolicySpec, ObjectiveSpec
+    feature_spec, task_spec : FeatureSpec, TaskSpec or None
+        What the inputs were (None for models built without frames).
+    config : TrainConfig or None
+    train_period, val_period : (str, str) or None
+        ISO dates ``[start, end)`` of the training and validation tasks' bars.
+    best_step : int
+        The (meta-)step whose parameters were kept (0 = the initialisation).
+    history : dict of list
+        ``step``, ``train_loss`` (mean training loss since the previous
+        validation) and ``val_loss`` (mean validation query loss).
+    """
+
+    params: Params
+    inner_lr: float | dict[str, torch.Tensor]
+    inner_steps: int
+    algorithm: str
+    policy_spec: PolicySpec
+    objective_spec: ObjectiveSpec
+    feature_spec: Any = None
+    task_spec: Any = None
+    config: TrainConfig | None = None
+    train_period: tuple[str, str] | None = None
+    val_period: tuple[str, str] | None = None
+    best_step: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def numpy_params(self) -> NumpyParams:
+        """Float64 numpy copy of the weights, for per-bar inference and fast adaptation."""
+        return to_numpy(self.params)
+
+    def numpy_inner_lr(self) -> NumpyLR:
+        """The inner step size(s) in the form :func:`metamodels.fast_adapt.fast_adapt` takes."""
+        if isinstance(self.inner_lr, dict):
+            return to_numpy(self.inner_lr)
+        return float(self.inner_lr)
+
+    def adapt_numpy(self, x: np.ndarray, y: np.ndarray, steps: int | None = None,
+                    params: NumpyParams | None = None) -> NumpyParams:
+        """Adapt (from ``params``, default the stored init) on one support window."""
+        start = self.numpy_params() if params is None else params
+        steps = self.inner_steps if steps is None else steps
+        return fast_adapt(start, x, y, steps, self.numpy_inner_lr(), self.policy_spec,
+                          self.objective_spec)
+
+    def positions_numpy(self, x: np.ndarray, params: NumpyParams | None = None) -> np.ndarray:
+        """Positions for features ``x`` (``(F,)`` or ``(n, F)``) with ``params`` or the init."""
+        return numpy_positions(self.numpy_params() if params is None else params, x,
+                               self.policy_spec)
+
+
+def adapted_query_losses(params: Params, inner_lr: float | dict[str, torch.Tensor], tasks: Any,
+                         steps: int, policy_spec: PolicySpec,
+                         objective_spec: ObjectiveSpec) -> np.ndarray:
+    """Query loss of every task after adapting ``params`` on its support window.
+
+    ``tasks`` is a ``TaskBatch`` (numpy) or :class:`metamodels.learners.TorchTasks`;
+    every task is adapted independently, in one batched call of the reference
+    :func:`~metamodels.adapt.adapt`. Returns a float64 array ``(B,)``.
+    """
+    sx, sy, qx, qy = (torch.as_tensor(np.asarray(getattr(tasks, n), dtype=np.float32))
+                      for n in ("support_x", "support_y", "query_x", "query_y"))
+    theta = {k: v.detach() for k, v in params.items()}
+    phi = adapt(expand_tasks(theta, sx.shape[0]), sx, sy, steps, inner_lr, policy_spec,
+                objective_spec)
+    with torch.no_grad():
+        return query_loss(phi, qx, qy, policy_spec, objective_spec).double().numpy()
+
+
+def evaluate(model: MetaModel, tasks: Any, steps: int | None = None) -> np.ndarray:
+    """Per-task query loss of ``model`` after ``steps`` adaptation steps (default: its own)."""
+    return adapted_query_losses(model.params, model.inner_lr, tasks,
+                                model.inner_steps if steps is None else steps,
+                                model.policy_spec, model.objective_spec)
