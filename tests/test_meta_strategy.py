@@ -1,0 +1,130 @@
+"""MetaAdaptiveStrategy: no look-ahead, engine modes agree, zero steps means no adaptation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feeds.btfeed import make_feature_feed
+from feeds.features import FeatureSpec
+from feeds.loaders import load_sample
+from metamodels.objective import ObjectiveSpec
+from metamodels.policy import PolicySpec, init_params, to_numpy
+from strategies.engine import CostSpec, run_backtest
+from strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+
+SPEC = FeatureSpec()
+COSTS = CostSpec()
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, pd.DataFrame]:
+    sample = load_sample(["SPY", "TLT", "XLE"])
+    return {s: f.loc["2007-06-01":"2009-12-31"] for s, f in sample.items()}
+
+
+def policy(steps: int = 5, seed: int = 0) -> AdaptivePolicy:
+    spec = PolicySpec(n_features=len(SPEC.names))
+    return AdaptivePolicy(spec, ObjectiveSpec(), to_numpy(init_params(spec, seed)), 0.5, steps,
+                          SPEC.names)
+
+
+def run(frames, trade_start, **params):
+    params = {"policy": policy(), "min_window": 30, "max_window": 90, "calendar_every": 15,
+              **params}
+    return run_backtest(frames, MetaAdaptiveStrategy, params, COSTS, trade_start=trade_start,
+                        feed_factory=lambda s, f: make_feature_feed(s, f, SPEC),
+                        runonce=params.pop("runonce", True), preload=params.pop("preload", True))
+
+
+def upto(res, t):
+    w = res.weights[res.weights["date"] <= t].reset_index(drop=True)
+    tr = res.trades[res.trades["date"] <= t].reset_index(drop=True)
+    ev = pd.DataFrame(res.events)
+    ev = ev[pd.to_datetime(ev["date"]) <= t].reset_index(drop=True) if len(ev) else ev
+    return w, tr, ev, res.returns.loc[:t]
+
+
+def absurd_after(frames, t):
+    out = {}
+    for symbol, frame in frames.items():
+        g = frame.copy()
+        after = g.index > t
+        g.loc[after, ["open", "high", "low", "close"]] = 1e6 * (1 + np.arange(after.sum()))[:, None]
+        out[symbol] = g
+    return out
+
+
+@pytest.mark.parametrize("trigger", ["regime", "calendar"])
+def test_positions_orders_and_adaptations_up_to_t_ignore_the_future(frames, trigger):
+    start = frames["SPY"].index[150]
+    full = run(frames, start, trigger=trigger)
+    assert len(full.events) > 3, "the test needs adaptations to mean anything"
+    for cut in (300, 480):
+        t = frames["SPY"].index[cut]
+        expected = upto(full, t)
+        assert len(expected[0]) > 0
+        for variant in ({k: f.loc[:t] for k, f in frames.items()}, absurd_after(frames, t)):
+            got = upto(run(variant, start, trigger=trigger), t)
+            for a, b in zip(got[:3], expected[:3]):
+                pd.testing.assert_frame_equal(a, b)
+            pd.testing.assert_series_equal(got[3], expected[3])
+
+
+def test_runonce_and_preload_modes_agree(frames):
+    start = frames["SPY"].index[150]
+    ref = run(frames, start)
+    for runonce, preload in [(False, True), (False, False)]:
+        res = run(frames, start, runonce=runonce, preload=preload)
+        pd.testing.assert_frame_equal(res.weights, ref.weights)
+        pd.testing.assert_frame_equal(res.trades, ref.trades)
+        assert res.events == ref.events
+
+
+def test_zero_adaptation_steps_is_exactly_the_no_adaptation_ablation(frames):
+    start = frames["SPY"].index[150]
+    zero = run(frames, start, policy=policy(steps=0), trigger="regime")
+    frozen = run(frames, start, policy=policy(steps=5), trigger="never")
+    assert len(zero.events) > 0 and len(frozen.events) == 0
+    assert all(e["loss_before"] == e["loss_after"] for e in zero.events)
+    pd.testing.assert_frame_equal(zero.weights, frozen.weights)
+    pd.testing.assert_frame_equal(zero.trades, frozen.trades)
+
+
+def test_adaptation_lowers_the_support_loss_and_respects_windows(frames):
+    res = run(frames, frames["SPY"].index[150], trigger="calendar")
+    events = pd.DataFrame(res.events)
+    assert (events["window"].between(30, 90)).all()
+    assert (events["loss_after"] < events["loss_before"]).mean() > 0.9
+
+
+def test_long_only_never_shorts(frames):
+    res = run(frames, frames["SPY"].index[150], long_only=True)
+    assert (res.weights["weight"] >= 0).all()
+    assert (res.weights["weight"] > 0).any()
+
+
+def test_oracle_adapts_on_the_given_dates(frames):
+    dates = [frames["TLT"].index[200], frames["TLT"].index[400]]
+    res = run(frames, frames["SPY"].index[150], trigger="oracle", known_changes={"TLT": dates})
+    oracle = [e for e in res.events if e["trigger"] == "oracle"]
+    assert [pd.Timestamp(e["date"]) for e in oracle] == dates
+    assert all(e["asset"] == "TLT" for e in oracle)
+
+
+def test_bad_params_are_refused(frames):
+    with pytest.raises(ValueError, match="trigger"):
+        run(frames, None, trigger="weekly")
+    with pytest.raises(ValueError, match="min_window"):
+        run(frames, None, min_window=100, max_window=50)
+    with pytest.raises(ValueError, match="policy"):
+        run(frames, None, policy=None)
+
+
+def test_policy_is_not_mutated_by_adaptation(frames):
+    pol = policy()
+    before = {k: v.copy() for k, v in pol.params.items()}
+    run(frames, frames["SPY"].index[150], policy=pol, trigger="calendar")
+    for k, v in before.items():
+        np.testing.assert_array_equal(pol.params[k], v)
