@@ -1,0 +1,152 @@
+"""End to end through the CLI: the run-folder contract, reproducibility, no leak past the split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import quantstats as qs
+
+from backtests.config import load_config
+
+TINY = Path(__file__).parent / "data" / "tiny_basket.toml"
+CONTRACT = ["config.toml", "metrics.json", "returns.csv", "positions.csv", "trades.csv",
+            "adaptations.csv", "tearsheet.html", "comparison.md", "equity.png", "study.json",
+            "model/model.safetensors", "model/model.json"]
+STRATEGIES = ["meta_adaptive", "meta_frozen", "meta_calendar", "meta_random_init", "erm_static",
+              "buy_and_hold", "sma_cross", "momentum", "rsi_reversion"]
+METRICS = ["sharpe", "sortino", "cagr", "volatility", "max_drawdown", "calmar", "turnover",
+           "n_trades", "n_adaptations"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    import sys
+
+    from backtests.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    argv = sys.argv
+    sys.argv = ["metabt", "backtest", str(TINY), "--out", str(out)]
+    try:
+        main()
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    finally:
+        sys.argv = argv
+    return out
+
+
+def test_run_folder_holds_every_contract_file(run_dir):
+    for name in CONTRACT:
+        assert (run_dir / name).is_file(), name
+    returns = pd.read_csv(run_dir / "returns.csv", index_col="date", parse_dates=True)
+    assert list(returns.columns) == STRATEGIES
+    assert returns.index.min() >= pd.Timestamp("2008-01-02")
+    assert returns.index.max() <= pd.Timestamp("2009-06-30")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == set(STRATEGIES)
+    for name in STRATEGIES:
+        assert set(METRICS) <= set(metrics[name]), name
+    adaptations = pd.read_csv(run_dir / "adaptations.csv", parse_dates=["date"])
+    assert adaptations["date"].min() >= pd.Timestamp("2008-01-02")
+    assert metrics["meta_adaptive"]["n_adaptations"] == int(
+        (adaptations["strategy"] == "meta_adaptive").sum())
+    assert metrics["meta_frozen"]["n_adaptations"] == 0
+
+
+def test_metrics_match_quantstats_on_returns_csv(run_dir):
+    returns = pd.read_csv(run_dir / "returns.csv", index_col="date", parse_dates=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for name in STRATEGIES:
+        r = returns[name]
+        assert metrics[name]["sharpe"] == pytest.approx(
+            qs.stats.sharpe(r, periods=252), rel=1e-9, abs=1e-12)
+        assert metrics[name]["max_drawdown"] == pytest.approx(qs.stats.max_drawdown(r), rel=1e-9)
+
+
+def test_resolved_config_reproduces_the_run(run_dir, tmp_path, run_cli):
+    resolved = load_config(run_dir / "config.toml")
+    assert resolved == load_config(TINY)
+    again = tmp_path / "again"
+    result = run_cli("backtest", run_dir / "config.toml", "--out", again)
+    assert result.code == 0, result.err
+    assert (again / "metrics.json").read_text() == (run_dir / "metrics.json").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(again / "positions.csv"),
+                                  pd.read_csv(run_dir / "positions.csv"))
+
+
+def test_data_after_a_date_does_not_change_positions_before_it(run_dir, tmp_path, run_cli):
+    cut = "2008-12-31"
+    short = tmp_path / "short"
+    result = run_cli("backtest", TINY, "--end", cut, "--out", short)
+    assert result.code == 0, result.err
+    full = pd.read_csv(run_dir / "positions.csv", parse_dates=["date"])
+    part = pd.read_csv(short / "positions.csv", parse_dates=["date"])
+    full = full[full["date"] <= cut].reset_index(drop=True)
+    assert len(part) == len(full) > 0
+    pd.testing.assert_frame_equal(part, full)
+
+
+def test_the_checkpoint_never_saw_the_test_period(run_dir):
+    model = json.loads((run_dir / "model" / "model.json").read_text())
+    assert model["training_period"]["end"] < "2008-01-02"
+    assert model["config"]["data"]["split"] == "2008-01-02"
+
+
+def test_a_later_split_trains_on_more_data(tmp_path, run_cli):
+    from metamodels.model_io import load_model
+
+    periods, weights = [], []
+    for split in ("2007-06-01", "2008-01-02"):
+        out = tmp_path / split
+        result = run_cli("train", TINY, "--split", split, "--out", out)
+        assert result.code == 0, result.err
+        model, last_bar = load_model(out)
+        assert last_bar < pd.Timestamp(split)
+        periods.append(last_bar)
+        weights.append(model.params["w0"].numpy())
+    assert periods[0] < periods[1]
+    assert not np.array_equal(weights[0], weights[1])
+
+
+def test_a_checkpoint_that_saw_the_test_period_is_refused(run_dir, run_cli, tmp_path):
+    result = run_cli("backtest", TINY, "--split", "2007-06-01", "--model", run_dir / "model",
+                     "--out", tmp_path / "leak")
+    assert result.code == 2
+    assert "seen the test period" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["backtest", "nope.toml"], "no such config file"),
+    (["backtest", str(TINY), "--symbols", "../x"], "not a valid ticker"),
+    (["backtest", str(TINY), "--split", "2004-01-01"], "must be before"),
+    (["backtest", str(TINY), "--data", "/nonexistent"], "no such folder"),
+    (["backtest", str(TINY), "--refit-every", "sometimes"], "--refit-every"),
+    (["report", "/nonexistent"], "not a folder"),
+])
+def test_bad_command_lines_give_one_clear_line(run_cli, args, needle):
+    result = run_cli(*args)
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.err
+
+
+def test_unknown_config_key_names_it(tmp_path, run_cli):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.read_text().replace("meta_steps", "meta_stpes"))
+    result = run_cli("backtest", bad)
+    assert result.code == 2
+    assert "meta.meta_stpes" in result.err and "did you mean 'meta.meta_steps'" in result.err
+
+
+def test_report_rebuilds_identical_metrics(run_dir, run_cli):
+    before = (run_dir / "metrics.json").read_text()
+    (run_dir / "metrics.json").unlink()
+    result = run_cli("report", run_dir)
+    assert result.code == 0, result.err
+    assert (run_dir / "metrics.json").read_text() == before
+    assert np.isfinite(json.loads(before)["meta_adaptive"]["sharpe"])
