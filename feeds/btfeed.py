@@ -17,6 +17,34 @@ from feeds.features import FeatureSpec, compute_features, trailing_vol
 VOL_LINE = "vol"
 
 
+class ArrayPandasData(bt.feeds.PandasData):
+    """``PandasData`` that reads each bar from numpy-backed lists.
+
+    Backtrader's own ``_load`` fetches every value with ``DataFrame.iloc``,
+    which is about half of a multi-asset backtest's run time; copying the
+    columns out once at ``start`` gives the same bars, much faster.
+    """
+
+    def start(self) -> None:
+        super().start()
+        frame = self.p.dataname
+        self._columns = [
+            (getattr(self.lines, alias), frame.iloc[:, col].to_numpy(dtype=float).tolist())
+            for alias in self.getlinealiases()
+            if alias != "datetime" and (col := self._colmapping[alias]) is not None
+        ]
+        self._dtnums = [bt.date2num(ts.to_pydatetime()) for ts in frame.index]
+
+    def _load(self) -> bool:
+        self._idx += 1
+        if self._idx >= len(self._dtnums):
+            return False
+        for line, values in self._columns:
+            line[0] = values[self._idx]
+        self.lines.datetime[0] = self._dtnums[self._idx]
+        return True
+
+
 @lru_cache(maxsize=None)
 def feature_feed_class(names: tuple[str, ...]) -> type[bt.feeds.PandasData]:
     """A ``PandasData`` subclass with one extra line per feature name plus ``vol``.
@@ -29,9 +57,9 @@ def feature_feed_class(names: tuple[str, ...]) -> type[bt.feeds.PandasData]:
         "lines": extra,
         # -1: Backtrader finds the column by its name in the DataFrame.
         "params": tuple((name, -1) for name in extra),
-        "datafields": bt.feeds.PandasData.datafields + list(extra),
+        "datafields": ArrayPandasData.datafields + list(extra),
     }
-    return type("FeatureData", (bt.feeds.PandasData,), attrs)
+    return type("FeatureData", (ArrayPandasData,), attrs)
 
 
 def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
+from feeds.btfeed import ArrayPandasData
 from feeds.errors import DataError
 from strategies.base import TargetWeightStrategy
 
@@ -87,7 +88,7 @@ class BacktestResult:
 
 def default_feed(symbol: str, frame: pd.DataFrame) -> bt.feeds.PandasData:
     """A plain OHLCV Backtrader feed over a canonical frame."""
-    return bt.feeds.PandasData(dataname=frame, name=symbol)
+    return ArrayPandasData(dataname=frame, name=symbol)
 
 
 def _check_frame(symbol: str, frame: pd.DataFrame) -> None:
