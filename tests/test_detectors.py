@@ -1,0 +1,191 @@
+"""Online regime detectors: detection power, false alarms, causality, registry errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from strategies.detector_bench import bench_detectors
+from strategies.detectors import DETECTORS, Detector, make_detector
+
+NAMES = sorted(DETECTORS)
+SEGMENT = 600  # bars per regime in the statistical tests
+SEEDS = range(40)
+
+
+def three_regimes(seed: int) -> np.ndarray:
+    """Gaussian returns: vol sigma, then 2*sigma from bar 600, then sigma from bar 1200.
+
+    sigma is drawn log-uniform in [0.5 %, 3 %] so the detectors are checked across
+    the range of daily volatilities they are meant for.
+    """
+    rng = np.random.default_rng(seed)
+    vol = float(np.exp(rng.uniform(np.log(0.005), np.log(0.03))))
+    sigma = np.repeat([vol, 2.0 * vol, vol], SEGMENT)
+    return sigma * rng.standard_normal(3 * SEGMENT)
+
+
+def trace(det: Detector, xs: np.ndarray) -> tuple[list[int], list[float], list[int]]:
+    alarms, probs, runs = [], [], []
+    for i, x in enumerate(xs):
+        if det.update(float(x)):
+            alarms.append(i)
+        probs.append(det.change_probability)
+        runs.append(det.run_length)
+    return alarms, probs, runs
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def runs(request: pytest.FixtureRequest) -> tuple[str, list[tuple[list[int], int, int]]]:
+    """Per seed: (alarms, run_length at each alarm) on the three-regime series."""
+    out = []
+    for seed in SEEDS:
+        det = make_detector(request.param)
+        alarms, _, run_lengths = trace(det, three_regimes(seed))
+        out.append((alarms, [run_lengths[a] for a in alarms]))
+    return request.param, out
+
+
+def first_in(alarms: list[int], start: int, width: int) -> int | None:
+    hits = [a for a in alarms if start <= a < start + width]
+    return hits[0] if hits else None
+
+
+def test_vol_doubling_detected_within_20_bars_on_most_seeds(runs) -> None:
+    name, results = runs
+    hit = [first_in(alarms, SEGMENT, 20) is not None for alarms, _ in results]
+    assert np.mean(hit) >= 0.8, f"{name}: doubling detected within 20 bars on {np.mean(hit):.0%}"
+
+
+def test_vol_halving_detected_within_60_bars_on_most_seeds(runs) -> None:
+    name, results = runs
+    hit = [first_in(alarms, 2 * SEGMENT, 60) is not None for alarms, _ in results]
+    assert np.mean(hit) >= 0.8, f"{name}: halving detected within 60 bars on {np.mean(hit):.0%}"
+
+
+def test_false_alarms_are_rare(runs) -> None:
+    # Everything outside the 60 bars after each true change is a false alarm,
+    # start-up bars included. Target is 0.5 per 1,000 bars; the bound leaves room
+    # for sampling noise but fails a detector that fires every few hundred bars.
+    name, results = runs
+    false = sum(
+        not any(c <= a < c + 60 for c in (SEGMENT, 2 * SEGMENT))
+        for alarms, _ in results
+        for a in alarms
+    )
+    rate = 1000.0 * false / (len(results) * 3 * SEGMENT)
+    assert rate <= 1.5, f"{name}: {rate:.2f} false alarms per 1,000 bars"
+
+
+def test_run_length_at_alarm_estimates_bars_since_change(runs) -> None:
+    # The strategy adapts on the last run_length bars, so at a true detection it
+    # must point close to the real change, not to the alarm bar.
+    name, results = runs
+    errors = []
+    for alarms, lengths in results:
+        for a, length in zip(alarms, lengths):
+            for change in (SEGMENT, 2 * SEGMENT):
+                if change <= a < change + 60:
+                    errors.append(abs(length - (a - change + 1)))
+    assert len(errors) >= len(results)
+    assert np.median(errors) <= 4, f"{name}: median run-length error {np.median(errors)}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_input_same_output(name: str) -> None:
+    xs = three_regimes(123)
+    first = trace(make_detector(name), xs)
+    assert first[0], "the series has two changes; no alarm at all means the test is moot"
+    assert trace(make_detector(name), xs) == first
+    det = make_detector(name)
+    trace(det, three_regimes(7))
+    det.reset()
+    assert trace(det, xs) == first, "reset() must forget everything"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("cut", [150, 610, 700, 1205])
+def test_causal_prefix_invariance(name: str, cut: int) -> None:
+    xs = three_regimes(5)
+    rng = np.random.default_rng(cut)
+    other_future = np.concatenate([xs[:cut], 0.2 * rng.standard_normal(400)])
+    full = trace(make_detector(name), xs)
+    prefix = trace(make_detector(name), xs[:cut])
+    other = trace(make_detector(name), other_future)
+    for got in (full, other):
+        assert [a for a in got[0] if a < cut] == prefix[0]
+        assert got[1][:cut] == prefix[1]
+        assert got[2][:cut] == prefix[2]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_in_range(name: str) -> None:
+    det = make_detector(name)
+    for x in three_regimes(9):
+        det.update(float(x))
+        assert 0.0 <= det.change_probability <= 1.0
+        assert det.run_length >= 1
+
+
+def test_cusum_alarms_do_not_depend_on_return_scale() -> None:
+    xs = three_regimes(11)
+    base = trace(make_detector("cusum"), xs)[0]
+    assert base
+    assert trace(make_detector("cusum"), 7.0 * xs)[0] == base
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_satisfies_protocol(name: str) -> None:
+    assert isinstance(make_detector(name), Detector)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_return_is_rejected(name: str, bad: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        make_detector(name).update(bad)
+
+
+def test_unknown_detector_name_suggests_the_close_one() -> None:
+    with pytest.raises(ValueError, match=r"unknown detector 'bocdp'.*did you mean 'bocpd'"):
+        make_detector("bocdp")
+
+
+def test_unknown_setting_suggests_the_close_one() -> None:
+    with pytest.raises(ValueError, match=r"unknown setting 'hazzard'.*did you mean 'hazard'"):
+        make_detector("bocpd", hazzard=300)
+    with pytest.raises(ValueError, match=r"'up_treshold'.*did you mean 'up_threshold'"):
+        make_detector("cusum", up_treshold=5.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "key"),
+    [
+        ("bocpd", {"hazard": 0.5}, "hazard"),
+        ("bocpd", {"threshold": 1.5}, "threshold"),
+        ("bocpd", {"short_run": 400, "max_run": 300}, "max_run"),
+        ("cusum", {"vol_ratio": 0.5}, "vol_ratio"),
+        ("cusum", {"min_run": 0}, "min_run"),
+    ],
+)
+def test_invalid_setting_values_are_named(name: str, settings: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        make_detector(name, **settings)
+
+
+def test_settings_change_behaviour() -> None:
+    # A registry that silently ignored keyword settings would pass every test above.
+    xs = three_regimes(3)
+    assert trace(make_detector("bocpd", threshold=0.99), xs) != trace(make_detector("bocpd"), xs)
+    assert trace(make_detector("cusum", up_threshold=50.0), xs) != trace(
+        make_detector("cusum"), xs
+    )
+
+
+def test_bench_reports_every_detector() -> None:
+    result = bench_detectors(seed=0, n_series=2, n_bars=1500)
+    assert set(result["detectors"]) == set(DETECTORS)
+    for name, row in result["detectors"].items():
+        assert row["update_us"] > 0, name
+        assert row["false_alarms_per_1000"] >= 0, name
+        assert row["delay_bars"] is None or 1 <= row["delay_bars"] <= 50, name
