@@ -148,6 +148,40 @@ def train(
 
 
 @app.command()
+def bench(
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write every figure to this JSON file.")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per measurement.")] = 5,
+) -> None:
+    """Speed, measured side by side in one run: meta-learners vs references, detectors, strategy."""
+    import json
+
+    from rich.table import Table
+
+    from metamodels.bench import run_bench
+    from strategies.detector_bench import bench_detectors
+    from strategies.speed_bench import bench_strategy_speed
+
+    figures = run_bench(repeats=repeats)
+    figures["detectors"] = bench_detectors()["detectors"]
+    figures.update(bench_strategy_speed(repeats=max(1, repeats // 2)))
+    table = Table(title="metabt bench (medians)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        if key == "detectors":
+            for name, stats in value.items():
+                for k, v in stats.items():
+                    table.add_row(f"detectors.{name}.{k}", f"{v:.4g}")
+        else:
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+        console.print(f"wrote {json_path}")
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     """Rebuild metrics.json, tearsheet.html, comparison.md and equity.png from a run folder."""
     from reports.build import build_reports

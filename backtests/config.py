@@ -24,6 +24,7 @@ from metamodels.objective import ObjectiveSpec
 from metamodels.policy import PolicySpec
 from strategies.detectors import make_detector
 from strategies.engine import CostSpec
+from strategies.meta_adaptive import DEFAULT_REBALANCE_THRESHOLD
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -105,7 +106,7 @@ class StrategyConfig(_Section):
     gross_cap: float = Field(1.0, gt=0)
     asset_weight: float | None = Field(None, gt=0)
     long_only: bool = False
-    rebalance_threshold: float = Field(0.02, ge=0)
+    rebalance_threshold: float = Field(DEFAULT_REBALANCE_THRESHOLD, ge=0)
     warmup_bars: int = Field(250, ge=0)
 
     @model_validator(mode="after")
