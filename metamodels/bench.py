@@ -106,7 +106,7 @@ def _funcvmap_step(theta: Params, tasks: TorchTasks, steps: int, lr: float, spec
 def run_bench(n_tasks: int = 64, inner_steps: int = 5, repeats: int = 5, seed: int = 0,
               support: int = 60, query: int = 20, n_features: int = 14, hidden: int = 16,
               inner_lr: float = 0.1, with_higher: bool = True,
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = 1) -> dict[str, Any]:
     """Measure the meta-learning core; returns one flat dict of figures (JSON-ready).
 
     Parameters
@@ -123,11 +123,13 @@ def run_bench(n_tasks: int = 64, inner_steps: int = 5, repeats: int = 5, seed: i
         Inner step size.
     with_higher : bool
         Skip the ``higher`` comparison (it takes a few seconds) when False.
-    threads : int, optional
-        Torch intra-op threads for the run (restored afterwards); default: leave
-        torch's setting. On a busy machine 1 thread is steadier: every parallel
-        op waits for its slowest thread, and a thread the OS has parked costs a
-        whole time slice.
+    threads : int or None
+        Torch intra-op threads for every engine (restored afterwards); None
+        leaves torch's setting. Default 1, as in training: with these small
+        tensors a second thread gains little, while on a busy machine every
+        parallel op waits for its slowest thread, and a thread the OS has
+        parked costs a whole time slice (the batched step then swings from
+        ~10 ms to seconds).
 
     Returns
     -------

@@ -96,7 +96,9 @@ def fit_erm(series: Series, val: TaskBatch | None, policy_spec: PolicySpec,
         return float(adapted_query_losses(params, config.inner_lr, val, 0, policy_spec,
                                           objective_spec).mean())
 
-    history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": []}
+    # ERM's validation loss is already the unadapted one; both keys for one layout.
+    history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": [],
+                                       "val_loss_unadapted": []}
     best_loss, best_step, bad, loss_value = math.inf, 0, 0, math.nan
     best = {k: v.detach().clone() for k, v in params.items()}
     columns = (TextColumn("erm"), BarColumn(), MofNCompleteColumn(),
@@ -117,7 +119,7 @@ def fit_erm(series: Series, val: TaskBatch | None, policy_spec: PolicySpec,
                 continue
             val_loss = validate() if val is not None else math.nan
             for key, value in (("step", step), ("train_loss", loss_value),
-                               ("val_loss", val_loss)):
+                               ("val_loss", val_loss), ("val_loss_unadapted", val_loss)):
                 history[key].append(value)
             if val is None or val_loss < best_loss:
                 best_loss, best_step, bad = val_loss, step, 0

@@ -145,15 +145,16 @@ def fit(sample: Sample, val: TaskBatch | None, policy_spec: PolicySpec,
     opt = torch.optim.AdamW([{"params": weights, "weight_decay": config.weight_decay},
                              {"params": rates, "weight_decay": 0.0}], lr=config.outer_lr)
 
-    def validate() -> float:
+    def validate(steps: int = config.inner_steps) -> float:
         params, lr = learner.split(meta)
-        return float(adapted_query_losses(params, lr, val, config.inner_steps, policy_spec,
+        return float(adapted_query_losses(params, lr, val, steps, policy_spec,
                                           objective_spec).mean())
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in meta.items()}
 
-    history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": []}
+    history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": [],
+                                       "val_loss_unadapted": []}
     best_loss, best_step, best_meta, bad, running = math.inf, 0, snapshot(), 0, []
     columns = (TextColumn(config.algorithm), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]:.4f}"),
@@ -179,7 +180,9 @@ def fit(sample: Sample, val: TaskBatch | None, policy_spec: PolicySpec,
                 continue
             val_loss = validate() if val is not None else math.nan
             train_loss = float(np.mean(running)) if running else math.nan
-            for key, value in (("step", step), ("train_loss", train_loss), ("val_loss", val_loss)):
+            unadapted = validate(0) if val is not None else math.nan
+            for key, value in (("step", step), ("train_loss", train_loss), ("val_loss", val_loss),
+                               ("val_loss_unadapted", unadapted)):
                 history[key].append(value)
             running = []
             bar.update(job, val=val_loss)
