@@ -7,6 +7,7 @@ traceback means a bug in metabt, never a problem with the user's files.
 from __future__ import annotations
 
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -66,7 +67,15 @@ def _run(config: StudyConfig, out: Path | None, model: Path | None = None) -> Pa
     from backtests.study import run_study  # heavy imports only for commands that run studies
 
     out = out or _default_out(config)
-    run_study(config, out, model_path=model, console=console)
+    # Library warnings (an order re-tried for lack of cash, a late indicator) are kept,
+    # not shown one by one: they go to warnings.log in the run folder, counted here.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_study(config, out, model_path=model, console=console)
+    if caught:
+        lines = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+        (out / "warnings.log").write_text("\n".join(lines) + "\n")
+        console.print(f"{len(lines)} distinct warnings, see {out / 'warnings.log'}")
     return out
 
 

@@ -107,7 +107,9 @@ class StrategyConfig(_Section):
     asset_weight: float | None = Field(None, gt=0)
     long_only: bool = False
     rebalance_threshold: float = Field(DEFAULT_REBALANCE_THRESHOLD, ge=0)
-    warmup_bars: int = Field(250, ge=0)
+    # Bars fed before the split (and before tuning's first scored day) so the slowest
+    # indicator (a 252-bar momentum lookback) is warm on the first traded day.
+    warmup_bars: int = Field(300, ge=0)
 
     @model_validator(mode="after")
     def _windows(self) -> StrategyConfig:

@@ -150,8 +150,10 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
                   f"{'end' if end is None else end.date()}")
     meta, erm, rand = train_models(data.frames, config, specs, split, model_path, progress)
     train_frames = slice_period(data.frames, None, split)
-    start = pd.Timestamp(config.data.start) if config.data.start else \
-        min(f.index[0] for f in train_frames.values())
+    first_bar = min(f.index[0] for f in train_frames.values())
+    # Every config is scored from the same day, once the slowest one is warm.
+    start = max(pd.Timestamp(config.data.start or first_bar), first_bar) + \
+        pd.tseries.offsets.BDay(config.strategy.warmup_bars)
     tuning: dict[str, TuningResult] = {}
     for name in config.comparators.names:
         grid = config.comparators.grids.get(name, DEFAULT_GRIDS[name])
