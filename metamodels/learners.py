@@ -11,8 +11,9 @@ Two engines compute the same thing:
     the shared tensors, no copy) and every task is adapted by one call of
     :func:`metamodels.adapt.adapt` on the whole batch; each layer is a single
     ``baddbmm``, so the inner loop and the second-order backward pass run as
-    one graph. On 2 CPU cores this is ~35x faster than the loop and ~2x
-    faster than ``torch.func.vmap`` over per-task ``grad`` calls.
+    one graph. On CPU this is tens of times faster than the loop and about
+    twice as fast as ``torch.func.vmap`` over per-task ``grad`` calls
+    (``metabt bench`` measures all three, and ``higher``).
 ``"loop"``
     The textbook version: adapt and differentiate one task at a time. Kept as
     the reference the tests compare the batched engine with, and for the

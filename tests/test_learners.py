@@ -168,3 +168,21 @@ def test_registry_and_invalid_combinations():
     lr = MetaSGD(inner_lr=0.25).final_lr(_meta(MetaSGD(inner_lr=0.25)))
     assert isinstance(lr, dict) and set(lr) == set(init_params(SPEC, 0))
     assert all(torch.allclose(v, torch.full_like(v, 0.25)) for v in lr.values())
+
+
+def test_bench_engines_agree_with_each_other_and_with_higher():
+    from metamodels.bench import run_bench
+
+    result = run_bench(n_tasks=4, inner_steps=2, repeats=1, support=20, query=5)
+    for key in ("maml_vmap_ms", "maml_loop_ms", "maml_higher_ms", "speedup_vs_loop",
+                "speedup_vs_higher", "adapt_p50_ms", "adapt_p95_ms", "infer_numpy_us",
+                "infer_torch_us"):
+        assert key in result
+    # The speed-ups compare engines that compute the same meta-gradient
+    # (higher is a dev dependency; without it the bench says why).
+    assert result["grad_diff_loop"] < 1e-5
+    assert result["grad_diff_funcvmap"] < 1e-5
+    if result["maml_higher_ms"] is None:
+        assert result["higher_error"]
+    else:
+        assert result["grad_diff_higher"] < 1e-5
