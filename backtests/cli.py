@@ -199,6 +199,11 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     console.print(f"rebuilt the reports in {run_dir}")
 
 
+from backtests.paper.cli import register as _register_paper
+
+_register_paper(app)
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line."""
     try:

@@ -1,0 +1,112 @@
+"""``metabt paper run | status | report``: the paper-trading commands.
+
+A group rather than ``metabt paper CONFIG`` plus ``metabt paper status``:
+click cannot tell a CONFIG argument from a subcommand name, so every paper
+action is a subcommand. Bad input raises the library's one-line errors, which
+``backtests.cli.main`` turns into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from backtests.paper.ledger import PaperError
+from backtests.paper.sources import SOURCES
+
+if TYPE_CHECKING:
+    from backtests.paper.loop import BarOutcome
+
+console = Console(soft_wrap=True)
+
+StateOpt = Annotated[Path, typer.Option("--state", help="Folder of the paper state (SQLite).")]
+
+
+def _date(text: str | None) -> object:
+    if text is None:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise PaperError(f"--start {text!r}: expected a date YYYY-MM-DD") from None
+
+
+def run(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
+    state: StateOpt,
+    source: Annotated[str, typer.Option("--source", help="replay or yfinance.")] = "replay",
+    speed: Annotated[float, typer.Option(
+        "--speed", help="Replay speed in bars per second; 0 = as fast as possible.")] = 0.0,
+    max_bars: Annotated[int | None, typer.Option(
+        "--max-bars", help="Stop after this many new bars.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Folder of SYMBOL.csv files instead of the config's source.")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Checkpoint folder; default: meta-train on bars before --start.")] = None,
+    start: Annotated[str | None, typer.Option(
+        "--start", help="First paper bar (YYYY-MM-DD); default the config's split (replay) "
+                        "or today (yfinance).")] = None,
+    poll: Annotated[float, typer.Option(
+        "--poll", help="yfinance: seconds between polls while no new bar has closed.")] = 900.0,
+) -> None:
+    """Paper-trade the meta-adaptive strategy bar by bar; resumable, crash-safe."""
+    from backtests.paper.loop import PaperLoop
+    from backtests.paper.session import PaperOptions, open_session
+
+    if source not in SOURCES:
+        raise PaperError(f"--source {source!r}: use one of {', '.join(SOURCES)}")
+    options = PaperOptions(config_path=config_path, state_dir=state, source=source, speed=speed,
+                           max_bars=max_bars, data=data, model=model, start=_date(start),
+                           poll_seconds=poll)
+    session = open_session(options)
+    try:
+        last = "none" if session.last_bar is None else str(session.last_bar.date())
+        console.print(f"paper run {session.run_id}: start {session.start.date()}, "
+                      f"{session.n_processed} bars already traded (last {last}), "
+                      f"checkpoint {session.checkpoint}")
+
+        def show(o: BarOutcome) -> None:
+            console.print(f"{o.date.date()}  bar {o.bar_no:>4}  orders {o.n_orders:>2}  "
+                          f"fills {o.n_fills:>2}  cash {o.cash:>14,.2f}  "
+                          f"equity {o.equity:>14,.2f}  {o.seconds:.3f} s")
+
+        try:
+            done = PaperLoop(session).run(speed=speed, max_bars=max_bars, on_bar=show)
+        except KeyboardInterrupt:
+            console.print("stopped; every committed bar is kept, run the same command to resume")
+            raise typer.Exit(130) from None
+        console.print(f"{done} new bars traded; state in {state}")
+    finally:
+        session.close()
+
+
+def status(state: StateOpt) -> None:
+    """Positions, cash, equity, last bar and last adaptation of a paper state."""
+    from backtests.paper.status import print_status, read_status
+
+    print_status(read_status(state), console)
+
+
+def report(
+    state: StateOpt,
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+) -> None:
+    """Write a run folder (returns, positions, trades, adaptations) and its QuantStats tear sheet."""
+    from backtests.paper.status import build_paper_report
+
+    build_paper_report(state, out, console=console)
+    console.print(f"\n[bold]tear sheet:[/bold] {out / 'tearsheet.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``paper`` command group (``run``, ``status``, ``report``) to ``app``."""
+    paper_app = typer.Typer(help="Paper-trade the meta-adaptive strategy on closed daily bars.",
+                            no_args_is_help=True)
+    paper_app.command("run")(run)
+    paper_app.command("status")(status)
+    paper_app.command("report")(report)
+    app.add_typer(paper_app, name="paper")
