@@ -10,7 +10,7 @@ import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -36,14 +36,14 @@ console = Console(soft_wrap=True)
 # Errors that mean "the input is wrong": one line and exit 2, never a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (DataError, ConfigError, CheckpointError, ReportError)
 
-DataOpt = Annotated[Optional[Path], typer.Option(
+DataOpt = Annotated[Path | None, typer.Option(
     "--data", help="Folder of SYMBOL.csv files (Yahoo layout) instead of the config's source.")]
-SymbolsOpt = Annotated[Optional[str], typer.Option(
+SymbolsOpt = Annotated[str | None, typer.Option(
     "--symbols", help="Comma-separated symbols, or 'all'.")]
-StartOpt = Annotated[Optional[str], typer.Option("--start", help="First bar of training (YYYY-MM-DD).")]
-SplitOpt = Annotated[Optional[str], typer.Option("--split", help="First bar of the test period.")]
-EndOpt = Annotated[Optional[str], typer.Option("--end", help="Last bar of the test period.")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to write.")]
+StartOpt = Annotated[str | None, typer.Option("--start", help="First bar of training (YYYY-MM-DD).")]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="First bar of the test period.")]
+EndOpt = Annotated[str | None, typer.Option("--end", help="Last bar of the test period.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder to write.")]
 
 
 def _resolve(config_path: Path, data: Path | None, symbols: str | None, start: str | None,
@@ -114,9 +114,9 @@ def backtest(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
     data: DataOpt = None, symbols: SymbolsOpt = None, start: StartOpt = None,
     split: SplitOpt = None, end: EndOpt = None, out: OutOpt = None,
-    model: Annotated[Optional[Path], typer.Option(
+    model: Annotated[Path | None, typer.Option(
         "--model", help="Use this checkpoint instead of meta-training.")] = None,
-    refit_every: Annotated[Optional[str], typer.Option(
+    refit_every: Annotated[str | None, typer.Option(
         "--refit-every", help="Expanding walk-forward: re-train every 1y / 6m / 2w.")] = None,
 ) -> None:
     """Meta-train on [start, split), tune the comparators there, trade [split, end]."""
@@ -158,7 +158,7 @@ def train(
 
 @app.command()
 def bench(
-    json_path: Annotated[Optional[Path], typer.Option(
+    json_path: Annotated[Path | None, typer.Option(
         "--json", help="Also write every figure to this JSON file.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions per measurement.")] = 5,
 ) -> None:

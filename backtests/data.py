@@ -15,8 +15,7 @@ import pandas as pd
 from backtests.config import StudyConfig
 from feeds.errors import DataError
 from feeds.loaders import Frames, load_folder, load_sample, slice_period
-from feeds.synthetic import (REGIMES_FILE, SyntheticMarketSpec, make_regime_market,
-                             read_regimes_csv)
+from feeds.synthetic import REGIMES_FILE, SyntheticMarketSpec, make_regime_market, read_regimes_csv
 from feeds.validate import require_bars, validate_bars
 
 log = logging.getLogger(__name__)

@@ -109,10 +109,12 @@ def meta_runs(config: StudyConfig, meta: MetaModel, erm: MetaModel, rand: MetaMo
     re-adapted at the true change dates, the best a detector could do.
     """
     s = config.strategy
-    common = dict(detector=config.detector.name, detector_settings=dict(config.detector.settings),
-                  min_window=s.min_window, max_window=s.max_window, cooldown=s.cooldown,
-                  calendar_every=s.calendar_every, long_only=s.long_only, gross_cap=s.gross_cap,
-                  asset_weight=s.asset_weight, rebalance_threshold=s.rebalance_threshold)
+    common = {"detector": config.detector.name,
+              "detector_settings": dict(config.detector.settings),
+              "min_window": s.min_window, "max_window": s.max_window, "cooldown": s.cooldown,
+              "calendar_every": s.calendar_every, "long_only": s.long_only,
+              "gross_cap": s.gross_cap, "asset_weight": s.asset_weight,
+              "rebalance_threshold": s.rebalance_threshold}
     pol = adaptive_policy(meta, specs.features)
     runs = {
         "meta_adaptive": {**common, "policy": pol, "trigger": "regime"},

@@ -75,7 +75,7 @@ def prediction_stats(data: StudyData, positions: pd.DataFrame, features: Feature
         out[str(name)] = {"direction_accuracy": hit,
                           "ic_time_series": None if pd.isna(ts_ic) else float(ts_ic),
                           "ic_cross_section": float(np.nanmean(ics)) if ics else None,
-                          "n_bars": int(len(frame))}
+                          "n_bars": len(frame)}
     return out
 
 

@@ -7,7 +7,7 @@ meta-learner was trained on (same functions, see :mod:`feeds.features`).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import backtrader as bt
 import pandas as pd
@@ -45,7 +45,7 @@ class ArrayPandasData(bt.feeds.PandasData):
         return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def feature_feed_class(names: tuple[str, ...]) -> type[bt.feeds.PandasData]:
     """A ``PandasData`` subclass with one extra line per feature name plus ``vol``.
 

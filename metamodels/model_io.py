@@ -17,8 +17,13 @@ import torch
 
 from feeds.features import FeatureSpec
 from feeds.tasks import TaskSpec
-from metamodels.checkpoint import (INNER_LR_PREFIX, CheckpointError, load_checkpoint,
-                                   save_checkpoint, split_inner_lrs)
+from metamodels.checkpoint import (
+    INNER_LR_PREFIX,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    split_inner_lrs,
+)
 from metamodels.model import MetaModel
 from metamodels.objective import ObjectiveSpec
 from metamodels.policy import PolicySpec, check_params

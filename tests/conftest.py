@@ -11,8 +11,8 @@ import pytest
 
 matplotlib.use("Agg", force=True)
 
-from backtests.cli import main  # noqa: E402
-from feeds.loaders import load_sample  # noqa: E402
+from backtests.cli import main
+from feeds.loaders import load_sample
 
 
 @dataclass
