@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,12 +135,19 @@ def meta_runs(config: StudyConfig, meta: MetaModel, erm: MetaModel, rand: MetaMo
 
 
 def _run_one(frames: Frames, name: str, params: dict, costs: CostSpec, split: pd.Timestamp,
-             end: pd.Timestamp | None, features: FeatureSpec) -> tuple[str, BacktestResult]:
-    if name in STATIC_STRATEGIES:
-        return name, run_backtest(frames, STATIC_STRATEGIES[name], params, costs,
+             end: pd.Timestamp | None, features: FeatureSpec
+             ) -> tuple[str, BacktestResult, list[str]]:
+    # Runs in a worker process: its warnings are returned so the caller can re-issue them.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if name in STATIC_STRATEGIES:
+            result = run_backtest(frames, STATIC_STRATEGIES[name], params, costs,
                                   trade_start=split, end=end)
-    return name, run_backtest(frames, MetaAdaptiveStrategy, params, costs, trade_start=split,
-                              end=end, feed_factory=lambda s, f: make_feature_feed(s, f, features))
+        else:
+            result = run_backtest(frames, MetaAdaptiveStrategy, params, costs, trade_start=split,
+                                  end=end,
+                                  feed_factory=lambda s, f: make_feature_feed(s, f, features))
+    return name, result, [str(w.message) for w in caught]
 
 
 def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
@@ -173,6 +181,10 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
     done = Parallel(n_jobs=n_jobs)(
         delayed(_run_one)(test_frames, name, params, specs.costs, split, end, specs.features)
         for name, params in jobs.items())
-    results = dict(done)
+    results = {}
+    for name, result, notes in done:
+        results[name] = result
+        for note in notes:
+            warnings.warn(f"{name} (test period): {note}", stacklevel=2)
     return Segment(split, end, meta, results, tuning,
                    {name: t.best_score for name, t in tuning.items()})

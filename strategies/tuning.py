@@ -96,6 +96,9 @@ def _run(frames: dict[str, pd.DataFrame], name: str, params: dict, costs: CostSp
     with warnings.catch_warnings():
         # tune_static handles a late warm-up itself (see scored_from).
         warnings.filterwarnings("ignore", message=".*warm-up")
+        # Rejections are counted in the tuning table (n_rejected); a warning from a
+        # worker process would only reach the terminal, not the caller.
+        warnings.filterwarnings("ignore", message=".*orders rejected")
         result = run_backtest(frames, STATIC_STRATEGIES[name], params, costs, trade_start=start)
     ready = result.weights["date"].iloc[0] if len(result.weights) else None
     return result.returns, ready, len(result.trades), result.n_rejected
