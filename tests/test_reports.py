@@ -1,0 +1,245 @@
+"""Reports built from a run folder: the files, the numbers, the verdict, the errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import quantstats as qs
+from rich.console import Console
+
+from reports.build import OUTPUT_FILES, build_reports
+from reports.comparison import compare, print_comparison, to_markdown
+from reports.errors import ReportError
+from reports.metrics import compute_metrics, turnover, write_metrics
+from reports.runfolder import read_returns, read_study
+
+PPY = 252
+ASSETS = ("AAA", "BBB")
+NAMES = ("meta_adaptive", "meta_frozen", "buy_and_hold", "sma_cross", "momentum")
+
+
+def make_run(
+    root: Path,
+    *,
+    sharpes: dict[str, float] | None = None,
+    n: int = 300,
+    seed: int = 0,
+    train_best: dict[str, float] | None = None,
+) -> Path:
+    """A small run folder: daily returns with chosen true Sharpes, events, study.json."""
+    sharpes = sharpes or {
+        "meta_adaptive": 1.0,
+        "meta_frozen": 0.5,
+        "buy_and_hold": 0.8,
+        "sma_cross": 0.3,
+        "momentum": 0.0,
+    }
+    rng = np.random.default_rng(seed)
+    idx = pd.bdate_range("2022-01-03", periods=n, name="date")
+    vol = 0.01
+    returns = pd.DataFrame(
+        {k: rng.normal(s / math.sqrt(PPY) * vol, vol, n) for k, s in sharpes.items()}, index=idx
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    returns.to_csv(root / "returns.csv")
+    positions, trades, adaptations = [], [], []
+    for name in sharpes:
+        for asset in ASSETS:
+            for d in idx[::25]:
+                w = float(rng.uniform(-0.5, 0.5))
+                positions.append((d, name, asset, w))
+                trades.append((d, name, asset, 10.0, 100.0, 1000.0, 0.5))
+    for d in idx[rng.choice(n, 7, replace=False)]:
+        adaptations.append((d, "meta_adaptive", str(rng.choice(ASSETS)), "regime", 30, 0.4, 0.2))
+    pd.DataFrame(positions, columns=["date", "strategy", "asset", "weight"]).to_csv(
+        root / "positions.csv", index=False
+    )
+    pd.DataFrame(
+        trades, columns=["date", "strategy", "asset", "size", "price", "value", "commission"]
+    ).to_csv(root / "trades.csv", index=False)
+    pd.DataFrame(
+        adaptations,
+        columns=["date", "strategy", "asset", "trigger", "window", "loss_before", "loss_after"],
+    ).to_csv(root / "adaptations.csv", index=False)
+    study = {
+        "periods_per_year": PPY,
+        "n_trials": {k: 20 for k in sharpes},
+        "regime_changes": [{"date": str(idx[n // 3].date()), "asset": "AAA"}],
+        "title": "test study",
+        "split": str(idx[0].date()),
+    }
+    if train_best is not None:
+        study["train_best"] = train_best
+    (root / "study.json").write_text(json.dumps(study), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run = make_run(
+        tmp_path_factory.mktemp("run"),
+        train_best={"sma_cross": 1.2, "buy_and_hold": 0.4, "momentum": 0.9},
+    )
+    return run, build_reports(run, reps=200)
+
+
+def _strict_json(path: Path) -> dict:
+    def reject(token: str) -> None:
+        raise AssertionError(f"{path.name} holds {token}, which is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=reject)
+
+
+def test_build_writes_every_report_file(built: tuple[Path, dict]) -> None:
+    run, _ = built
+    for name in OUTPUT_FILES:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert (run / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (run / "tearsheet.html").read_text(encoding="utf-8")
+    # The benchmark is the static comparator chosen in-sample, not a ticker.
+    assert "meta_adaptive vs sma_cross" in html and "SMA_CROSS" in html
+    md = (run / "comparison.md").read_text(encoding="utf-8")
+    assert "meta_adaptive WON against sma_cross (best static, chosen in-sample)" in md
+
+
+def test_metrics_json_matches_quantstats_on_returns_csv(built: tuple[Path, dict]) -> None:
+    run, returned = built
+    metrics = _strict_json(run / "metrics.json")
+    assert metrics == returned
+    returns = pd.read_csv(run / "returns.csv", index_col="date", parse_dates=True)
+    assert list(metrics) == list(NAMES)
+    for name in NAMES:
+        r = returns[name]
+        expected = {
+            "sharpe": qs.stats.sharpe(r, rf=0.0, periods=PPY),
+            "sortino": qs.stats.sortino(r, rf=0.0, periods=PPY),
+            "cagr": qs.stats.cagr(r, rf=0.0, periods=PPY),
+            "volatility": qs.stats.volatility(r, periods=PPY),
+            "max_drawdown": qs.stats.max_drawdown(r),
+            "calmar": qs.stats.calmar(r, periods=PPY),
+        }
+        for key, value in expected.items():
+            assert metrics[name][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+    trades = pd.read_csv(run / "trades.csv")
+    assert metrics["sma_cross"]["n_trades"] == int((trades["strategy"] == "sma_cross").sum())
+    assert metrics["meta_adaptive"]["n_adaptations"] == 7
+    assert metrics["meta_frozen"]["n_adaptations"] == 0
+
+
+def test_turnover_counts_every_weight_change_per_year() -> None:
+    positions = pd.DataFrame(
+        [
+            ("2022-01-03", "s", "A", 0.5),
+            ("2022-01-04", "s", "A", -0.5),
+            ("2022-01-04", "s", "B", 0.2),
+            ("2022-01-05", "s", "B", 0.2),
+        ],
+        columns=["date", "strategy", "asset", "weight"],
+    )
+    # 0.5 to enter A, 1.0 to flip it, 0.2 to enter B, nothing on the last day;
+    # over half a year of bars that is 3.4 per year.
+    assert turnover(positions, "s", n_periods=126, periods_per_year=PPY) == pytest.approx(3.4)
+    assert turnover(positions, "absent", n_periods=126, periods_per_year=PPY) is None
+
+
+def test_flat_strategy_writes_null_not_nan(tmp_path: Path) -> None:
+    idx = pd.bdate_range("2022-01-03", periods=50, name="date")
+    returns = pd.DataFrame({"buy_and_hold": 0.0}, index=idx)
+    empty = pd.DataFrame(columns=["date", "strategy", "asset", "weight"])
+    metrics = compute_metrics(returns, empty, empty, empty, PPY)
+    out = _strict_json(write_metrics(metrics, tmp_path / "metrics.json"))
+    assert out["buy_and_hold"]["sharpe"] is None
+    assert out["buy_and_hold"]["turnover"] is None
+    assert out["buy_and_hold"]["cagr"] == 0.0
+
+
+def _comparison(tmp_path: Path, sharpes: dict[str, float], train_best: dict | None = None):
+    run = make_run(tmp_path, sharpes=sharpes, n=500, train_best=train_best)
+    returns = read_returns(run / "returns.csv")
+    empty = pd.DataFrame(columns=["date", "strategy", "asset", "weight"])
+    metrics = compute_metrics(returns, empty, empty, empty, PPY)
+    return compare(returns, metrics, read_study(run / "study.json"), reps=300)
+
+
+def test_verdict_says_lost_when_the_meta_strategy_is_clearly_worse(tmp_path: Path) -> None:
+    c = _comparison(
+        tmp_path,
+        {"meta_adaptive": -2.5, "sma_cross": 2.5, "momentum": 0.0},
+        train_best={"sma_cross": 1.0, "momentum": 0.2},
+    )
+    assert c.verdict.startswith("meta_adaptive LOST to sma_cross (best static, chosen in-sample)")
+    assert "(significant at 95%)" in c.verdict
+    assert c.verdict in to_markdown(c)
+    console = Console(record=True, width=400)
+    print_comparison(c, console)
+    assert c.verdict in console.export_text()
+
+
+def test_verdict_says_won_when_the_meta_strategy_is_clearly_better(tmp_path: Path) -> None:
+    c = _comparison(
+        tmp_path,
+        {"meta_adaptive": 3.0, "sma_cross": -1.5, "momentum": 0.0},
+        train_best={"sma_cross": 1.0, "momentum": 0.2},
+    )
+    assert c.verdict.startswith("meta_adaptive WON against sma_cross")
+    assert "(significant at 95%)" in c.verdict
+
+
+def test_best_static_is_chosen_in_sample_not_on_the_test_period(tmp_path: Path) -> None:
+    sharpes = {"meta_adaptive": 0.5, "sma_cross": 3.0, "momentum": -1.0}
+    c = _comparison(tmp_path / "a", sharpes, train_best={"sma_cross": 0.1, "momentum": 0.9})
+    assert c.best_static == "momentum" and "LOST" not in c.verdict
+    # Without in-sample Sharpes it falls back to the test period and says so.
+    c = _comparison(tmp_path / "b", sharpes, train_best=None)
+    assert c.best_static == "sma_cross" and "TEST Sharpe" in c.verdict
+
+
+def test_run_without_meta_adaptive_still_builds(tmp_path: Path) -> None:
+    run = make_run(tmp_path, sharpes={"meta_frozen": 0.5, "sma_cross": 0.3}, n=120)
+    with pytest.warns(UserWarning, match="meta_adaptive"):
+        metrics = build_reports(run, reps=50)
+    assert set(metrics) == {"meta_frozen", "sma_cross"}
+    assert "No verdict" in (run / "comparison.md").read_text(encoding="utf-8")
+    assert "meta_adaptive absent" in (run / "tearsheet.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "missing", ["returns.csv", "positions.csv", "trades.csv", "adaptations.csv", "study.json"]
+)
+def test_missing_file_raises_report_error_naming_it(tmp_path: Path, missing: str) -> None:
+    run = make_run(tmp_path, n=60)
+    (run / missing).unlink()
+    with pytest.raises(ReportError, match=missing.replace(".", r"\.")) as info:
+        build_reports(run)
+    assert "\n" not in str(info.value)
+    assert not (run / "metrics.json").exists()
+
+
+def test_nan_return_is_rejected_with_column_and_date(tmp_path: Path) -> None:
+    run = make_run(tmp_path, n=60)
+    frame = pd.read_csv(run / "returns.csv")
+    frame.loc[10, "sma_cross"] = np.nan
+    frame.to_csv(run / "returns.csv", index=False)
+    with pytest.raises(ReportError, match=r"returns\.csv: column 'sma_cross'.*2022-01-17"):
+        build_reports(run)
+
+
+def test_tz_aware_dates_are_read_as_naive(tmp_path: Path) -> None:
+    path = tmp_path / "returns.csv"
+    path.write_text(
+        "date,meta_adaptive\n2022-01-03 00:00:00+00:00,0.01\n2022-01-04 00:00:00+00:00,-0.02\n",
+        encoding="utf-8",
+    )
+    assert read_returns(path).index.tz is None
+
+
+def test_study_typo_gets_a_did_you_mean(tmp_path: Path) -> None:
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"periods_per_year": 252, "n_trial": {}}), encoding="utf-8")
+    with pytest.raises(ReportError, match="did you mean 'n_trials'"):
+        read_study(path)
