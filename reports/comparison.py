@@ -38,6 +38,7 @@ ROLES: dict[str, str] = {
     "meta_calendar": "ablation: calendar re-adaptation",
     "meta_random_init": "ablation: random init",
     "erm_static": "baseline: plain ERM network",
+    "meta_oracle": "oracle: re-adapted at the true changes",
     **{name: "static comparator" for name in STATIC_COMPARATORS},
 }
 COLUMNS: tuple[tuple[str, str, str], ...] = (  # (metric key, header, format)

@@ -27,6 +27,7 @@ STRATEGY_ORDER: tuple[str, ...] = (
     "meta_calendar",
     "meta_random_init",
     "erm_static",
+    "meta_oracle",
     "buy_and_hold",
     "sma_cross",
     "momentum",
