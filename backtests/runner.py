@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from joblib import Parallel, delayed
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from backtests.config import Specs, StudyConfig, build_specs
 from backtests.data import StudyData
@@ -178,11 +179,19 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
     test_frames = slice_period(data.frames, first, end)
     jobs = {**meta_runs(config, meta, erm, rand, specs, data.regimes),
             **{name: t.best_params for name, t in tuning.items()}}
-    done = Parallel(n_jobs=n_jobs)(
+    done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
         delayed(_run_one)(test_frames, name, params, specs.costs, split, end, specs.features)
         for name, params in jobs.items())
     results = {}
-    for name, result, notes in done:
+    with Progress(TextColumn("  test period"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  disable=not progress) as bar:
+        task = bar.add_task("", total=len(jobs))
+        finished = []
+        for item in done:
+            finished.append(item)
+            bar.update(task, advance=1, description=item[0])
+    for name, result, notes in sorted(finished, key=lambda item: list(jobs).index(item[0])):
         results[name] = result
         for note in notes:
             warnings.warn(f"{name} (test period): {note}", stacklevel=2)

@@ -127,6 +127,7 @@ def test_a_checkpoint_that_saw_the_test_period_is_refused(run_dir, run_cli, tmp_
     (["backtest", str(TINY), "--data", "/nonexistent"], "no such folder"),
     (["backtest", str(TINY), "--refit-every", "sometimes"], "--refit-every"),
     (["report", "/nonexistent"], "not a folder"),
+    (["backtest", str(TINY), "--start", "2007-09-01"], "training before the split"),
 ])
 def test_bad_command_lines_give_one_clear_line(run_cli, args, needle):
     result = run_cli(*args)
@@ -150,3 +151,20 @@ def test_report_rebuilds_identical_metrics(run_dir, run_cli):
     assert result.code == 0, result.err
     assert (run_dir / "metrics.json").read_text() == before
     assert np.isfinite(json.loads(before)["meta_adaptive"]["sharpe"])
+
+
+def test_walk_forward_retrains_on_data_before_each_step(tmp_path, run_cli):
+    out = tmp_path / "wf"
+    result = run_cli("backtest", TINY, "--refit-every", "6m", "--out", out)
+    assert result.code == 0, result.err
+    returns = pd.read_csv(out / "returns.csv", index_col="date", parse_dates=True)
+    assert returns.index.is_unique and returns.index.min() >= pd.Timestamp("2008-01-02")
+    refits = sorted(p.name for p in out.glob("model-*"))
+    assert refits == ["model-2008-07-02", "model-2009-01-02"]
+    for folder in ["model", *refits]:
+        meta = json.loads((out / folder / "model.json").read_text())
+        split = "2008-01-02" if folder == "model" else folder.removeprefix("model-")
+        assert meta["training_period"]["end"] < split
+    # every step trades the whole test period: no gap between segments
+    business_days = pd.bdate_range(returns.index.min(), returns.index.max())
+    assert len(returns) > 0.95 * len(business_days)
