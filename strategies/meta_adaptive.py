@@ -144,8 +144,9 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
     # -- per bar -------------------------------------------------------------
     def _observe(self, d: bt.LineSeries, st: _AssetState) -> np.ndarray | None:
         """Record this bar's features and the label that just became known."""
-        x = np.fromiter((line[0] for line in self._lines[d]), dtype=np.float64,
-                        count=len(self._lines[d]))
+        # line.array[line.idx] is line[0] without Backtrader's per-call overhead
+        # (this runs for every feature of every asset on every bar).
+        x = np.array([line.array[line.idx] for line in self._lines[d]])
         if len(st.pending) == LABEL_DELAY:
             # The label of bar t-2 (open t-1 -> open t) is known now, at bar t.
             label = float(label_from_opens(d.open[-1], d.open[0], self._vol[d][-LABEL_DELAY]))
