@@ -1,0 +1,87 @@
+"""What every online regime detector shares: the :class:`Detector` protocol and small helpers.
+
+The helpers are the input check (a detector only sees finite returns), the one-line settings
+check, and :class:`_Scale`, the causal running mean/variance both detectors standardise with.
+The detectors themselves live in :mod:`strategies.bocpd` and :mod:`strategies.cusum`; build them
+through :func:`strategies.detectors.make_detector`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Detector"]
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What a strategy needs from an online change-point detector."""
+
+    def update(self, x: float) -> bool:
+        """Consume one return; True when a change is declared at this observation."""
+        ...
+
+    @property
+    def change_probability(self) -> float:
+        """A number in [0, 1]; higher means a change is more likely (see each class)."""
+        ...
+
+    @property
+    def run_length(self) -> int:
+        """Bars in the current regime, counted from its estimated start."""
+        ...
+
+    def reset(self) -> None:
+        """Forget everything, as if freshly constructed."""
+        ...
+
+
+def _finite(x: float) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(
+            f"detector input must be a finite return, got {x!r}; skip bars that have no return"
+        )
+    return x
+
+
+def _check(owner: object, key: str, ok: bool, rule: str) -> None:
+    if not ok:
+        value = getattr(owner, key)
+        raise ValueError(f"{type(owner).__name__}.{key} must be {rule}, got {value!r}")
+
+
+class _Scale:
+    """Causal running mean/variance: an expanding average that turns into an EWM.
+
+    The weight of a new observation is ``max(1/n, 1 - 2**(-1/halflife))``, so the
+    first bars are averaged equally (no start-up bias towards a guessed value) and
+    later the estimate forgets with the given half-life in bars.
+    """
+
+    def __init__(self, halflife: float, prior_var: float) -> None:
+        self.floor = 1.0 - 2.0 ** (-1.0 / halflife)
+        self.prior_var = prior_var
+        self.restart([])
+
+    def restart(self, xs: list[float]) -> None:
+        self.n = len(xs)
+        self.mean = float(np.mean(xs)) if xs else 0.0
+        self.var = float(np.var(xs)) if xs else 0.0
+
+    @property
+    def sd(self) -> float:
+        # Before two observations there is no spread to measure; a flat series
+        # must not divide by zero either.
+        var = self.var if self.n >= 2 else self.prior_var
+        return math.sqrt(max(var, 1e-20))
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        w = max(1.0 / self.n, self.floor)
+        d = x - self.mean
+        self.mean += w * d
+        self.var = (1.0 - w) * (self.var + w * d * d)
