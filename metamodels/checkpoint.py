@@ -14,11 +14,14 @@ either the previous checkpoint or the new one, never a mix of the two.
 Loading never unpickles anything (no ``torch.load``, no ``pickle``): a file from someone else's
 machine can at worst be refused. Every refusal is a :class:`CheckpointError` with one line naming
 the file, what is wrong and what to do.
+
+This module does the file handling (atomic save, load, pickle refusal, hash and tensor-table
+checks); the sidecar schema and its validation live in :mod:`metamodels.checkpoint_meta` and are
+re-exported here, so ``from metamodels.checkpoint import CheckpointMeta`` keeps working.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -26,130 +29,53 @@ import os
 import secrets
 import shutil
 import struct
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Any
 
 import safetensors.torch
 import torch
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeInt,
-    PositiveInt,
-    ValidationError,
-    model_validator,
-)
 from safetensors import SafetensorError
+
+from metamodels.checkpoint_meta import (
+    FORMAT,
+    FORMAT_VERSION,
+    INNER_LR_PREFIX,
+    CheckpointError,
+    CheckpointMeta,
+    InnerMeta,
+    TaskMeta,
+    TensorInfo,
+    TrainingPeriod,
+    _validate_meta,
+)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "INNER_LR_PREFIX",
+    "SIDECAR_FILE",
+    "WEIGHTS_FILE",
+    "CheckpointError",
+    "CheckpointMeta",
+    "InnerMeta",
+    "TaskMeta",
+    "TensorInfo",
+    "TrainingPeriod",
+    "load_checkpoint",
+    "save_checkpoint",
+    "split_inner_lrs",
+]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "metabt-checkpoint"
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
-INNER_LR_PREFIX = "inner_lr."
 _BACKUP_TAG = ".old-"  # ".<name>.old-<token>": the previous checkpoint while a save swaps folders
 _MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
 # torch.save writes a zip archive (new format) or a raw pickle (legacy); pickle.dump with
 # protocol >= 2 starts with the PROTO opcode 0x80 followed by the protocol number.
 _PICKLE_MAGIC = tuple(b"\x80" + bytes([p]) for p in range(2, 6)) + (b"PK\x03\x04",)
-
-
-class CheckpointError(ValueError):
-    """One clear line: the checkpoint file, what is wrong with it, what to do."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TensorInfo(_Strict):
-    """Shape and dtype of one stored tensor, as recorded in the sidecar."""
-
-    shape: list[NonNegativeInt]
-    dtype: Literal["float32"]
-
-
-class TaskMeta(BaseModel):
-    """Window lengths (bars) the policy was meta-trained on; other task-builder keys are kept."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    support: PositiveInt
-    query: PositiveInt
-
-
-class InnerMeta(_Strict):
-    """The inner (adaptation) loop: ``lr`` is null when the LRs are per-parameter tensors."""
-
-    steps: NonNegativeInt
-    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
-    per_parameter_lr: bool
-
-    @model_validator(mode="after")
-    def _lr_matches_mode(self) -> InnerMeta:
-        if self.per_parameter_lr and self.lr is not None:
-            raise ValueError("inner.lr must be null when inner.per_parameter_lr is true")
-        if not self.per_parameter_lr and self.lr is None:
-            raise ValueError("inner.lr must be a positive number when per_parameter_lr is false")
-        return self
-
-
-class TrainingPeriod(_Strict):
-    """First and last date of the bars meta-training saw (inclusive)."""
-
-    start: date
-    end: date
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TrainingPeriod:
-        if not self.start < self.end:
-            raise ValueError(f"training_period.start {self.start} must be before end {self.end}")
-        return self
-
-
-class CheckpointMeta(_Strict):
-    """The ``model.json`` sidecar. Unknown keys are an error, so a typo never passes silently."""
-
-    # Keep NaN/inf as floats when dumping so json.dumps(allow_nan=False) refuses them, instead
-    # of pydantic's default of quietly writing null into the saved config.
-    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
-
-    format: Literal["metabt-checkpoint"]
-    format_version: Literal[1]
-    algorithm: Literal["maml", "fomaml", "reptile", "metasgd", "erm", "random"]
-    policy: dict[str, Any]
-    features: dict[str, Any]
-    task: TaskMeta
-    objective: dict[str, Any]
-    inner: InnerMeta
-    training_period: TrainingPeriod
-    config: dict[str, Any]
-    created: datetime
-    tensors: dict[str, TensorInfo]
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-    @model_validator(mode="after")
-    def _inner_lrs_consistent(self) -> CheckpointMeta:
-        # Which inner LR adapts the policy must be unambiguous: what was trained is what trades.
-        lrs = [n for n in self.tensors if n.startswith(INNER_LR_PREFIX)]
-        if self.inner.per_parameter_lr and not lrs:
-            raise ValueError(f"inner.per_parameter_lr is true but no '{INNER_LR_PREFIX}*' tensors")
-        if not self.inner.per_parameter_lr and lrs:
-            raise ValueError(f"tensor '{lrs[0]}' is an inner LR but inner.per_parameter_lr is false")
-        for name in lrs:
-            param = self.tensors.get(name[len(INNER_LR_PREFIX):])
-            if param is None:
-                raise ValueError(f"tensor '{name}' has no matching parameter tensor")
-            try:
-                torch.broadcast_shapes(tuple(self.tensors[name].shape), tuple(param.shape))
-            except RuntimeError:
-                raise ValueError(
-                    f"tensor '{name}' shape {self.tensors[name].shape} does not fit its "
-                    f"parameter's shape {param.shape}"
-                ) from None
-        return self
 
 
 def split_inner_lrs(
@@ -408,48 +334,6 @@ def _read_sidecar(file: Path) -> CheckpointMeta:
         raise CheckpointError(f"{file}: format_version {version} is newer than this metabt reads "
                               f"({FORMAT_VERSION}); upgrade metabt")
     return _validate_meta(raw, str(file), fix="re-save the checkpoint with save_checkpoint")
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Known keys of the (sub)model that ``loc`` points into, for "did you mean" hints."""
-    model: Any = CheckpointMeta
-    steps = list(loc)
-    while steps:
-        field = model.model_fields.get(steps.pop(0))
-        if field is None:
-            return []
-        ann = field.annotation
-        if get_origin(ann) is dict:  # dict[str, Model]: the next step is the dict's key
-            ann = get_args(ann)[1]
-            if steps:
-                steps.pop(0)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
-
-
-def _validate_meta(fields: dict[str, Any], where: str, fix: str) -> CheckpointMeta:
-    try:
-        return CheckpointMeta.model_validate(fields)
-    except ValidationError as exc:
-        errors = exc.errors()
-    # An unknown key usually is a typo of a missing one: report it first, with the hint.
-    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
-    err = errors[0]
-    key = ".".join(str(part) for part in err["loc"])
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(err["loc"][:-1]), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        msg = f"unknown key '{key}'{hint}"
-    elif err["type"] == "missing":
-        msg = f"missing key '{key}'"
-    else:
-        text = err["msg"].removeprefix("Value error, ")
-        got = "" if err["type"] == "value_error" else f" (got {err['input']!r})"
-        msg = f"key '{key}': {text}{got}" if key else text
-    raise CheckpointError(f"{where}: {msg}{more}; {fix}")
 
 
 def _check_safetensors_layout(data: bytes, file: Path) -> None:
