@@ -138,9 +138,18 @@ def _verdict(
         return f"No verdict: the Sharpe of {subject} or {best} is undefined (flat returns)."
     outcome = "WON against" if ci.diff > 0 else "LOST to" if ci.diff < 0 else "TIED with"
     cagr = f"; CAGR {_fmt(metrics[subject]['cagr'], 'pct')} vs {_fmt(metrics[best]['cagr'], 'pct')}"
+    # The headline comparator is picked in-sample; still say plainly when another static
+    # strategy did better on the test period, so a "WON" never hides a loss.
+    better = [n for n in STATIC_COMPARATORS if n != best and n in pairs
+              and math.isfinite(pairs[n].diff) and pairs[n].diff < 0]
+    also = "".join(
+        f" It LOST to {n} on the test period: Sharpe {_fmt(mine)} vs "
+        f"{_fmt(metrics[n]['sharpe'])}, {_ci_text(pairs[n])} ({_significance(pairs[n])})."
+        for n in better)
     return (
         f"{subject} {outcome} {best} ({basis}): Sharpe {_fmt(mine)} vs {_fmt(theirs)}, "
         f"difference {_fmt(ci.diff, 'signed')}, {_ci_text(ci)} ({_significance(ci)}){cagr}."
+        + also
     )
 
 
