@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.table import Table
 
 from backtests.config import StudyConfig
 from backtests.data import StudyData, load_study_data
@@ -79,6 +80,20 @@ def prediction_stats(data: StudyData, positions: pd.DataFrame, features: Feature
     return out
 
 
+def _prediction_table(stats: dict) -> Table:
+    table = Table(title="Prediction: position as a signal for the return it earns (test period)")
+    for column in ("strategy", "direction accuracy", "IC (time series)", "IC (cross-section)"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    for name, row in stats.items():
+        table.add_row(name, fmt(row["direction_accuracy"]), fmt(row["ic_time_series"]),
+                      fmt(row["ic_cross_section"]))
+    return table
+
+
 def run_study(config: StudyConfig, out: Path, model_path: Path | None = None, n_jobs: int = 2,
               progress: bool = True, console: Console | None = None) -> dict:
     """Run every segment of ``config``, write the run folder and its reports.
@@ -104,4 +119,5 @@ def run_study(config: StudyConfig, out: Path, model_path: Path | None = None, n_
         positions = pd.read_csv(out / "positions.csv", parse_dates=["date"])
         stats = prediction_stats(data, positions, FeatureSpec(**config.features.model_dump()))
         (out / "prediction.json").write_text(json.dumps(stats, indent=2) + "\n")
+        console.print(_prediction_table(stats))
     return build_reports(out, console=console)

@@ -168,3 +168,23 @@ def test_walk_forward_retrains_on_data_before_each_step(tmp_path, run_cli):
     # every step trades the whole test period: no gap between segments
     business_days = pd.bdate_range(returns.index.min(), returns.index.max())
     assert len(returns) > 0.95 * len(business_days)
+
+
+def test_prediction_stats_score_a_perfect_and_a_useless_signal(spy):
+    from backtests.data import StudyData
+    from backtests.study import prediction_stats
+    from feeds.features import FeatureSpec, compute_labels
+
+    spec = FeatureSpec()
+    outcome = compute_labels(spy, spec).dropna()
+    rng = np.random.default_rng(0)
+    rows = []
+    for date, y in outcome.items():
+        rows.append({"date": date, "strategy": "perfect", "asset": "SPY", "weight": 0.5 * y})
+        rows.append({"date": date, "strategy": "coin", "asset": "SPY",
+                     "weight": rng.choice([-0.5, 0.5])})
+    stats = prediction_stats(StudyData({"SPY": spy}, None, "test"), pd.DataFrame(rows), spec)
+    assert stats["perfect"]["direction_accuracy"] == pytest.approx(1.0)
+    assert stats["perfect"]["ic_time_series"] == pytest.approx(1.0)
+    assert abs(stats["coin"]["direction_accuracy"] - 0.5) < 0.05
+    assert abs(stats["coin"]["ic_time_series"]) < 0.07
