@@ -14,6 +14,7 @@ import pandas as pd
 
 from backtests.config import StudyConfig
 from feeds.errors import DataError
+from feeds.features import LABEL_DELAY, FeatureSpec
 from feeds.loaders import Frames, load_folder, load_sample, slice_period
 from feeds.synthetic import REGIMES_FILE, SyntheticMarketSpec, make_regime_market, read_regimes_csv
 from feeds.validate import require_bars, validate_bars
@@ -77,7 +78,9 @@ def load_study_data(config: StudyConfig) -> StudyData:
     end = None if data.end is None else pd.Timestamp(data.end) + pd.Timedelta(days=1)
     frames = slice_period(frames, data.start, end)
     split = pd.Timestamp(data.split)
-    need_train = config.features.lags + config.task.support + config.task.query + 60
+    # One task: the feature warm-up, a support window, the label delay, a query window.
+    warmup = FeatureSpec(**config.features.model_dump()).warmup
+    need_train = warmup + config.task.support + LABEL_DELAY + config.task.query + 1
     for symbol, frame in frames.items():
         name = f"{source}:{symbol}"
         require_bars(frame.loc[frame.index < split], need_train, name,
