@@ -6,6 +6,7 @@ writing the plot neither depends on nor changes the user's backend.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -122,7 +123,9 @@ def plot_equity(
     else:  # a leveraged strategy lost everything: log scale cannot show it
         ax.set_ylabel("growth of 1")
     ax.grid(True, which="major", alpha=0.3)
-    ax.set_title(title or "Equity curves", loc="left", fontsize=12, fontweight="bold")
+    # Long study titles wrap instead of running off the canvas.
+    ax.set_title(textwrap.fill(title or "Equity curves", width=110), loc="left", fontsize=12,
+                 fontweight="bold")
 
     for k, (when, asset) in enumerate(changes):
         for axis in (ax, ev):
