@@ -188,3 +188,22 @@ def test_prediction_stats_score_a_perfect_and_a_useless_signal(spy):
     assert stats["perfect"]["ic_time_series"] == pytest.approx(1.0)
     assert abs(stats["coin"]["direction_accuracy"] - 0.5) < 0.05
     assert abs(stats["coin"]["ic_time_series"]) < 0.07
+
+
+def test_demo_runs_offline_end_to_end(tmp_path, run_cli, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--out", out)
+    assert result.code == 0, result.err
+    assert f"tear sheet: {out / 'tearsheet.html'}" in result.out
+    for name in CONTRACT:
+        assert (out / name).is_file(), name
+    verdict = (out / "comparison.md").read_text()
+    assert ("meta_adaptive WON" in verdict) or ("meta_adaptive LOST" in verdict) \
+        or ("meta_adaptive TIED" in verdict)
