@@ -17,7 +17,7 @@ from rich.console import Console
 
 from backtests.config import ConfigError, StudyConfig, configs_dir, load_config, with_overrides
 from feeds.errors import DataError
-from feeds.loaders import load_csv, parse_symbols
+from feeds.loaders import list_symbols, load_csv, parse_symbols
 from metamodels.checkpoint import CheckpointError
 from reports.errors import ReportError
 
@@ -88,7 +88,7 @@ def data_validate(
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(path.glob("*.csv"))
+            found = [path / f"{symbol}.csv" for symbol in list_symbols(path)]
             if not found:
                 raise DataError(f"{path}: no .csv files in this folder")
             files.extend(found)
