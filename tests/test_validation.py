@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from feeds.errors import DataError
 from feeds.loaders import load_folder, sample_data_dir
@@ -127,3 +130,36 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "line 3" in proc.stderr
+
+
+@st.composite
+def yahoo_rows(draw) -> list[str]:
+    """A valid Yahoo-layout file body: ascending business days, consistent OHLC."""
+    n = draw(st.integers(min_value=2, max_value=30))
+    dates = pd.bdate_range("2020-01-01", periods=n)
+    rows = []
+    for d in dates:
+        o, c = (draw(st.floats(1.0, 1000.0)) for _ in range(2))
+        h = max(o, c) * draw(st.floats(1.0, 1.1))
+        lo = min(o, c) * draw(st.floats(0.9, 1.0))
+        v = draw(st.integers(0, 10**9))
+        rows.append(f"{d.date()},{o!r},{h!r},{lo!r},{c!r},{c!r},{v}")
+    return rows
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=yahoo_rows(), data=st.data())
+def test_any_valid_file_loads_unchanged_and_any_broken_row_is_named(tmp_path_factory, rows, data):
+    folder = tmp_path_factory.mktemp("prop")
+    write(folder, rows, name="P.csv")
+    frame = load_folder(folder, ["P"])["P"]
+    assert len(frame) == len(rows)
+    assert frame["close"].tolist() == [float(r.split(",")[4]) for r in rows]
+    i = data.draw(st.integers(0, len(rows) - 1))
+    bad = data.draw(st.sampled_from(["", "nan", "-1", "0", "abc"]))
+    cells = rows[i].split(",")
+    cells[4] = bad
+    broken = [*rows[:i], ",".join(cells), *rows[i + 1:]]
+    write(folder, broken, name="P.csv")
+    with pytest.raises(DataError, match=rf"line {i + 2} "):
+        load_folder(folder, ["P"])
