@@ -185,8 +185,9 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             since = 0 if self.p.trigger == "oracle" else int(st.detector.run_length)
             self._adapt(d, st, self.p.trigger, since)
             # After an early alarm the window holds old-regime bars; adapt once
-            # more when a full min_window of the new regime has been labelled.
-            wait = self.p.min_window - since
+            # more when a full min_window of the new regime has been labelled
+            # (labels arrive LABEL_DELAY bars after their bar).
+            wait = self.p.min_window + LABEL_DELAY - since
             st.follow_up = wait if wait > 0 else None
         elif st.follow_up is not None and st.bars_since_adapt >= st.follow_up:
             st.follow_up = None
