@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 
@@ -142,15 +143,12 @@ def train(
     """Meta-train on [start, split) of the configured assets and save a checkpoint."""
     from backtests.config import build_specs
     from backtests.data import load_study_data
-    from feeds.loaders import slice_period
+    from backtests.runner import train_meta
     from metamodels.model_io import save_model
-    from metamodels.trainer import meta_train
 
     config = _resolve(config_path, data, symbols, start, split, None)
-    specs = build_specs(config)
-    frames = slice_period(load_study_data(config).frames, config.data.start, config.data.split)
-    model = meta_train(frames, specs.features, specs.task, specs.policy, specs.objective,
-                       specs.train, config.data.start, config.data.split)
+    model = train_meta(load_study_data(config).frames, config, build_specs(config),
+                       pd.Timestamp(config.data.split))
     save_model(model, out, config.model_dump(mode="json", exclude_none=True))
     best = model.history.get("val_loss") or [float("nan")]
     console.print(f"saved {out} ({model.algorithm}, best step {model.best_step}, "

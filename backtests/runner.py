@@ -79,10 +79,22 @@ def adaptive_policy(model: MetaModel, features: FeatureSpec) -> AdaptivePolicy:
                           model.numpy_inner_lr(), model.inner_steps, features.names)
 
 
+def warmup_start(config: StudyConfig, split: pd.Timestamp) -> pd.Timestamp:
+    """First bar fed before ``split`` so indicators, detectors and windows are warm."""
+    return split - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
+
+
+def train_meta(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Timestamp,
+               progress: bool = True) -> MetaModel:
+    """Meta-train on the bars in ``[data.start, split)`` only."""
+    train = slice_period(frames, config.data.start, split)
+    return meta_train(train, specs.features, specs.task, specs.policy, specs.objective,
+                      specs.train, config.data.start, split, progress=progress)
+
+
 def train_models(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Timestamp,
                  model_path: Path | None, progress: bool) -> tuple[MetaModel, MetaModel, MetaModel]:
     """Meta-learned, ERM and random-init models from bars before ``split`` only."""
-    train = slice_period(frames, config.data.start, split)
     if model_path is not None:
         meta, last_bar = load_model(model_path)
         if last_bar >= split:
@@ -93,14 +105,30 @@ def train_models(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Ti
             raise DataError(f"{model_path}: its feature spec differs from the config's "
                             "[features]; use the config it was trained with")
     else:
-        meta = meta_train(train, specs.features, specs.task, specs.policy, specs.objective,
-                          specs.train, config.data.start, split, progress=progress)
-    erm = erm_train(train, specs.features, specs.task, specs.policy, specs.objective,
+        meta = train_meta(frames, config, specs, split, progress)
+    erm = erm_train(slice_period(frames, config.data.start, split), specs.features, specs.task, specs.policy, specs.objective,
                     specs.train, config.data.start, split, progress=progress)
     # The random init is the very start point of meta-training (same seed), adapted
     # with the meta-model's step sizes: the ablation isolates what meta-learning added.
     rand = random_init(specs.policy, specs.objective, specs.train, inner_lr=meta.inner_lr)
     return meta, erm, rand
+
+
+def strategy_params(config: StudyConfig) -> dict:
+    """MetaAdaptiveStrategy params every meta variant shares (detector, windows, sizing)."""
+    s = config.strategy
+    return {"detector": config.detector.name,
+            "detector_settings": dict(config.detector.settings),
+            "min_window": s.min_window, "max_window": s.max_window, "cooldown": s.cooldown,
+            "calendar_every": s.calendar_every, "long_only": s.long_only,
+            "gross_cap": s.gross_cap, "asset_weight": s.asset_weight,
+            "rebalance_threshold": s.rebalance_threshold}
+
+
+def meta_adaptive_params(config: StudyConfig, meta: MetaModel, specs: Specs) -> dict:
+    """Params of ``meta_adaptive`` itself: what a backtest and the paper loop both trade."""
+    return {**strategy_params(config), "policy": adaptive_policy(meta, specs.features),
+            "trigger": "regime"}
 
 
 def meta_runs(config: StudyConfig, meta: MetaModel, erm: MetaModel, rand: MetaModel,
@@ -110,16 +138,10 @@ def meta_runs(config: StudyConfig, meta: MetaModel, erm: MetaModel, rand: MetaMo
     With known regimes (synthetic data) an oracle runs too: the same policy
     re-adapted at the true change dates, the best a detector could do.
     """
-    s = config.strategy
-    common = {"detector": config.detector.name,
-              "detector_settings": dict(config.detector.settings),
-              "min_window": s.min_window, "max_window": s.max_window, "cooldown": s.cooldown,
-              "calendar_every": s.calendar_every, "long_only": s.long_only,
-              "gross_cap": s.gross_cap, "asset_weight": s.asset_weight,
-              "rebalance_threshold": s.rebalance_threshold}
+    common = strategy_params(config)
     pol = adaptive_policy(meta, specs.features)
     runs = {
-        "meta_adaptive": {**common, "policy": pol, "trigger": "regime"},
+        "meta_adaptive": meta_adaptive_params(config, meta, specs),
         "meta_frozen": {**common, "policy": pol, "trigger": "never"},
         "meta_calendar": {**common, "policy": pol, "trigger": "calendar"},
         "meta_random_init": {**common, "policy": adaptive_policy(rand, specs.features),
@@ -175,8 +197,7 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
                       f"{tuning[name].n_trials} configs)")
     # The test run is fed `warmup_bars` of history before the split so indicators,
     # detectors and the first adaptation window are warm; nothing before the split is traded.
-    first = split - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
-    test_frames = slice_period(data.frames, first, end)
+    test_frames = slice_period(data.frames, warmup_start(config, split), end)
     jobs = {**meta_runs(config, meta, erm, rand, specs, data.regimes),
             **{name: t.best_params for name, t in tuning.items()}}
     done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(

@@ -38,7 +38,7 @@ from backtests.paper.ledger import (
 )
 from backtests.paper.simulate import DEFAULT_CASH, simulate
 from backtests.paper.sources import ReplaySource, YahooSource, make_source, utc_today
-from backtests.runner import meta_runs
+from backtests.runner import meta_adaptive_params, train_meta, warmup_start
 from feeds.errors import DataError
 from feeds.features import FeatureSpec
 from feeds.loaders import Frames, slice_period
@@ -178,12 +178,7 @@ def _initialise(options: PaperOptions, conn: sqlite3.Connection, config: StudyCo
         model_path = Path(options.model).resolve()
         _load_checked(model_path, start, config)
     else:
-        from metamodels.trainer import meta_train
-
-        specs = build_specs(config)
-        model = meta_train(slice_period(history, config.data.start, start), specs.features,
-                           specs.task, specs.policy, specs.objective, specs.train,
-                           config.data.start, start, progress=progress)
+        model = train_meta(history, config, build_specs(config), start, progress)
         model_path = state / MODEL_DIR
         save_model(model, model_path, config.model_dump(mode="json", exclude_none=True))
     ckpt = checkpoint_sha256(model_path)
@@ -191,8 +186,7 @@ def _initialise(options: PaperOptions, conn: sqlite3.Connection, config: StudyCo
     chash = config_hash(config)
     run_id = hashlib.sha256(f"{chash}|{start.date()}|{weights}|{DEFAULT_CASH}".encode()
                             ).hexdigest()[:12]
-    first = start - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
-    warm = slice_period(history, first, None)
+    warm = slice_period(history, warmup_start(config, start), None)
     stored = str(model_path.relative_to(state.resolve())) if model_path.is_relative_to(
         state.resolve()) else str(model_path)
     with transaction(conn):
@@ -267,8 +261,7 @@ def open_session(options: PaperOptions, progress: bool = True) -> Session:
         specs = build_specs(config)
         session = Session(
             state_dir=state, conn=conn, lock=lock, config=config, source=source, start=start,
-            run_id=meta["run_id"], params=meta_runs(config, model, model, model,
-                                                    specs)["meta_adaptive"],
+            run_id=meta["run_id"], params=meta_adaptive_params(config, model, specs),
             costs=specs.costs, features=specs.features, cash=float(meta["cash"]),
             checkpoint=path, frames=_frames_from_rows(read_bars(conn), json.loads(meta["assets"])))
         processed = conn.execute("SELECT max(date), count(*) FROM processed").fetchone()

@@ -139,7 +139,7 @@ def simulate(frames: dict[str, pd.DataFrame], params: dict, costs: CostSpec,
     frames : dict of DataFrame
         Every stored bar (warm-up history and live bars), canonical layout.
     params : dict
-        MetaAdaptiveStrategy params (``backtests.runner.meta_runs(...)["meta_adaptive"]``).
+        MetaAdaptiveStrategy params (``backtests.runner.meta_adaptive_params``).
     costs : CostSpec
         Commission and slippage, as in the backtest.
     features : FeatureSpec
