@@ -10,6 +10,7 @@ rebuilds exactly what the run showed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from backtests.config import StudyConfig, dump_config
 from backtests.data import StudyData
 from backtests.runner import Segment
 from metamodels.model_io import save_model
+from strategies.engine import BacktestResult
 
 PERIODS_PER_YEAR = 252
 
@@ -30,20 +32,22 @@ def _in_segment(frame: pd.DataFrame, seg: Segment) -> pd.DataFrame:
     return frame.loc[mask]
 
 
-def _long(segments: list[Segment], what: str) -> pd.DataFrame:
-    """Positions / trades / adaptation events of every strategy, long format, test bars only."""
+EVENT_COLUMNS = ["date", "asset", "trigger", "window", "loss_before", "loss_after"]
+
+
+def _events(result: BacktestResult) -> pd.DataFrame:
+    frame = pd.DataFrame(result.events, columns=EVENT_COLUMNS)
+    frame["date"] = pd.to_datetime(frame["date"])
+    return frame
+
+
+def _long(segments: list[Segment],
+          table: Callable[[BacktestResult], pd.DataFrame]) -> pd.DataFrame:
+    """One table of every strategy's results (long format, test bars only)."""
     parts = []
     for seg in segments:
         for name, result in seg.results.items():
-            if what == "positions":
-                frame = result.weights
-            elif what == "trades":
-                frame = result.trades
-            else:
-                frame = pd.DataFrame(result.events, columns=[
-                    "date", "asset", "trigger", "window", "loss_before", "loss_after"])
-                frame["date"] = pd.to_datetime(frame["date"])
-            frame = _in_segment(frame, seg).copy()
+            frame = _in_segment(table(result), seg).copy()
             frame.insert(1, "strategy", name)
             parts.append(frame)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -81,9 +85,9 @@ def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Se
     returns = combined_returns(segments)
     returns.to_csv(out / "returns.csv", date_format="%Y-%m-%d")
     date_fmt = {"date_format": "%Y-%m-%d", "index": False}
-    _long(segments, "positions").to_csv(out / "positions.csv", **date_fmt)
-    _long(segments, "trades").to_csv(out / "trades.csv", **date_fmt)
-    _long(segments, "events").to_csv(out / "adaptations.csv", **date_fmt)
+    _long(segments, lambda r: r.weights).to_csv(out / "positions.csv", **date_fmt)
+    _long(segments, lambda r: r.trades).to_csv(out / "trades.csv", **date_fmt)
+    _long(segments, _events).to_csv(out / "adaptations.csv", **date_fmt)
     first = segments[0]
     n_trials = {name: t.n_trials for name, t in first.tuning.items()}
     # Each meta variant is one configuration fixed before the test (no test-period tuning).
