@@ -15,25 +15,39 @@ from metamodels.policy import Params, PolicySpec, positions
 LearningRate = float | torch.Tensor | dict[str, torch.Tensor]
 
 
-def support_loss(params: Params, x: torch.Tensor, y: torch.Tensor, policy_spec: PolicySpec,
-                 objective_spec: ObjectiveSpec) -> torch.Tensor:
+Tensor = torch.Tensor
+
+
+def support_loss(params: Params, x: Tensor, y: Tensor, policy_spec: PolicySpec,
+                 objective_spec: ObjectiveSpec, inv_vol: Tensor | None = None,
+                 mask: Tensor | None = None) -> Tensor:
     """Summed trading loss of every window in ``x`` (a scalar).
 
     Summing (not averaging) over tasks keeps each task's gradient exact when
     every task carries its own copy of the weights: task ``b``'s loss depends
     only on weights ``[b]``.
     """
-    return trading_loss(positions(params, x, policy_spec), y, objective_spec).sum()
+    return trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol,
+                        mask).sum()
 
 
-def lr_for(lr: LearningRate, name: str) -> float | torch.Tensor:
-    """The step size of parameter ``name``: shared, or Meta-SGD's per-parameter tensor."""
-    return lr[name] if isinstance(lr, dict) else lr
+def lr_for(lr: LearningRate, name: str, lr_scale: Tensor | None = None,
+           ndim: int = 0) -> float | Tensor:
+    """The step size of parameter ``name``: shared, or Meta-SGD's per-parameter tensor.
+
+    ``lr_scale`` (``(B,)``, one factor per task, e.g. from the support length)
+    multiplies it, shaped to broadcast over a ``(B, ...)`` parameter of ``ndim`` dims.
+    """
+    rate = lr[name] if isinstance(lr, dict) else lr
+    if lr_scale is None:
+        return rate
+    return rate * lr_scale.reshape(-1, *([1] * (ndim - 1)))
 
 
-def adapt(params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: LearningRate,
+def adapt(params: Params, x: Tensor, y: Tensor, steps: int, lr: LearningRate,
           policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
-          create_graph: bool = False) -> Params:
+          create_graph: bool = False, inv_vol: Tensor | None = None,
+          mask: Tensor | None = None, lr_scale: Tensor | None = None) -> Params:
     """Adapt ``params`` to one support window (or a batch of them) by plain SGD.
 
     Parameters
@@ -52,6 +66,11 @@ def adapt(params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: Lear
     create_graph : bool
         Keep the graph of the inner steps so a meta-gradient can flow through
         them (second-order MAML, Meta-SGD). When False the result is detached.
+    inv_vol, mask : Tensor, optional
+        ``1 / vol`` and the real-bar mask per support bar, ``(..., n)`` (see
+        :func:`metamodels.objective.trading_loss`).
+    lr_scale : Tensor, optional
+        Batched only: one step-size factor per task, ``(B,)``.
 
     Returns
     -------
@@ -71,13 +90,15 @@ def adapt(params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: Lear
         else:
             cur = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         for _ in range(steps):
-            loss = support_loss(cur, x, y, policy_spec, objective_spec)
+            loss = support_loss(cur, x, y, policy_spec, objective_spec, inv_vol, mask)
             grads = torch.autograd.grad(loss, [cur[k] for k in names], create_graph=create_graph)
             if create_graph:
-                cur = {k: cur[k] - lr_for(lr, k) * g for k, g in zip(names, grads)}
+                cur = {k: cur[k] - lr_for(lr, k, lr_scale, g.dim()) * g
+                       for k, g in zip(names, grads)}
             else:
                 with torch.no_grad():
-                    cur = {k: cur[k] - lr_for(lr, k) * g for k, g in zip(names, grads)}
+                    cur = {k: cur[k] - lr_for(lr, k, lr_scale, g.dim()) * g
+                           for k, g in zip(names, grads)}
                 cur = {k: v.requires_grad_(True) for k, v in cur.items()}
     if not create_graph:
         cur = {k: v.detach() for k, v in cur.items()}
@@ -93,7 +114,8 @@ def expand_tasks(params: Params, n_tasks: int) -> Params:
     return {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in params.items()}
 
 
-def query_loss(params: Params, x: torch.Tensor, y: torch.Tensor, policy_spec: PolicySpec,
-               objective_spec: ObjectiveSpec) -> torch.Tensor:
+def query_loss(params: Params, x: Tensor, y: Tensor, policy_spec: PolicySpec,
+               objective_spec: ObjectiveSpec, inv_vol: Tensor | None = None,
+               mask: Tensor | None = None) -> Tensor:
     """Per-task trading loss on query windows, ``(B,)`` (or a scalar for one window)."""
-    return trading_loss(positions(params, x, policy_spec), y, objective_spec)
+    return trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol, mask)

@@ -97,7 +97,7 @@ def _funcvmap_step(theta: Params, tasks: TorchTasks, steps: int, lr: float, spec
         return inner_loss(p, qx, qy)
 
     def step() -> dict[str, torch.Tensor]:
-        loss = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(theta, *tasks).mean()
+        loss = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(theta, *tasks[:4]).mean()
         return dict(zip(theta, torch.autograd.grad(loss, list(theta.values()))))
 
     return step

@@ -333,6 +333,10 @@ def _read_sidecar(file: Path) -> CheckpointMeta:
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(f"{file}: format_version {version} is newer than this metabt reads "
                               f"({FORMAT_VERSION}); upgrade metabt")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise CheckpointError(f"{file}: format_version {version} predates variable-length "
+                              f"adaptation windows (this metabt reads {FORMAT_VERSION}); re-train "
+                              "the model with `metabt train`")
     return _validate_meta(raw, str(file), fix="re-save the checkpoint with save_checkpoint")
 
 

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 FORMAT = "metabt-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INNER_LR_PREFIX = "inner_lr."
 
 
@@ -60,8 +60,10 @@ class TaskMeta(BaseModel):
     """Window lengths (bars) the policy was meta-trained on; other task-builder keys are kept."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    support: PositiveInt
-    query: PositiveInt
+    min_support: PositiveInt
+    max_support: PositiveInt
+    min_query: PositiveInt
+    max_query: PositiveInt
 
 
 class InnerMeta(_Strict):
@@ -70,6 +72,8 @@ class InnerMeta(_Strict):
     steps: NonNegativeInt
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
     per_parameter_lr: bool
+    # exponent k of the step's dependence on the window length n: lr * (n / 60) ** k
+    length_power: Annotated[float, Field(ge=-5, le=5, allow_inf_nan=False)] = 0.0
 
     @model_validator(mode="after")
     def _lr_matches_mode(self) -> InnerMeta:
@@ -101,7 +105,7 @@ class CheckpointMeta(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
     format: Literal["metabt-checkpoint"]
-    format_version: Literal[1]
+    format_version: Literal[2]  # 2: variable-length tasks, length_power
     algorithm: Literal["maml", "fomaml", "reptile", "metasgd", "erm", "random"]
     policy: dict[str, Any]
     features: dict[str, Any]

@@ -19,21 +19,21 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from feeds.features import LABEL_DELAY, compute_features, compute_labels
+from feeds.features import LABEL_DELAY, compute_features, compute_labels, trailing_vol
 from feeds.tasks import TaskBatch
 from metamodels.model import MetaModel, TrainConfig, adapted_query_losses
 from metamodels.objective import ObjectiveSpec, trading_loss
 from metamodels.policy import PolicySpec, init_params, positions
-from metamodels.trainer import split_period, training_context, validation_tasks
+from metamodels.trainer import Changes, split_period, training_context, validation_tasks
 
 log = logging.getLogger(__name__)
 
-Series = list[tuple[np.ndarray, np.ndarray]]
+Series = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def training_series(frames: dict[str, pd.DataFrame], feature_spec: Any, start: Any,
                     end: Any) -> Series:
-    """Per asset, the features ``(n, F)`` and labels ``(n,)`` of every usable bar.
+    """Per asset, the features ``(n, F)``, labels ``(n,)`` and ``1 / vol`` of every usable bar.
 
     A bar is used when its features are settled (after the warm-up), it lies at
     or after ``start``, and both opens its label needs lie before ``end``, the
@@ -43,6 +43,7 @@ def training_series(frames: dict[str, pd.DataFrame], feature_spec: Any, start: A
     for frame in frames.values():
         x = compute_features(frame, feature_spec).to_numpy(np.float32)
         y = compute_labels(frame, feature_spec).to_numpy(np.float32)
+        a = (1.0 / trailing_vol(frame, feature_spec)).to_numpy(np.float32)
         dates = frame.index.to_numpy()
         lo = int(feature_spec.warmup)
         if start is not None:
@@ -50,19 +51,20 @@ def training_series(frames: dict[str, pd.DataFrame], feature_spec: Any, start: A
         hi = len(dates) if end is None else int(
             np.searchsorted(dates, np.datetime64(pd.Timestamp(end))))
         rows = slice(lo, max(lo, hi - LABEL_DELAY))
-        xs, ys = x[rows], y[rows]
+        xs, ys, avs = x[rows], y[rows], a[rows]
         ok = np.isfinite(xs).all(axis=1) & np.isfinite(ys)
         # Valid bars have no NaN after the warm-up; should one appear, only that
         # row is dropped (the turnover term then spans the gap, as a held
         # position would).
         if ok.sum() >= 2:
-            out.append((xs[ok], ys[ok]))
+            out.append((xs[ok], ys[ok], avs[ok]))
     return out
 
 
 def erm_train(frames: dict[str, pd.DataFrame], feature_spec: Any, task_spec: Any,
               policy_spec: PolicySpec, objective_spec: ObjectiveSpec, config: TrainConfig,
-              start: Any = None, end: Any = None, progress: bool = True) -> MetaModel:
+              start: Any = None, end: Any = None, progress: bool = True,
+              changes: Changes = None) -> MetaModel:
     """Train the policy by ERM on ``[start, end)`` with validation-based early stopping.
 
     Same arguments as :func:`metamodels.trainer.meta_train`. ``meta_steps`` is
@@ -72,7 +74,7 @@ def erm_train(frames: dict[str, pd.DataFrame], feature_spec: Any, task_spec: Any
     """
     lo, split, hi = split_period(frames, start, end, config.val_fraction)
     series = training_series(frames, feature_spec, lo, split)
-    val = validation_tasks(frames, feature_spec, task_spec, split, hi, config.val_tasks)
+    val = validation_tasks(frames, feature_spec, task_spec, split, hi, config.val_tasks, changes)
     model = fit_erm(series, val, policy_spec, objective_spec, config, progress=progress)
     return replace(model, feature_spec=feature_spec, task_spec=task_spec,
                    train_period=(str(lo.date()), str(split.date())),
@@ -86,8 +88,8 @@ def fit_erm(series: Series, val: TaskBatch | None, policy_spec: PolicySpec,
     if not series:
         raise ValueError("no training bars for ERM; use a longer training period")
     torch.manual_seed(config.seed)
-    data = [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in series]
-    n_total = float(sum(len(y) for _, y in data))
+    data = [tuple(torch.as_tensor(part) for part in item) for item in series]
+    n_total = float(sum(len(item[1]) for item in data))
     params = {k: v.requires_grad_(True) for k, v in init_params(policy_spec, config.seed).items()}
     opt = torch.optim.AdamW(list(params.values()), lr=config.outer_lr,
                             weight_decay=config.weight_decay)
@@ -109,7 +111,8 @@ def fit_erm(series: Series, val: TaskBatch | None, policy_spec: PolicySpec,
             if step > 0:
                 opt.zero_grad()
                 loss = sum(len(y) / n_total * trading_loss(positions(params, x, policy_spec), y,
-                                                            objective_spec) for x, y in data)
+                                                            objective_spec, a)
+                           for x, y, a in data)
                 loss.backward()
                 opt.step()
                 loss_value = float(loss.detach())

@@ -8,11 +8,11 @@ numpy take ~0.1 ms. The math is exactly that of
 ``tests/test_adapt.py`` checks the two agree to 1e-6 for every position mode,
 so what was trained is what trades.
 
-Gradient of ``loss = -mean(r) + risk*mean(r^2) + cost*mean(|dp|)`` with
-``r = p*y``, ``dp_t = p_{t+1} - p_t``::
+Gradient of ``loss = -mean(r) + risk*mean(r^2) + cost*mean(|dh|)`` with
+``r = p*y``, ``h = p*a`` (``a = 1/vol``), ``dh_t = h_{t+1} - h_t``::
 
     dL/dp_t = (-y_t + 2 risk r_t y_t) / n
-              + cost/(n-1) * (sign(dp_{t-1}) - sign(dp_t))
+              + cost/(n-1) * a_t * (sign(dh_{t-1}) - sign(dh_t))
 
 then back through the squash and the tanh layers.
 """
@@ -50,8 +50,8 @@ def _with_ones(a: np.ndarray) -> np.ndarray:
 
 
 def _packed_grads(packed: list[np.ndarray], acts: list[np.ndarray], y: np.ndarray,
-                  policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
-                  want_loss: bool) -> tuple[float, list[np.ndarray]]:
+                  inv_vol: np.ndarray | None, policy_spec: PolicySpec,
+                  objective_spec: ObjectiveSpec, want_loss: bool) -> tuple[float, list[np.ndarray]]:
     """Loss (if asked) and gradients of packed weights. ``acts[i]`` is layer i's
     input with a trailing ones column; ``acts[0]`` holds the features and hidden
     activations are written into ``acts[1:]`` in place."""
@@ -66,12 +66,15 @@ def _packed_grads(packed: list[np.ndarray], acts: list[np.ndarray], y: np.ndarra
     loss = float(risk * (pnl @ pnl) / n - pnl.mean()) if want_loss else 0.0
     g_pos = (2.0 * risk * pnl - 1.0) * y * (1.0 / n)
     if n > 1 and cost > 0:
-        diff = pos[1:] - pos[:-1]
+        held = pos if inv_vol is None else pos * inv_vol
+        diff = held[1:] - held[:-1]
         if want_loss:
             loss += cost * float(np.abs(diff).mean())
         s = np.sign(diff) * (cost / (n - 1))
-        g_pos[1:] += s
-        g_pos[:-1] -= s
+        g_held = np.zeros(n)
+        g_held[1:] += s
+        g_held[:-1] -= s
+        g_pos += g_held if inv_vol is None else g_held * inv_vol
 
     g = g_pos * dpos  # d loss / d z, (n,)
     grads = [np.empty(0)] * len(packed)
@@ -93,8 +96,13 @@ def _activations(x: np.ndarray, policy_spec: PolicySpec) -> list[np.ndarray]:
                                                            for h in policy_spec.hidden]
 
 
+def _vec(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
 def loss_and_grad(params: NumpyParams, x: np.ndarray, y: np.ndarray, policy_spec: PolicySpec,
-                  objective_spec: ObjectiveSpec) -> tuple[float, NumpyParams]:
+                  objective_spec: ObjectiveSpec,
+                  inv_vol: np.ndarray | None = None) -> tuple[float, NumpyParams]:
     """Trading loss of one window and its gradient with respect to every parameter.
 
     Parameters
@@ -103,6 +111,8 @@ def loss_and_grad(params: NumpyParams, x: np.ndarray, y: np.ndarray, policy_spec
         Unbatched weights (see :func:`metamodels.policy.to_numpy`).
     x, y : ndarray
         Features ``(n, F)`` and labels ``(n,)`` of one window.
+    inv_vol : ndarray, optional
+        ``1 / vol`` per bar, ``(n,)`` (see :func:`metamodels.objective.trading_loss`).
 
     Returns
     -------
@@ -112,13 +122,14 @@ def loss_and_grad(params: NumpyParams, x: np.ndarray, y: np.ndarray, policy_spec
     """
     packed = _pack(params, policy_spec.n_layers)
     loss, grads = _packed_grads(packed, _activations(x, policy_spec),
-                                np.asarray(y, dtype=np.float64), policy_spec, objective_spec,
-                                want_loss=True)
+                                np.asarray(y, dtype=np.float64), _vec(inv_vol), policy_spec,
+                                objective_spec, want_loss=True)
     return loss, _unpack(grads)
 
 
 def fast_adapt(params: NumpyParams, x: np.ndarray, y: np.ndarray, steps: int, lr: NumpyLR,
-               policy_spec: PolicySpec, objective_spec: ObjectiveSpec) -> NumpyParams:
+               policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
+               inv_vol: np.ndarray | None = None) -> NumpyParams:
     """Numpy twin of :func:`metamodels.adapt.adapt` for one support window.
 
     Parameters
@@ -131,6 +142,8 @@ def fast_adapt(params: NumpyParams, x: np.ndarray, y: np.ndarray, steps: int, lr
         SGD steps (0 returns float64 copies of ``params``).
     lr : float or dict of ndarray
         Shared step size, or one array per parameter (Meta-SGD).
+    inv_vol : ndarray, optional
+        ``1 / vol`` per support bar, ``(n,)``.
 
     Returns
     -------
@@ -148,16 +161,17 @@ def fast_adapt(params: NumpyParams, x: np.ndarray, y: np.ndarray, steps: int, lr
     else:
         rates = [float(lr)] * n_layers
     acts = _activations(x, policy_spec)
-    y = np.asarray(y, dtype=np.float64)
+    y, inv_vol = np.asarray(y, dtype=np.float64), _vec(inv_vol)
     for _ in range(steps):
-        _, grads = _packed_grads(packed, acts, y, policy_spec, objective_spec, want_loss=False)
+        _, grads = _packed_grads(packed, acts, y, inv_vol, policy_spec, objective_spec,
+                                 want_loss=False)
         for wa, g, rate in zip(packed, grads, rates):
             wa -= rate * g
     return _unpack(packed)
 
 
 def window_loss(params: NumpyParams, x: np.ndarray, y: np.ndarray, policy_spec: PolicySpec,
-                objective_spec: ObjectiveSpec) -> float:
+                objective_spec: ObjectiveSpec, inv_vol: np.ndarray | None = None) -> float:
     """Trading loss of ``params`` on one window (e.g. before/after an adaptation)."""
     pos = numpy_positions(params, np.asarray(x, dtype=np.float64), policy_spec)
-    return float(numpy_trading_loss(pos, y, objective_spec))
+    return float(numpy_trading_loss(pos, y, objective_spec, inv_vol))

@@ -37,25 +37,58 @@ from metamodels.objective import ObjectiveSpec
 from metamodels.policy import Params, PolicySpec
 
 LOG_LR = "log_lr"  # key of a learned scalar inner step size (its log)
+# Key of the learned exponent k of the step size's dependence on the support
+# length n: lr(n) = lr * (n / LR_LENGTH_REF) ** k. Short windows are noisier, so
+# the best step on 20 bars need not be the best on 120.
+LR_POWER = "log_lr.length_power"
+LR_LENGTH_REF = 60.0
 ENGINES = ("batched", "loop")
 
 
 class TorchTasks(NamedTuple):
-    """A task batch as float32 tensors: support ``(B, S, F)``/``(B, S)``, query ``(B, Q, F)``/``(B, Q)``."""
+    """A task batch as float32 tensors: support ``(B, S, F)``/``(B, S)``, query ``(B, Q, F)``/``(B, Q)``.
+
+    The optional ``*_inv_vol`` (``1 / vol`` per bar) and ``*_mask`` (1 = a real
+    bar, 0 = left padding) have the shape of the labels.
+    """
 
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+    support_inv_vol: torch.Tensor | None = None
+    support_mask: torch.Tensor | None = None
+    query_inv_vol: torch.Tensor | None = None
+    query_mask: torch.Tensor | None = None
 
     @classmethod
     def from_batch(cls, batch: object) -> TorchTasks:
-        """Convert a ``feeds.tasks.TaskBatch`` (or anything with its four arrays)."""
-        return cls(*(torch.as_tensor(np.asarray(getattr(batch, name), dtype=np.float32))
-                     for name in cls._fields))
+        """Convert a ``feeds.tasks.TaskBatch`` (or anything with its arrays)."""
+        def tensor(name: str) -> torch.Tensor | None:
+            value = getattr(batch, name, None)
+            return None if value is None else torch.as_tensor(np.asarray(value, dtype=np.float32))
+        return cls(*(tensor(name) for name in cls._fields))
 
     def __len__(self) -> int:  # number of tasks, like TaskBatch
         return int(self.support_x.shape[0])
+
+    def support_lengths(self) -> torch.Tensor:
+        """Real bars per support window, ``(B,)``."""
+        if self.support_mask is None:
+            return torch.full((len(self),), float(self.support_y.shape[-1]))
+        return self.support_mask.sum(-1)
+
+    def task(self, b: int) -> TorchTasks:
+        """Task ``b`` alone, unbatched and with its padding removed (the loop engine's view)."""
+        n_s = int(self.support_lengths()[b])
+        n_q = (int(self.query_mask[b].sum()) if self.query_mask is not None
+               else self.query_y.shape[-1])
+
+        def cut(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+            return None if t is None else t[b, t.shape[1] - n:]
+        return TorchTasks(cut(self.support_x, n_s), cut(self.support_y, n_s),
+                          cut(self.query_x, n_q), cut(self.query_y, n_q),
+                          cut(self.support_inv_vol, n_s), None, cut(self.query_inv_vol, n_q), None)
 
 
 @dataclass(frozen=True)
@@ -70,6 +103,8 @@ class MetaLearner:
         Inner SGD steps on the support window.
     learn_inner_lr : bool
         Learn one scalar inner step size alongside the weights.
+    learn_lr_length_power : bool
+        Also learn how the step size scales with the support length (see ``LR_POWER``).
     engine : {"batched", "loop"}
         See module docstring; both give the same gradients.
     """
@@ -77,6 +112,7 @@ class MetaLearner:
     inner_lr: float = 0.1
     inner_steps: int = 5
     learn_inner_lr: bool = False
+    learn_lr_length_power: bool = False
     engine: str = "batched"
 
     def __post_init__(self) -> None:
@@ -91,9 +127,11 @@ class MetaLearner:
     def init_meta(self, params: Params) -> Params:
         """Fresh leaf tensors the outer optimiser updates (weights + learned LRs)."""
         meta = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        dtype = next(iter(params.values())).dtype
         if self.learn_inner_lr:
-            dtype = next(iter(params.values())).dtype
             meta[LOG_LR] = torch.tensor(math.log(self.inner_lr), dtype=dtype, requires_grad=True)
+        if self.learn_lr_length_power:
+            meta[LR_POWER] = torch.tensor(0.0, dtype=dtype, requires_grad=True)
         return meta
 
     def is_lr_key(self, name: str) -> bool:
@@ -105,6 +143,16 @@ class MetaLearner:
         params = {k: v for k, v in meta.items() if not self.is_lr_key(k)}
         lr = torch.exp(meta[LOG_LR]) if self.learn_inner_lr else self.inner_lr
         return params, lr
+
+    def lr_scale(self, meta: Params, tasks: TorchTasks) -> torch.Tensor | None:
+        """Per-task step-size factor ``(n / LR_LENGTH_REF) ** k`` (None when k is not learned)."""
+        if LR_POWER not in meta:
+            return None
+        return torch.exp(meta[LR_POWER] * torch.log(tasks.support_lengths() / LR_LENGTH_REF))
+
+    def final_power(self, meta: Params) -> float:
+        """The learned length exponent k to store with a trained model (0 = none)."""
+        return float(meta[LR_POWER].detach()) if LR_POWER in meta else 0.0
 
     def final_lr(self, meta: Params) -> float | dict[str, torch.Tensor]:
         """The inner step size(s) to store with a trained model (detached)."""
@@ -121,22 +169,34 @@ class MetaLearner:
     # -- helpers -----------------------------------------------------------
     def _adapt_all(self, params: Params, lr: LearningRate, tasks: TorchTasks,
                    policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
-                   create_graph: bool) -> list[Params]:
+                   create_graph: bool, lr_scale: torch.Tensor | None = None) -> list[Params]:
         """Adapted weights: one ``(B, ...)`` dict (batched) or B unbatched dicts (loop)."""
-        sx, sy = tasks.support_x, tasks.support_y
         if self.engine == "batched":
-            return [adapt(expand_tasks(params, len(tasks)), sx, sy, self.inner_steps, lr,
-                          policy_spec, objective_spec, create_graph=create_graph)]
-        return [adapt(params, sx[b], sy[b], self.inner_steps, lr, policy_spec, objective_spec,
-                      create_graph=create_graph) for b in range(len(tasks))]
+            return [adapt(expand_tasks(params, len(tasks)), tasks.support_x, tasks.support_y,
+                          self.inner_steps, lr, policy_spec, objective_spec,
+                          create_graph=create_graph, inv_vol=tasks.support_inv_vol,
+                          mask=tasks.support_mask, lr_scale=lr_scale)]
+        out = []
+        for b in range(len(tasks)):
+            one = tasks.task(b)
+            out.append(adapt(params, one.support_x, one.support_y, self.inner_steps, lr,
+                             policy_spec, objective_spec, create_graph=create_graph,
+                             inv_vol=one.support_inv_vol,
+                             lr_scale=None if lr_scale is None else lr_scale[b:b + 1]))
+        return out
 
     def _query_losses(self, adapted: list[Params], tasks: TorchTasks, policy_spec: PolicySpec,
                       objective_spec: ObjectiveSpec) -> torch.Tensor:
         """Per-task query losses ``(B,)`` at the adapted weights."""
         if len(adapted) == 1 and adapted[0]["w0"].dim() == 3:
-            return query_loss(adapted[0], tasks.query_x, tasks.query_y, policy_spec, objective_spec)
-        return torch.stack([query_loss(p, tasks.query_x[b], tasks.query_y[b], policy_spec,
-                                       objective_spec) for b, p in enumerate(adapted)])
+            return query_loss(adapted[0], tasks.query_x, tasks.query_y, policy_spec,
+                              objective_spec, tasks.query_inv_vol, tasks.query_mask)
+        losses = []
+        for b, p in enumerate(adapted):
+            one = tasks.task(b)
+            losses.append(query_loss(p, one.query_x, one.query_y, policy_spec, objective_spec,
+                                     one.query_inv_vol))
+        return torch.stack(losses)
 
 
 def _grads_or_zeros(loss: torch.Tensor, meta: Params) -> Params:
@@ -152,7 +212,8 @@ class MAML(MetaLearner):
     def meta_grads(self, meta: Params, tasks: TorchTasks, policy_spec: PolicySpec,
                    objective_spec: ObjectiveSpec) -> tuple[float, Params]:
         params, lr = self.split(meta)
-        adapted = self._adapt_all(params, lr, tasks, policy_spec, objective_spec, True)
+        adapted = self._adapt_all(params, lr, tasks, policy_spec, objective_spec, True,
+                                  self.lr_scale(meta, tasks))
         loss = self._query_losses(adapted, tasks, policy_spec, objective_spec).mean()
         return float(loss.detach()), _grads_or_zeros(loss, meta)
 
@@ -163,8 +224,9 @@ class FOMAML(MetaLearner):
     gradient at the initial weights (the inner steps are treated as constants).
 
     A learned scalar step size still gets an exact first-order gradient:
-    ``phi = theta - alpha * G`` with ``G`` held constant, so
-    ``dL/dlog(alpha) = <dL/dphi, phi - theta>``.
+    ``phi = theta - alpha * s_b * G`` with ``G`` held constant, so
+    ``dL/dlog(alpha) = <dL/dphi, phi - theta>``, and the length exponent ``k``
+    of ``s_b = (n_b / ref) ** k`` gets the same product times ``log(n_b / ref)``.
     """
 
     def meta_grads(self, meta: Params, tasks: TorchTasks, policy_spec: PolicySpec,
@@ -172,17 +234,25 @@ class FOMAML(MetaLearner):
         params, lr = self.split(meta)
         theta = {k: v.detach() for k, v in params.items()}
         step = float(lr.detach()) if isinstance(lr, torch.Tensor) else float(lr)
-        adapted = self._adapt_all(theta, step, tasks, policy_spec, objective_spec, False)
+        scale = self.lr_scale(meta, tasks)
+        scale = None if scale is None else scale.detach()
+        adapted = self._adapt_all(theta, step, tasks, policy_spec, objective_spec, False, scale)
         adapted = [{k: v.requires_grad_(True) for k, v in p.items()} for p in adapted]
         loss = self._query_losses(adapted, tasks, policy_spec, objective_spec).mean()
-        flat = [(p, k) for p in adapted for k in theta]
-        gphi = torch.autograd.grad(loss, [p[k] for p, k in flat])
+        flat = [(i, p, k) for i, p in enumerate(adapted) for k in theta]
+        gphi = torch.autograd.grad(loss, [p[k] for _, p, k in flat])
         grads = {k: torch.zeros_like(v) for k, v in meta.items()}
-        for (p, k), g in zip(flat, gphi):
+        log_len = torch.log(tasks.support_lengths() / LR_LENGTH_REF)
+        for (i, p, k), g in zip(flat, gphi):
             # Batched: g is (B, ...) with one slice per task; loop: one task.
-            grads[k] += g.sum(0) if g.dim() > theta[k].dim() else g
+            batched = g.dim() > theta[k].dim()
+            grads[k] += g.sum(0) if batched else g
+            moved = g * (p[k].detach() - theta[k])
             if self.learn_inner_lr:
-                grads[LOG_LR] += (g * (p[k].detach() - theta[k])).sum()
+                grads[LOG_LR] += moved.sum()
+            if LR_POWER in meta:
+                per_task = moved.reshape(moved.shape[0], -1).sum(1) if batched else moved.sum()
+                grads[LR_POWER] += (per_task * (log_len if batched else log_len[i])).sum()
         return float(loss.detach()), grads
 
 
@@ -228,6 +298,8 @@ class MetaSGD(MAML):
         meta = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         for k, v in params.items():
             meta[f"{LOG_LR}.{k}"] = torch.full_like(v, math.log(self.inner_lr)).requires_grad_(True)
+        if self.learn_lr_length_power:
+            meta[LR_POWER] = torch.tensor(0.0, dtype=v.dtype, requires_grad=True)
         return meta
 
     def split(self, meta: Params) -> tuple[Params, LearningRate]:

@@ -16,6 +16,7 @@ import torch
 
 from metamodels.adapt import adapt, expand_tasks, query_loss
 from metamodels.fast_adapt import NumpyLR, fast_adapt
+from metamodels.learners import LR_LENGTH_REF, TorchTasks
 from metamodels.objective import ObjectiveSpec
 from metamodels.policy import NumpyParams, Params, PolicySpec, numpy_positions, to_numpy
 
@@ -139,6 +140,9 @@ class MetaModel:
         ISO dates ``[start, end)`` of the training and validation tasks' bars.
     best_step : int
         The (meta-)step whose parameters were kept (0 = the initialisation).
+    lr_length_power : float
+        Exponent k of the step size's dependence on the support length n:
+        the step is ``inner_lr * (n / LR_LENGTH_REF) ** k`` (0 = the same for every n).
     history : dict of list
         ``step``, ``train_loss`` (mean training loss since the previous
         validation), ``val_loss`` (mean validation query loss after
@@ -159,6 +163,7 @@ class MetaModel:
     val_period: tuple[str, str] | None = None
     best_step: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
+    lr_length_power: float = 0.0
 
     def numpy_params(self) -> NumpyParams:
         """Float64 numpy copy of the weights, for per-bar inference and fast adaptation."""
@@ -184,26 +189,33 @@ class MetaModel:
                                self.policy_spec)
 
 
+def length_scale(n: Any, power: float) -> Any:
+    """Step-size factor for a support window of ``n`` bars: ``(n / LR_LENGTH_REF) ** power``."""
+    return (n / LR_LENGTH_REF) ** power
+
+
 def adapted_query_losses(params: Params, inner_lr: float | dict[str, torch.Tensor], tasks: Any,
-                         steps: int, policy_spec: PolicySpec,
-                         objective_spec: ObjectiveSpec) -> np.ndarray:
+                         steps: int, policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
+                         lr_length_power: float = 0.0) -> np.ndarray:
     """Query loss of every task after adapting ``params`` on its support window.
 
     ``tasks`` is a ``TaskBatch`` (numpy) or :class:`metamodels.learners.TorchTasks`;
     every task is adapted independently, in one batched call of the reference
     :func:`~metamodels.adapt.adapt`. Returns a float64 array ``(B,)``.
     """
-    sx, sy, qx, qy = (torch.as_tensor(np.asarray(getattr(tasks, n), dtype=np.float32))
-                      for n in ("support_x", "support_y", "query_x", "query_y"))
+    t = tasks if isinstance(tasks, TorchTasks) else TorchTasks.from_batch(tasks)
     theta = {k: v.detach() for k, v in params.items()}
-    phi = adapt(expand_tasks(theta, sx.shape[0]), sx, sy, steps, inner_lr, policy_spec,
-                objective_spec)
+    scale = length_scale(t.support_lengths(), lr_length_power) if lr_length_power else None
+    phi = adapt(expand_tasks(theta, len(t)), t.support_x, t.support_y, steps, inner_lr,
+                policy_spec, objective_spec, inv_vol=t.support_inv_vol, mask=t.support_mask,
+                lr_scale=scale)
     with torch.no_grad():
-        return query_loss(phi, qx, qy, policy_spec, objective_spec).double().numpy()
+        return query_loss(phi, t.query_x, t.query_y, policy_spec, objective_spec,
+                          t.query_inv_vol, t.query_mask).double().numpy()
 
 
 def evaluate(model: MetaModel, tasks: Any, steps: int | None = None) -> np.ndarray:
     """Per-task query loss of ``model`` after ``steps`` adaptation steps (default: its own)."""
     return adapted_query_losses(model.params, model.inner_lr, tasks,
                                 model.inner_steps if steps is None else steps,
-                                model.policy_spec, model.objective_spec)
+                                model.policy_spec, model.objective_spec, model.lr_length_power)

@@ -59,7 +59,8 @@ def save_model(model: MetaModel, path: str | Path, config: dict[str, Any]) -> Pa
         "objective": dataclasses.asdict(model.objective_spec),
         "inner": {"steps": model.inner_steps,
                   "lr": None if per_parameter else float(model.inner_lr),  # type: ignore[arg-type]
-                  "per_parameter_lr": per_parameter},
+                  "per_parameter_lr": per_parameter,
+                  "length_power": float(model.lr_length_power)},
         "training_period": {"start": model.train_period[0], "end": end},
         "config": config,
     }
@@ -93,6 +94,7 @@ def load_model(path: str | Path) -> tuple[MetaModel, pd.Timestamp]:
         else float(meta.inner.lr)  # type: ignore[arg-type]
     model = MetaModel(
         params=params, inner_lr=inner_lr, inner_steps=meta.inner.steps, algorithm=meta.algorithm,
+        lr_length_power=meta.inner.length_power,
         policy_spec=policy_spec,
         objective_spec=_spec(ObjectiveSpec, meta.objective, path, "objective"),
         feature_spec=feature_spec,

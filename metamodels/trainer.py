@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -43,13 +43,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Sample = Callable[[int, np.random.Generator], TaskBatch]
+Changes = Mapping[str, Sequence[Any]] | None
+VALIDATION_SEED = 20240101
 
 
 def make_learner(config: TrainConfig) -> MetaLearner:
     """The learner ``config`` names, with its inner loop settings."""
     cls = LEARNERS[config.algorithm]
     learn = config.learns_inner_lr and config.algorithm != "metasgd"  # metasgd: always, per weight
-    return cls(inner_lr=config.inner_lr, inner_steps=config.inner_steps, learn_inner_lr=learn)
+    return cls(inner_lr=config.inner_lr, inner_steps=config.inner_steps, learn_inner_lr=learn,
+               learn_lr_length_power=config.learns_inner_lr)
 
 
 def split_period(frames: dict[str, pd.DataFrame], start: Any, end: Any,
@@ -75,12 +78,14 @@ def split_period(frames: dict[str, pd.DataFrame], start: Any, end: Any,
 
 
 def validation_tasks(frames: dict[str, pd.DataFrame], feature_spec: Any, task_spec: Any,
-                     split: pd.Timestamp, end: pd.Timestamp, n_tasks: int) -> TaskBatch | None:
-    """About ``n_tasks`` evenly spaced tasks from ``[split, end)`` (None if the range is empty)."""
+                     split: pd.Timestamp, end: pd.Timestamp, n_tasks: int,
+                     changes: Changes = None) -> TaskBatch | None:
+    """``n_tasks`` tasks from ``[split, end)``, drawn like training tasks but with a fixed seed,
+    so every validation sees the same ones (None if the range is empty)."""
     if split >= end:
         return None
-    sampler = TaskSampler(frames, feature_spec, task_spec, split, end)
-    return sampler.all_tasks(stride=max(1, math.ceil(len(sampler) / n_tasks)))
+    sampler = TaskSampler(frames, feature_spec, task_spec, split, end, changes)
+    return sampler.sample(n_tasks, np.random.default_rng(VALIDATION_SEED))
 
 
 @contextmanager
@@ -98,7 +103,8 @@ def training_context(config: TrainConfig) -> Any:
 
 def meta_train(frames: dict[str, pd.DataFrame], feature_spec: Any, task_spec: Any,
                policy_spec: PolicySpec, objective_spec: ObjectiveSpec, config: TrainConfig,
-               start: Any = None, end: Any = None, progress: bool = True) -> MetaModel:
+               start: Any = None, end: Any = None, progress: bool = True,
+               changes: Changes = None) -> MetaModel:
     """Meta-train a policy initialisation on tasks from ``[start, end)`` of ``frames``.
 
     Parameters
@@ -112,6 +118,9 @@ def meta_train(frames: dict[str, pd.DataFrame], feature_spec: Any, task_spec: An
         Training period ``[start, end)``; validation tasks come from its end.
     progress : bool
         Show a rich progress bar with the meta-loss.
+    changes : mapping of symbol -> dates, optional
+        Regime changes (true, or detected causally on these bars) where a share of
+        the task supports start, as the trading schedule's windows do.
 
     Returns
     -------
@@ -119,8 +128,8 @@ def meta_train(frames: dict[str, pd.DataFrame], feature_spec: Any, task_spec: An
         The best validated initialisation (``best_step``) and its inner step size(s).
     """
     lo, split, hi = split_period(frames, start, end, config.val_fraction)
-    sampler = TaskSampler(frames, feature_spec, task_spec, lo, split)
-    val = validation_tasks(frames, feature_spec, task_spec, split, hi, config.val_tasks)
+    sampler = TaskSampler(frames, feature_spec, task_spec, lo, split, changes)
+    val = validation_tasks(frames, feature_spec, task_spec, split, hi, config.val_tasks, changes)
     log.info("meta-training %s on %d anchors in [%s, %s), validating on %d tasks in [%s, %s)",
              config.algorithm, len(sampler), lo.date(), split.date(),
              0 if val is None else len(val), split.date(), hi.date())
@@ -147,8 +156,8 @@ def fit(sample: Sample, val: TaskBatch | None, policy_spec: PolicySpec,
 
     def validate(steps: int = config.inner_steps) -> float:
         params, lr = learner.split(meta)
-        return float(adapted_query_losses(params, lr, val, steps, policy_spec,
-                                          objective_spec).mean())
+        return float(adapted_query_losses(params, lr, val, steps, policy_spec, objective_spec,
+                                          learner.final_power(meta)).mean())
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in meta.items()}
@@ -199,4 +208,4 @@ def fit(sample: Sample, val: TaskBatch | None, policy_spec: PolicySpec,
                      inner_lr=learner.final_lr(best_meta), inner_steps=config.inner_steps,
                      algorithm=config.algorithm, policy_spec=policy_spec,
                      objective_spec=objective_spec, config=config, best_step=best_step,
-                     history=history)
+                     history=history, lr_length_power=learner.final_power(best_meta))

@@ -54,10 +54,22 @@ def test_features_are_defined_after_warmup_and_finite(spy):
     assert np.isfinite(feats.iloc[SPEC.warmup:].to_numpy()).all()
 
 
+def fixed(support: int, query: int) -> TaskSpec:
+    return TaskSpec(min_support=support, max_support=support, min_query=query, max_query=query)
+
+
 def tasks_until(frame: pd.DataFrame, end: object) -> dict[str, np.ndarray]:
-    batch = TaskSampler({"SPY": frame}, SPEC, TaskSpec(support=30, query=10), end=end).all_tasks()
-    return {"sx": batch.support_x, "sy": batch.support_y, "qx": batch.query_x,
-            "qy": batch.query_y, "anchors": batch.anchors}
+    changes = {"SPY": list(frame.index[[300, 420, 555]])}
+    sampler = TaskSampler({"SPY": frame}, SPEC, TaskSpec(min_support=10, max_support=40,
+                                                         min_query=3, max_query=10),
+                          end=end, changes=changes)
+    fixed_batch = sampler.all_tasks()
+    drawn = sampler.sample(300, np.random.default_rng(0))
+    return {"sx": fixed_batch.support_x, "sy": fixed_batch.support_y,
+            "qx": fixed_batch.query_x, "qy": fixed_batch.query_y, "anchors": fixed_batch.anchors,
+            **{f"drawn_{k}": getattr(drawn, k) for k in (
+                "support_x", "support_y", "support_inv_vol", "support_mask", "query_x",
+                "query_y", "query_inv_vol", "query_mask", "anchors")}}
 
 
 @pytest.mark.parametrize("variant", ["truncated", "nan", "absurd"])
@@ -74,7 +86,7 @@ def test_tasks_bounded_by_end_never_use_later_bars(spy, variant):
 
 
 def test_support_labels_are_known_at_the_anchor_and_query_follows(spy):
-    spec = TaskSpec(support=30, query=10)
+    spec = fixed(30, 10)
     sampler = TaskSampler({"SPY": spy}, SPEC, spec)
     batch = sampler.all_tasks(stride=97)
     feats = compute_features(spy, SPEC).to_numpy(np.float32)
@@ -88,10 +100,31 @@ def test_support_labels_are_known_at_the_anchor_and_query_follows(spy):
 
 def test_sampler_respects_start_and_end(spy):
     start, end = spy.index[300], spy.index[700]
-    sampler = TaskSampler({"SPY": spy}, SPEC, TaskSpec(support=40, query=10), start, end)
+    sampler = TaskSampler({"SPY": spy}, SPEC, fixed(40, 10), start, end)
     batch = sampler.all_tasks()
     dates = spy.index
     first_anchor = dates.get_loc(pd.Timestamp(batch.anchors.min()))
     last_anchor = dates.get_loc(pd.Timestamp(batch.anchors.max()))
     assert first_anchor - 40 - 1 == 300  # first support bar is `start`
     assert last_anchor + 10 - 1 + 2 == 699  # last query label's open is the last bar before `end`
+
+
+def test_change_anchored_supports_start_at_the_change_and_labels_stay_known(spy):
+    changes = {"SPY": list(spy.index[[400, 700, 1000]])}
+    spec = TaskSpec(min_support=20, max_support=60, min_query=5, max_query=10, change_share=1.0)
+    batch = TaskSampler({"SPY": spy}, SPEC, spec, changes=changes).sample(
+        200, np.random.default_rng(3))
+    feats = compute_features(spy, SPEC).to_numpy(np.float32)
+    dates = spy.index.to_numpy()
+    starts = {400, 700, 1000}
+    for i, anchor in enumerate(batch.anchors):
+        t = int(np.searchsorted(dates, anchor))
+        n = int(batch.support_mask[i].sum())
+        assert spec.min_support <= n <= spec.max_support
+        # support = bars t-n-1 .. t-2: it starts exactly at a change, all labels known at t
+        assert t - n - 1 in starts
+        window = batch.window(i)
+        np.testing.assert_array_equal(window["support_x"], feats[t - n - 1:t - 1])
+        np.testing.assert_array_equal(window["query_x"][0], feats[t])
+        # padding comes first and is masked out
+        assert batch.support_mask[i, : spec.max_support - n].sum() == 0

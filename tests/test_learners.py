@@ -13,14 +13,27 @@ from metamodels.model import ALGORITHMS
 from metamodels.objective import ObjectiveSpec
 from metamodels.policy import PolicySpec, init_params, to_numpy
 
-OBJ = ObjectiveSpec(risk=0.05, cost=0.01)
+OBJ = ObjectiveSpec(risk=0.05, cost=0.0001)
 SPEC = PolicySpec(6, (5,))
 
 
 def _tasks(n: int = 6, seed: int = 0) -> TorchTasks:
-    batch = random_task_batch(n, 30, 10, 6, seed=seed)
+    # Variable lengths (padding + masks) and a 1/vol per bar, as sampled tasks have: the
+    # batched engine must give each padded task exactly its unpadded loop result.
+    batch = random_task_batch(n, 30, 10, 6, seed=seed, variable=True)
     return TorchTasks(*(torch.tensor(getattr(batch, f), dtype=torch.float64)
                         for f in TorchTasks._fields))
+
+
+def _support(tasks: TorchTasks, b: int) -> tuple[np.ndarray, ...]:
+    """Task b's support window without padding: features, labels, 1 / vol."""
+    one = tasks.task(b)
+    return one.support_x.numpy(), one.support_y.numpy(), one.support_inv_vol.numpy()
+
+
+def _query(tasks: TorchTasks, b: int) -> tuple[np.ndarray, ...]:
+    one = tasks.task(b)
+    return one.query_x.numpy(), one.query_y.numpy(), one.query_inv_vol.numpy()
 
 
 def _meta(learner, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -34,9 +47,13 @@ def _theta_np(meta: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 LEARNER_CASES = {
     "maml": {"cls": MAML},
     "maml-learned-lr": {"cls": MAML, "learn_inner_lr": True},
+    "maml-length-power": {"cls": MAML, "learn_inner_lr": True, "learn_lr_length_power": True},
     "fomaml": {"cls": FOMAML},
     "fomaml-learned-lr": {"cls": FOMAML, "learn_inner_lr": True},
+    "fomaml-length-power": {"cls": FOMAML, "learn_inner_lr": True,
+                            "learn_lr_length_power": True},
     "metasgd": {"cls": MetaSGD},
+    "metasgd-length-power": {"cls": MetaSGD, "learn_lr_length_power": True},
     "reptile": {"cls": Reptile},
 }
 
@@ -68,9 +85,9 @@ def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_weights():
     theta = _theta_np(meta)
     want = {k: np.zeros_like(v) for k, v in theta.items()}
     for b in range(len(tasks)):
-        phi = fast_adapt(theta, tasks.support_x[b].numpy(), tasks.support_y[b].numpy(), 4, 0.3,
-                         SPEC, OBJ)
-        _, g = loss_and_grad(phi, tasks.query_x[b].numpy(), tasks.query_y[b].numpy(), SPEC, OBJ)
+        phi = fast_adapt(theta, *_support(tasks, b)[:2], 4, 0.3, SPEC, OBJ,
+                         _support(tasks, b)[2])
+        _, g = loss_and_grad(phi, *_query(tasks, b)[:2], SPEC, OBJ, _query(tasks, b)[2])
         for k in want:
             want[k] += g[k] / len(tasks)
     for k, value in want.items():
@@ -87,8 +104,7 @@ def test_zero_inner_steps_is_plain_query_gradient(cls):
     theta = _theta_np(meta)
     want = {k: np.zeros_like(v) for k, v in theta.items()}
     for b in range(len(tasks)):
-        _, g = loss_and_grad(theta, tasks.query_x[b].numpy(), tasks.query_y[b].numpy(), SPEC,
-                             OBJ)
+        _, g = loss_and_grad(theta, *_query(tasks, b)[:2], SPEC, OBJ, _query(tasks, b)[2])
         for k in want:
             want[k] += g[k] / len(tasks)
     for k in meta:
@@ -152,8 +168,8 @@ def test_reptile_pulls_the_init_toward_the_adapted_weights():
     meta = _meta(learner)
     _, grads = learner.meta_grads(meta, tasks, SPEC, OBJ)
     theta = _theta_np(meta)
-    phis = [fast_adapt(theta, tasks.support_x[b].numpy(), tasks.support_y[b].numpy(), 3, 0.2,
-                       SPEC, OBJ) for b in range(len(tasks))]
+    phis = [fast_adapt(theta, *_support(tasks, b)[:2], 3, 0.2, SPEC, OBJ,
+                       _support(tasks, b)[2]) for b in range(len(tasks))]
     for k in theta:
         want = (theta[k] - np.mean([p[k] for p in phis], axis=0)) / (0.2 * 3)
         np.testing.assert_allclose(grads[k].numpy(), want, rtol=0, atol=1e-9)
