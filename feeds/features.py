@@ -34,13 +34,25 @@ class FeatureSpec:
         long_vol_halflife: EWM half-life in bars of the slow vol in ``vol_ratio``.
         trend_window: bars of the moving average in ``trend``.
         volume_window: bars of the rolling window of the range and volume z-scores.
+        horizons: bars of the multi-bar returns ``mom_h`` (sum of log returns over h bars
+            divided by ``vol * sqrt(h)``: trend inputs in units of their own noise).
+        macd: (fast, slow) EWM spans in bars of the MACD signals ``macd_f_s``, each the
+            difference of two EWMs of the close divided by ``close * vol`` (Baz et al. 2015).
+        autocorr_windows: bars of the rolling lag-1 autocorrelations ``ac_w`` of the log
+            returns: the input that tells trending from mean-reverting regimes.
+        vol_level: add ``log_vol``, the log of the trailing vol relative to 1 % a day
+            (calm and volatile regimes, and how much a unit of turnover costs in vol).
     """
 
-    lags: int = 10
+    lags: int = 5
     vol_halflife: float = 20.0
     long_vol_halflife: float = 120.0
     trend_window: int = 50
     volume_window: int = 20
+    horizons: tuple[int, ...] = (5, 21, 63, 126, 252)
+    macd: tuple[tuple[int, int], ...] = ((8, 24), (16, 48), (32, 96))
+    autocorr_windows: tuple[int, ...] = (20, 60)
+    vol_level: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lags", "trend_window", "volume_window"):
@@ -49,17 +61,36 @@ class FeatureSpec:
         for name in ("vol_halflife", "long_vol_halflife"):
             if float(getattr(self, name)) <= 0:
                 raise ValueError(f"features.{name} must be > 0, got {getattr(self, name)}")
+        object.__setattr__(self, "horizons", tuple(int(h) for h in self.horizons))
+        object.__setattr__(self, "macd", tuple((int(f), int(s)) for f, s in self.macd))
+        object.__setattr__(self, "autocorr_windows",
+                           tuple(int(w) for w in self.autocorr_windows))
+        if any(h < 2 for h in self.horizons):
+            raise ValueError(f"features.horizons must be >= 2 bars (ret_1 is a lag), "
+                             f"got {list(self.horizons)}")
+        if any(not 1 <= f < s for f, s in self.macd):
+            raise ValueError(f"features.macd pairs must be [fast, slow] with 1 <= fast < slow, "
+                             f"got {[list(p) for p in self.macd]}")
+        if any(w < 3 for w in self.autocorr_windows):
+            raise ValueError(f"features.autocorr_windows must be >= 3 bars, "
+                             f"got {list(self.autocorr_windows)}")
 
     @property
     def names(self) -> tuple[str, ...]:
         lags = tuple(f"ret_{k}" for k in range(1, self.lags + 1))
-        return lags + ("vol_ratio", "trend", "range_z", "volume_z")
+        extra = (tuple(f"mom_{h}" for h in self.horizons)
+                 + tuple(f"macd_{f}_{s}" for f, s in self.macd)
+                 + tuple(f"ac_{w}" for w in self.autocorr_windows)
+                 + (("log_vol",) if self.vol_level else ()))
+        return lags + ("vol_ratio", "trend", "range_z", "volume_z") + extra
 
     @property
     def warmup(self) -> int:
         """Bars before the first row where every feature is defined and settled."""
-        return int(max(self.lags + 1, self.trend_window, self.volume_window + 1,
-                       2 * np.ceil(self.vol_halflife)))
+        slowest_ewm = max([2 * np.ceil(self.vol_halflife)] + [2 * s for _, s in self.macd])
+        return int(max(self.lags + 1, self.trend_window, self.volume_window + 1, slowest_ewm,
+                       max(self.horizons, default=0) + 1,
+                       max(self.autocorr_windows, default=0) + 2))
 
 
 def log_returns(frame: pd.DataFrame) -> pd.Series:
@@ -95,6 +126,16 @@ def compute_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     cols["trend"] = ((log_close - ma) / (vol * np.sqrt(spec.trend_window))).clip(-CLIP, CLIP)
     cols["range_z"] = _rolling_z(np.log(frame["high"] / frame["low"]), spec.volume_window)
     cols["volume_z"] = _rolling_z(np.log1p(frame["volume"]), spec.volume_window)
+    for h in spec.horizons:
+        cols[f"mom_{h}"] = (r.rolling(h, min_periods=h).sum() / (vol * np.sqrt(h))).clip(-CLIP, CLIP)
+    close = frame["close"]
+    for fast, slow in spec.macd:
+        gap = close.ewm(span=fast, adjust=False).mean() - close.ewm(span=slow, adjust=False).mean()
+        cols[f"macd_{fast}_{slow}"] = (gap / (close * vol)).clip(-CLIP, CLIP)
+    for w in spec.autocorr_windows:
+        cols[f"ac_{w}"] = r.rolling(w, min_periods=w).corr(r.shift(1)).fillna(0.0)
+    if spec.vol_level:
+        cols["log_vol"] = np.log(vol / 0.01)
     out = pd.DataFrame(cols, index=frame.index)[list(spec.names)].astype(float)
     out.iloc[: spec.warmup] = np.nan
     return out
