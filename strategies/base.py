@@ -14,6 +14,10 @@ import math
 import backtrader as bt
 import pandas as pd
 
+from feeds.features import VOL_FLOOR, FeatureSpec
+
+VOL_HALFLIFE = FeatureSpec().vol_halflife
+
 
 class TargetWeightStrategy(bt.Strategy):
     """Trade the target weights returned by :meth:`target_weights` each bar.
@@ -31,6 +35,10 @@ class TargetWeightStrategy(bt.Strategy):
             leverage). Targets above it are scaled down proportionally.
         asset_weight (float | None): portfolio weight of a full (+1 / -1)
             position in one asset; None means 1 / number of assets.
+        vol_target (float | None): daily volatility each full position is sized
+            to (0.01 = 1 % a day): the weight of position ``p`` is
+            ``p * asset_weight * vol_target / vol``, with ``vol`` the asset's
+            trailing daily vol (:meth:`asset_vol`). None = no vol targeting.
         rebalance_threshold (float): an asset is re-ordered only when its
             target weight moved by more than this since its last order
             (0.0 = on every change). Going flat is always ordered.
@@ -47,6 +55,7 @@ class TargetWeightStrategy(bt.Strategy):
         ("trade_start", None),
         ("gross_cap", 1.0),
         ("asset_weight", None),
+        ("vol_target", None),
         ("rebalance_threshold", 0.0),
         ("cash_buffer", 0.01),
     )
@@ -56,6 +65,12 @@ class TargetWeightStrategy(bt.Strategy):
             raise ValueError(f"gross_cap must be > 0, got {self.p.gross_cap}")
         if not 0.0 <= self.p.cash_buffer < 1.0:
             raise ValueError(f"cash_buffer must be in [0, 1), got {self.p.cash_buffer}")
+        if self.p.vol_target is not None and not self.p.vol_target > 0:
+            raise ValueError(f"vol_target must be > 0 (daily vol) or None, got {self.p.vol_target}")
+        # Per asset: (last close, EWM sum of squared log returns, EWM weight), the
+        # same estimator as feeds.features.trailing_vol, updated once per bar.
+        self._vol_state: dict = {}
+        self._vol_decay = 0.5 ** (1.0 / VOL_HALFLIFE)
         n = len(self.datas)
         self._asset_weight = 1.0 / n if self.p.asset_weight is None else float(self.p.asset_weight)
         # Compare bar times as backtrader floats: cheaper than building dates each bar.
@@ -79,6 +94,30 @@ class TargetWeightStrategy(bt.Strategy):
         """
         raise NotImplementedError
 
+    def asset_vol(self, d: bt.LineSeries) -> float:
+        """Trailing daily vol of ``d`` known at this bar (for vol targeting).
+
+        The EWM root-mean-square of close-to-close log returns with a
+        ``VOL_HALFLIFE``-bar half-life, floored at ``VOL_FLOOR``: the formula of
+        ``feeds.features.trailing_vol``, updated on every bar by :meth:`next`.
+        Subclasses whose feed carries the vol as a line read it from there.
+        """
+        state = self._vol_state.get(d)
+        if state is None or state[3] == 0.0:
+            return math.nan
+        return max(math.sqrt(state[2] / state[3]), VOL_FLOOR)
+
+    def _update_vol(self) -> None:
+        for d in self.datas:
+            bars, close = len(d), float(d.close[0])
+            state = self._vol_state.get(d)
+            if state is None:
+                self._vol_state[d] = (bars, close, 0.0, 0.0)
+            elif state[0] != bars:  # a feed with no bar on this date did not move
+                r2 = math.log(close / state[1]) ** 2
+                a = self._vol_decay
+                self._vol_state[d] = (bars, close, r2 + a * state[2], 1.0 + a * state[3])
+
     # -- machinery -------------------------------------------------------------
     @property
     def trading(self) -> bool:
@@ -94,13 +133,20 @@ class TargetWeightStrategy(bt.Strategy):
                     f"{type(self).__name__} returned position {pos} for {d._name} on "
                     f"{self.datetime.date(0)}; positions must be finite numbers in [-1, 1]"
                 )
-            weights.append(min(1.0, max(-1.0, pos)) * self._asset_weight)
+            weight = min(1.0, max(-1.0, pos)) * self._asset_weight
+            if self.p.vol_target is not None and weight != 0.0:
+                vol = self.asset_vol(d)
+                # No vol yet (first bar): hold nothing rather than guess a size.
+                weight = weight * self.p.vol_target / vol if math.isfinite(vol) else 0.0
+            weights.append(weight)
         gross = sum(abs(w) for w in weights)
         if gross > self.p.gross_cap:
             weights = [w * self.p.gross_cap / gross for w in weights]
         return weights
 
     def next(self) -> None:
+        if self.p.vol_target is not None:
+            self._update_vol()
         positions = self.target_weights()
         if not self.trading:
             return

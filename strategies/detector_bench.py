@@ -25,6 +25,24 @@ plus ``detected_fraction`` (doublings detected within ``window``),
 ``regime_false_alarms_per_1000`` (alarms on the regime series outside every
 detection window: false alarms right after a change, when the detector has just
 restarted, are counted there).
+
+The changes a trend / reversion policy cares about are different: the sign of the
+returns' autocorrelation flips at constant vol. :func:`bench_ar_flips` measures,
+per detector, on AR(1) series whose coefficient alternates between +phi and -phi
+(phi drawn in [0.15, 0.25], the synthetic lab's range) at constant vol:
+
+``ar_flip_detect_30`` / ``ar_flip_delay_bars``
+    share of flips detected within 30 bars, and the mean delay of those;
+``vol_only_detect_30``
+    share of pure vol doublings / halvings (constant AR) "detected" within 30 bars:
+    changes a vol-scaled policy need not react to (lower is better);
+``ar_false_alarms_per_1000``
+    alarms per 1,000 bars of constant-AR, constant-vol series.
+
+Each detector gets the input it is built for (``input_kind``): raw returns,
+returns divided by the trailing vol, or the standardised per-bar loss of a simple
+adapted policy (the sign of the last 60 bars' autocorrelation times the last
+return, with the loss reference re-estimated every 5 bars on the 60 bars before).
 """
 
 from __future__ import annotations
@@ -186,3 +204,104 @@ def bench_detectors(
         "setup": {"seed": seed, "n_series": n_series, "n_bars": n_bars, "window": window,
                   "segment_bars": [300, 700], "vol_range": [0.005, 0.03], "vol_ratio": 2.0},
     }
+
+
+FLIP_WINDOW = 30
+
+
+def ar_series(rng: np.random.Generator, n_bars: int, flip: bool, vol_change: bool,
+              segment: tuple[int, int] = (300, 700)) -> tuple[np.ndarray, np.ndarray]:
+    """Returns with AR(1) regimes: the sign of phi flips (``flip``) and/or vol doubles /
+    halves (``vol_change``) at each change; neither gives a no-change series."""
+    lengths, total = [], 0
+    while total < n_bars:
+        lengths.append(int(rng.integers(segment[0], segment[1] + 1)))
+        total += lengths[-1]
+    if not (flip or vol_change):
+        lengths = [n_bars]
+    phi = float(rng.uniform(0.15, 0.25)) * (1 if rng.integers(2) else -1)
+    vol = float(np.exp(rng.uniform(np.log(0.005), np.log(0.03))))
+    phis, vols = [], []
+    for i, length in enumerate(lengths):
+        if i and flip:
+            phi = -phi
+        if i and vol_change:
+            vol = vol * 2.0 if i % 2 else vol / 2.0
+        phis.append(np.full(length, phi))
+        vols.append(np.full(length, vol))
+    phi_t, vol_t = np.concatenate(phis)[:n_bars], np.concatenate(vols)[:n_bars]
+    eps = rng.standard_normal(n_bars)
+    z = np.empty(n_bars)
+    prev = 0.0
+    for t in range(n_bars):
+        prev = phi_t[t] * prev + np.sqrt(1.0 - phi_t[t] ** 2) * eps[t]
+        z[t] = prev
+    changes = np.cumsum(lengths)[:-1]
+    return z * vol_t, changes[changes < n_bars].astype(int)
+
+
+def detector_inputs(kind: str, returns: np.ndarray, halflife: float = 20.0) -> np.ndarray:
+    """What a detector of ``input_kind`` sees for these returns (see module docstring)."""
+    if kind == "return":
+        return returns
+    decay = 0.5 ** (1.0 / halflife)
+    total, weight, vol = 0.0, 0.0, np.empty(len(returns))
+    for t, r in enumerate(returns):
+        total, weight = r * r + decay * total, 1.0 + decay * weight
+        vol[t] = max(np.sqrt(total / weight), 1e-4)
+    z = np.empty(len(returns))
+    z[0] = 0.0
+    z[1:] = returns[1:] / vol[:-1]
+    if kind == "scaled_return":
+        return z[1:]
+    # kind == "loss": the policy's standardised excess loss on each new bar
+    out = np.zeros(len(z))
+    mean, sd, sign = 0.0, 1.0, 0.0
+    for t in range(62, len(z)):
+        if t % 5 == 0 or t == 62:
+            past = z[t - 61:t - 1]
+            ac = np.corrcoef(past[1:], past[:-1])[0, 1]
+            pos = np.sign(ac) * np.sign(past[:-1])
+            losses = -pos * past[1:]
+            mean, sd = float(losses.mean()), max(float(losses.std()), 1e-6)
+            sign = np.sign(ac)
+        out[t] = (-sign * np.sign(z[t - 1]) * z[t] - mean) / sd
+    return out[62:]
+
+
+def bench_ar_flips(seed: int = 0, n_series: int = 30, n_bars: int = 3000,
+                   names: Sequence[str] | None = None) -> dict[str, dict[str, float | None]]:
+    """AR-sign-flip detection, vol-only sensitivity and false alarms of every detector."""
+    names = list(names or DETECTORS)
+    rng = np.random.default_rng(seed)
+    kinds = {"flip": (True, False), "vol": (False, True), "null": (False, False)}
+    series = {k: [ar_series(rng, n_bars, *flags) for _ in range(n_series)]
+              for k, flags in kinds.items()}
+    out: dict[str, dict[str, float | None]] = {}
+    for name in names:
+        kind = getattr(DETECTORS[name], "input_kind", "return")
+        result: dict[str, float | None] = {}
+        for label, runs in series.items():
+            delays, false_alarms, bars = [], 0, 0
+            for returns, changes in runs:
+                xs = detector_inputs(kind, returns)
+                shift = len(returns) - len(xs)  # bars the input needs before its first value
+                alarms = run_detector(make_detector(name), xs) + shift
+                if label == "null":
+                    false_alarms += len(alarms)
+                    bars += len(xs)
+                    continue
+                d, _ = detection_delays(alarms, changes[changes > shift], len(returns),
+                                        FLIP_WINDOW)
+                delays.extend(d)
+            d = np.array(delays)
+            if label == "flip":
+                result["ar_flip_detect_30"] = round(float(np.isfinite(d).mean()), 3)
+                result["ar_flip_delay_bars"] = (round(float(np.nanmean(d)), 2)
+                                                if np.isfinite(d).any() else None)
+            elif label == "vol":
+                result["vol_only_detect_30"] = round(float(np.isfinite(d).mean()), 3)
+            else:
+                result["ar_false_alarms_per_1000"] = round(1000.0 * false_alarms / bars, 3)
+        out[name] = result
+    return out

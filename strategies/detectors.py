@@ -27,22 +27,37 @@ import difflib
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from feeds.features import FeatureSpec, log_returns, trailing_vol
 from strategies.bocpd import BOCPD, BOCPDSettings
+from strategies.bocpd_ar import ARBOCPD, ARBOCPDSettings
 from strategies.cusum import CUSUM, CUSUMSettings
 from strategies.detector_base import Detector
+from strategies.loss_cusum import LossCUSUM, LossCUSUMSettings
 
 __all__ = [
+    "ARBOCPD",
+    "ARBOCPDSettings",
+    "LossCUSUM",
+    "LossCUSUMSettings",
     "BOCPD",
     "CUSUM",
     "DETECTORS",
     "BOCPDSettings",
     "CUSUMSettings",
     "Detector",
+    "detect_changes",
     "make_detector",
 ]
 
 
-DETECTORS: dict[str, type[BOCPD | CUSUM]] = {"bocpd": BOCPD, "cusum": CUSUM}
+AnyDetector = BOCPD | CUSUM | ARBOCPD | LossCUSUM
+# bocpd_ar watches vol-scaled returns for AR changes; loss watches the trading policy's own
+# losses (the strategy feeds it); bocpd and cusum watch returns for vol and mean changes.
+DETECTORS: dict[str, type[AnyDetector]] = {"bocpd": BOCPD, "cusum": CUSUM, "bocpd_ar": ARBOCPD,
+                                           "loss": LossCUSUM}
 
 
 def _hint(word: str, options: list[str]) -> str:
@@ -50,7 +65,7 @@ def _hint(word: str, options: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def make_detector(name: str, **settings: Any) -> BOCPD | CUSUM:
+def make_detector(name: str, **settings: Any) -> AnyDetector:
     """Build a detector by registry name with its settings as keyword arguments.
 
     Parameters
@@ -80,3 +95,27 @@ def make_detector(name: str, **settings: Any) -> BOCPD | CUSUM:
                 f"(allowed: {', '.join(allowed)})"
             )
     return cls.from_settings(**settings)
+
+
+def detect_changes(frame: pd.DataFrame, name: str, **settings: Any) -> list[pd.Timestamp]:
+    """Regime starts a detector finds in one asset's bars, each known only at its alarm bar.
+
+    Runs the detector causally over the close-to-close returns (divided by the
+    trailing vol of the bar before for a ``scaled_return`` detector) and returns
+    the estimated start date of every detected regime. Used to anchor training
+    tasks on real data the way the strategy's windows are anchored. A detector
+    that watches the policy's own losses has no returns to run on; the AR(1)
+    BOCPD stands in for it.
+    """
+    if name == "loss":
+        name, settings = "bocpd_ar", {}
+    det = make_detector(name, **settings)
+    r = log_returns(frame).to_numpy()
+    vol = trailing_vol(frame, FeatureSpec()).to_numpy()
+    scaled = getattr(det, "input_kind", "return") == "scaled_return"
+    starts = []
+    for t in range(1, len(r)):
+        x = r[t] / vol[t - 1] if scaled else r[t]
+        if np.isfinite(x) and det.update(x):
+            starts.append(frame.index[max(0, t - int(det.run_length) + 1)])
+    return starts

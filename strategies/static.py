@@ -8,7 +8,11 @@ frozen. All read only the current and past bars of each asset.
 
 from __future__ import annotations
 
+import math
+from collections import deque
+
 import backtrader as bt
+import numpy as np
 
 from strategies.base import TargetWeightStrategy
 
@@ -113,12 +117,93 @@ class RsiReversion(TargetWeightStrategy):
         return dict(self._state)
 
 
+class BuyAndHoldVT(TargetWeightStrategy):
+    """Long every asset, sized by volatility targeting (rebalanced as vol moves).
+
+    Params:
+        vol_target (float): daily vol a full position is sized to [return units], 0.01.
+        rebalance_threshold (float): weight change that triggers an order, 0.02.
+    """
+
+    params = (("vol_target", 0.01), ("rebalance_threshold", 0.02))
+
+    def target_weights(self) -> dict:
+        return {d: 1.0 for d in self.datas}
+
+
+class TsmomVT(TargetWeightStrategy):
+    """Volatility-targeted time-series momentum (Moskowitz, Ooi, Pedersen 2012): hold the
+    sign of the trailing ``lookback``-bar return, sized to ``vol_target``.
+
+    Params:
+        lookback (int): return horizon, bars.
+        allow_short (bool): short on a negative trailing return instead of flat.
+        vol_target (float): daily vol a full position is sized to [return units], 0.01.
+        rebalance_threshold (float): weight change that triggers an order, 0.02.
+    """
+
+    params = (("lookback", 252), ("allow_short", True), ("vol_target", 0.01),
+              ("rebalance_threshold", 0.02))
+
+    def __init__(self) -> None:
+        super().__init__()
+        if self.p.lookback < 1:
+            raise ValueError(f"TsmomVT needs lookback >= 1, got {self.p.lookback}")
+        self.roc = [bt.ind.ROC(d.close, period=self.p.lookback) for d in self.datas]
+
+    def target_weights(self) -> dict:
+        off = -1.0 if self.p.allow_short else 0.0
+        return {d: 1.0 if r[0] > 0 else off for d, r in zip(self.datas, self.roc)}
+
+
+class AutocorrRule(TargetWeightStrategy):
+    """Trade the last return's sign times the sign of the rolling lag-1 autocorrelation:
+    follow the last move in a trending regime, fade it in a mean-reverting one.
+
+    Params:
+        window (int): bars of the rolling autocorrelation of close-to-close log returns.
+        min_abs (float): stay flat while |autocorrelation| is below this.
+        vol_target (float): daily vol a full position is sized to [return units], 0.01.
+        rebalance_threshold (float): weight change that triggers an order, 0.02.
+    """
+
+    params = (("window", 60), ("min_abs", 0.0), ("vol_target", 0.01),
+              ("rebalance_threshold", 0.02))
+
+    def __init__(self) -> None:
+        super().__init__()
+        if self.p.window < 3:
+            raise ValueError(f"AutocorrRule needs window >= 3, got {self.p.window}")
+        self._returns = {d: deque(maxlen=self.p.window + 1) for d in self.datas}
+        self._seen = {d: 0 for d in self.datas}
+
+    def target_weights(self) -> dict:
+        out = {}
+        for d in self.datas:
+            rets = self._returns[d]
+            if len(d) != self._seen[d] and len(d) > 1:
+                self._seen[d] = len(d)
+                rets.append(math.log(d.close[0] / d.close[-1]))
+            if len(rets) <= self.p.window:
+                out[d] = 0.0
+                continue
+            r = np.fromiter(rets, float)
+            a, b = r[1:], r[:-1]
+            sd = a.std() * b.std()
+            rho = float(((a - a.mean()) * (b - b.mean())).mean() / sd) if sd > 0 else 0.0
+            out[d] = float(np.sign(rho) * np.sign(r[-1])) if abs(rho) >= self.p.min_abs else 0.0
+        return out
+
+
 #: Strategy name (as used in configs and reports) -> class.
 STATIC_STRATEGIES: dict[str, type[TargetWeightStrategy]] = {
     "buy_and_hold": BuyAndHold,
     "sma_cross": SmaCross,
     "momentum": Momentum,
     "rsi_reversion": RsiReversion,
+    "buy_and_hold_vt": BuyAndHoldVT,
+    "tsmom_vt": TsmomVT,
+    "autocorr": AutocorrRule,
 }
 
 #: In-sample search space per strategy: param -> candidate values (full product).
@@ -128,4 +213,7 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "momentum": {"lookback": [21, 63, 126, 252], "allow_short": [False, True]},
     "rsi_reversion": {"period": [7, 14], "lower": [25.0, 30.0], "upper": [70.0, 75.0],
                       "allow_short": [False, True]},
+    "buy_and_hold_vt": {},
+    "tsmom_vt": {"lookback": [21, 63, 126, 252], "allow_short": [False, True]},
+    "autocorr": {"window": [20, 60, 120], "min_abs": [0.0, 0.1]},
 }

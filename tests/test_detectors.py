@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.detector_bench import bench_detectors
+from strategies.detector_bench import bench_ar_flips, bench_detectors, detector_inputs
 from strategies.detectors import DETECTORS, Detector, make_detector
 
 NAMES = sorted(DETECTORS)
+# Detectors of volatility and mean changes; bocpd_ar and loss watch autocorrelation.
+VOL_NAMES = ("bocpd", "cusum")
 SEGMENT = 600  # bars per regime in the statistical tests
 SEEDS = range(40)
 
@@ -35,7 +37,25 @@ def trace(det: Detector, xs: np.ndarray) -> tuple[list[int], list[float], list[i
     return alarms, probs, runs
 
 
-@pytest.fixture(scope="module", params=NAMES)
+def ar_flip(seed: int, phi: float = 0.4, n: int = 1300, cut: int = 600) -> np.ndarray:
+    """Returns at 1% daily vol whose lag-1 autocorrelation flips from +phi to -phi at ``cut``."""
+    rng = np.random.default_rng(seed)
+    z, prev = np.empty(n), 0.0
+    for t in range(n):
+        f = phi if t < cut else -phi
+        prev = f * prev + np.sqrt(1.0 - f * f) * rng.standard_normal()
+        z[t] = prev
+    return 0.01 * z
+
+
+def inputs(name: str, seed: int) -> np.ndarray:
+    """A series with changes this detector is built to see, as the strategy feeds it."""
+    kind = getattr(DETECTORS[name], "input_kind", "return")
+    returns = three_regimes(seed) if name in VOL_NAMES else ar_flip(seed)
+    return detector_inputs(kind, returns)
+
+
+@pytest.fixture(scope="module", params=VOL_NAMES)
 def runs(request: pytest.FixtureRequest) -> tuple[str, list[tuple[list[int], int, int]]]:
     """Per seed: (alarms, run_length at each alarm) on the three-regime series."""
     out = []
@@ -93,12 +113,12 @@ def test_run_length_at_alarm_estimates_bars_since_change(runs) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_input_same_output(name: str) -> None:
-    xs = three_regimes(123)
+    xs = inputs(name, 123)
     first = trace(make_detector(name), xs)
-    assert first[0], "the series has two changes; no alarm at all means the test is moot"
+    assert first[0], "the series has changes; no alarm at all means the test is moot"
     assert trace(make_detector(name), xs) == first
     det = make_detector(name)
-    trace(det, three_regimes(7))
+    trace(det, inputs(name, 7))
     det.reset()
     assert trace(det, xs) == first, "reset() must forget everything"
 
@@ -106,7 +126,7 @@ def test_same_input_same_output(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("cut", [150, 610, 700, 1205])
 def test_causal_prefix_invariance(name: str, cut: int) -> None:
-    xs = three_regimes(5)
+    xs = inputs(name, 5)
     rng = np.random.default_rng(cut)
     other_future = np.concatenate([xs[:cut], 0.2 * rng.standard_normal(400)])
     full = trace(make_detector(name), xs)
@@ -123,7 +143,7 @@ def test_outputs_in_range(name: str) -> None:
     # A stretch of zero returns (a halted or illiquid asset) has zero variance; it
     # must not produce NaN or a division error.
     det = make_detector(name)
-    for x in np.concatenate([np.zeros(60), three_regimes(9)]):
+    for x in np.concatenate([np.zeros(60), inputs(name, 9)]):
         det.update(float(x))
         assert 0.0 <= det.change_probability <= 1.0
         assert det.run_length >= 1
@@ -182,6 +202,30 @@ def test_settings_change_behaviour() -> None:
     assert trace(make_detector("cusum", up_threshold=50.0), xs) != trace(
         make_detector("cusum"), xs
     )
+
+
+@pytest.mark.parametrize("name", ["bocpd_ar", "loss"])
+def test_ar_sign_flip_at_constant_vol_is_seen_where_cusum_is_blind(name: str) -> None:
+    hit = {}
+    for detector in (name, "cusum"):
+        kind = getattr(DETECTORS[detector], "input_kind", "return")
+        found = []
+        for seed in range(20):
+            returns = ar_flip(seed)
+            xs = detector_inputs(kind, returns)
+            alarms, _, _ = trace(make_detector(detector), xs)
+            shifted = np.array(alarms, dtype=int) + len(returns) - len(xs)
+            found.append(bool(((shifted >= 600) & (shifted < 660)).any()))
+        hit[detector] = float(np.mean(found))
+    assert hit[name] >= 0.7 and hit["cusum"] <= 0.2, hit
+
+
+def test_ar_flip_bench_reports_its_keys_for_every_detector() -> None:
+    result = bench_ar_flips(seed=0, n_series=2, n_bars=1500)
+    assert set(result) == set(DETECTORS)
+    for name, row in result.items():
+        assert 0 <= row["ar_flip_detect_30"] <= 1 and 0 <= row["vol_only_detect_30"] <= 1, name
+        assert row["ar_false_alarms_per_1000"] >= 0, name
 
 
 def test_bench_reports_every_detector() -> None:

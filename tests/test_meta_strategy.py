@@ -31,8 +31,8 @@ def policy(steps: int = 5, seed: int = 0) -> AdaptivePolicy:
 
 
 def run(frames, trade_start, **params):
-    params = {"policy": policy(), "min_window": 30, "max_window": 90, "calendar_every": 15,
-              **params}
+    params = {"policy": policy(), "min_window": 30, "max_window": 90, "readapt_every": 5,
+              "calendar_window": 60, **params}
     return run_backtest(frames, MetaAdaptiveStrategy, params, COSTS, trade_start=trade_start,
                         feed_factory=lambda s, f: make_feature_feed(s, f, SPEC),
                         runonce=params.pop("runonce", True), preload=params.pop("preload", True))
@@ -86,8 +86,9 @@ def test_zero_adaptation_steps_is_exactly_the_no_adaptation_ablation(frames):
     start = frames["SPY"].index[150]
     zero = run(frames, start, policy=policy(steps=0), trigger="regime")
     frozen = run(frames, start, policy=policy(steps=5), trigger="never")
-    assert len(zero.events) > 0 and len(frozen.events) == 0
-    assert all(e["loss_before"] == e["loss_after"] for e in zero.events)
+    adaptations = [e for e in zero.events if e["trigger"] != "alarm"]
+    assert len(adaptations) > 0 and len(frozen.events) == 0
+    assert all(e["loss_before"] == e["loss_after"] for e in adaptations)
     pd.testing.assert_frame_equal(zero.weights, frozen.weights)
     pd.testing.assert_frame_equal(zero.trades, frozen.trades)
 
@@ -95,7 +96,7 @@ def test_zero_adaptation_steps_is_exactly_the_no_adaptation_ablation(frames):
 def test_adaptation_lowers_the_support_loss_and_respects_windows(frames):
     res = run(frames, frames["SPY"].index[150], trigger="calendar")
     events = pd.DataFrame(res.events)
-    assert (events["window"].between(30, 90)).all()
+    assert (events["window"].between(30, 60)).all()
     assert (events["loss_after"] < events["loss_before"]).mean() > 0.9
 
 
@@ -105,12 +106,12 @@ def test_long_only_never_shorts(frames):
     assert (res.weights["weight"] > 0).any()
 
 
-def test_oracle_adapts_on_the_given_dates(frames):
+def test_oracle_moves_the_window_start_on_the_given_dates(frames):
     dates = [frames["TLT"].index[200], frames["TLT"].index[400]]
     res = run(frames, frames["SPY"].index[150], trigger="oracle", known_changes={"TLT": dates})
-    oracle = [e for e in res.events if e["trigger"] == "oracle"]
-    assert [pd.Timestamp(e["date"]) for e in oracle] == dates
-    assert all(e["asset"] == "TLT" for e in oracle)
+    alarms = [e for e in res.events if e["trigger"] == "alarm"]
+    assert [pd.Timestamp(e["date"]) for e in alarms] == dates
+    assert all(e["asset"] == "TLT" for e in alarms)
 
 
 def test_bad_params_are_refused(frames):
