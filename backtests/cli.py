@@ -147,8 +147,9 @@ def train(
     from metamodels.model_io import save_model
 
     config = _resolve(config_path, data, symbols, start, split, None)
-    model = train_meta(load_study_data(config).frames, config, build_specs(config),
-                       pd.Timestamp(config.data.split))
+    study_data = load_study_data(config)
+    model = train_meta(study_data.frames, config, build_specs(config),
+                       pd.Timestamp(config.data.split), regimes=study_data.regimes)
     save_model(model, out, config.model_dump(mode="json", exclude_none=True))
     best = model.history.get("val_loss") or [float("nan")]
     console.print(f"saved {out} ({model.algorithm}, best step {model.best_step}, "

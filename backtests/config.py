@@ -24,7 +24,7 @@ from metamodels.objective import ObjectiveSpec
 from metamodels.policy import PolicySpec
 from strategies.detectors import make_detector
 from strategies.engine import CostSpec
-from strategies.meta_adaptive import DEFAULT_REBALANCE_THRESHOLD
+from strategies.meta_adaptive import MetaAdaptiveStrategy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,29 +84,41 @@ def _section_of(cls: type, skip: tuple[str, ...] = ()) -> type[_Section]:
 
 
 FeaturesConfig = _section_of(FeatureSpec)
-TaskConfig = _section_of(TaskSpec)
+# The support and shortest query lengths of the tasks are the strategy's windows and
+# cadence ([strategy] min_window, max_window, readapt_every): train on what is traded.
+TaskConfig = _section_of(TaskSpec, skip=("min_support", "max_support", "min_query"))
 PolicyConfig = _section_of(PolicySpec, skip=("n_features",))
-ObjectiveConfig = _section_of(ObjectiveSpec)
 MetaConfig = _section_of(TrainConfig, skip=("seed",))
 CostsConfig = _section_of(CostSpec)
 
 
+class ObjectiveConfig(_Section):
+    risk: float = Field(ObjectiveSpec.risk, ge=0)
+    # None: the study's own costs, commission + slippage per unit of weight traded.
+    cost: float | None = Field(None, ge=0)
+
+
 class DetectorConfig(_Section):
-    name: Literal["bocpd", "cusum"] = "cusum"
+    name: Literal["bocpd_ar", "loss", "bocpd", "cusum"] = \
+        MetaAdaptiveStrategy.params.detector  # type: ignore[attr-defined]
     settings: dict[str, float | int] = {}
 
 
+def _strategy_default(name: str) -> Any:
+    """The strategy class's own default: documented once, in its ``Params:`` block."""
+    return getattr(MetaAdaptiveStrategy.params, name)
+
+
 class StrategyConfig(_Section):
-    # The default windows match the meta-training task (support 60 bars, query 20):
-    # adapt on what the policy learned to adapt on, re-adapt when a query span has passed.
-    min_window: int = Field(60, ge=2)
-    max_window: int = Field(120, ge=2)
-    cooldown: int = Field(5, ge=0)
-    calendar_every: int = Field(20, ge=1)
-    gross_cap: float = Field(1.0, gt=0)
+    min_window: int = Field(_strategy_default("min_window"), ge=2)
+    max_window: int = Field(_strategy_default("max_window"), ge=2)
+    readapt_every: int = Field(_strategy_default("readapt_every"), ge=1)
+    calendar_window: int = Field(_strategy_default("calendar_window"), ge=2)
+    vol_target: float = Field(_strategy_default("vol_target"), gt=0)
+    gross_cap: float = Field(_strategy_default("gross_cap"), gt=0)
     asset_weight: float | None = Field(None, gt=0)
-    long_only: bool = False
-    rebalance_threshold: float = Field(DEFAULT_REBALANCE_THRESHOLD, ge=0)
+    long_only: bool = _strategy_default("long_only")
+    rebalance_threshold: float = Field(_strategy_default("rebalance_threshold"), ge=0)
     # Bars fed before the split (and before tuning's first scored day) so the slowest
     # indicator (a 252-bar momentum lookback) is warm on the first traded day.
     warmup_bars: int = Field(300, ge=0)
@@ -120,9 +132,18 @@ class StrategyConfig(_Section):
 
 
 class ComparatorsConfig(_Section):
-    names: list[Literal["buy_and_hold", "sma_cross", "momentum", "rsi_reversion"]] = [
-        "buy_and_hold", "sma_cross", "momentum", "rsi_reversion"]
+    names: list[Literal["buy_and_hold", "sma_cross", "momentum", "rsi_reversion",
+                        "buy_and_hold_vt", "tsmom_vt", "autocorr"]] = [
+        "buy_and_hold", "sma_cross", "momentum", "rsi_reversion", "buy_and_hold_vt",
+        "tsmom_vt", "autocorr"]
     grids: dict[str, dict[str, list[float | int | bool]]] = {}
+
+
+class EnsembleConfig(_Section):
+    # Meta-training seeds (seed, seed + 1, ...): the headline strategy trades their
+    # average position; each variant is also reported per seed (mean and spread).
+    seeds: int = Field(5, ge=1, le=20)
+    per_seed_runs: bool = True
 
 
 class WalkForwardConfig(_Section):
@@ -133,6 +154,9 @@ class StudyConfig(_Section):
     title: str = "metabt study"
     study: Literal["synthetic", "single_asset", "basket", "prediction"] = "basket"
     seed: int = 0
+    # How many settings were validated (on validation splits inside the training period)
+    # to arrive at this config's meta settings: each counts as a trial in the deflated Sharpe.
+    validated_settings: int = Field(1, ge=1)
     data: DataConfig
     synthetic: SyntheticConfig = SyntheticConfig()
     features: FeaturesConfig = FeaturesConfig()  # type: ignore[valid-type]
@@ -144,6 +168,7 @@ class StudyConfig(_Section):
     strategy: StrategyConfig = StrategyConfig()
     costs: CostsConfig = CostsConfig()  # type: ignore[valid-type]
     comparators: ComparatorsConfig = ComparatorsConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
 
 
@@ -197,13 +222,20 @@ class Specs:
 def build_specs(config: StudyConfig) -> Specs:
     """Turn the config sections into the library's dataclasses (their own checks run here)."""
     features = FeatureSpec(**config.features.model_dump())
+    costs = CostSpec(**config.costs.model_dump())
+    s = config.strategy
+    cost = config.objective.cost
+    if cost is None:  # what one unit of weight traded costs in the backtest
+        cost = (costs.commission_bps + costs.slippage_bps) / 1e4
     return Specs(
         features=features,
-        task=TaskSpec(**config.task.model_dump()),
+        task=TaskSpec(min_support=s.min_window, max_support=s.max_window,
+                      min_query=min(s.readapt_every, config.task.max_query),
+                      **config.task.model_dump()),
         policy=PolicySpec(n_features=len(features.names), **config.policy.model_dump()),
-        objective=ObjectiveSpec(**config.objective.model_dump()),
+        objective=ObjectiveSpec(risk=config.objective.risk, cost=cost),
         train=TrainConfig(seed=config.seed, **config.meta.model_dump()),
-        costs=CostSpec(**config.costs.model_dump()),
+        costs=costs,
     )
 
 

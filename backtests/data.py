@@ -80,7 +80,7 @@ def load_study_data(config: StudyConfig) -> StudyData:
     split = pd.Timestamp(data.split)
     # One task: the feature warm-up, a support window, the label delay, a query window.
     warmup = FeatureSpec(**config.features.model_dump()).warmup
-    need_train = warmup + config.task.support + LABEL_DELAY + config.task.query + 1
+    need_train = warmup + config.strategy.max_window + 1 + config.task.max_query + LABEL_DELAY
     for symbol, frame in frames.items():
         name = f"{source}:{symbol}"
         require_bars(frame.loc[frame.index < split], need_train, name,

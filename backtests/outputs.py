@@ -21,8 +21,16 @@ from backtests.data import StudyData
 from backtests.runner import Segment
 from metamodels.model_io import save_model
 from strategies.engine import BacktestResult
+from strategies.tuning import annualised_sharpe
 
 PERIODS_PER_YEAR = 252
+
+
+def _in_segment_index(seg: Segment, series: pd.Series) -> np.ndarray:
+    mask = series.index >= seg.split
+    if seg.end is not None:
+        mask &= series.index < seg.end
+    return mask
 
 
 def _in_segment(frame: pd.DataFrame, seg: Segment) -> pd.DataFrame:
@@ -32,7 +40,9 @@ def _in_segment(frame: pd.DataFrame, seg: Segment) -> pd.DataFrame:
     return frame.loc[mask]
 
 
-EVENT_COLUMNS = ["date", "asset", "trigger", "window", "loss_before", "loss_after"]
+# "alarm" rows mark a new regime start (window = bars since it); the others are
+# adaptations (window = labelled bars used, start = the first one's date).
+EVENT_COLUMNS = ["date", "asset", "trigger", "window", "start", "loss_before", "loss_after"]
 
 
 def _events(result: BacktestResult) -> pd.DataFrame:
@@ -78,6 +88,20 @@ def true_changes(data: StudyData, start: pd.Timestamp) -> list[dict]:
     return sorted(rows, key=lambda r: (r["date"], r["asset"]))
 
 
+def seed_spread(segments: list[Segment]) -> dict:
+    """Per variant, the test Sharpe of each meta-training seed traded alone: mean, sd, each."""
+    out = {}
+    for name in segments[0].seed_results:
+        per_seed = []
+        for i in range(len(segments[0].seed_results[name])):
+            returns = pd.concat([seg.seed_results[name][i].returns.loc[
+                _in_segment_index(seg, seg.seed_results[name][i].returns)] for seg in segments])
+            per_seed.append(annualised_sharpe(returns))
+        out[name] = {"mean": float(np.mean(per_seed)), "sd": float(np.std(per_seed, ddof=1))
+                     if len(per_seed) > 1 else 0.0, "seeds": [float(x) for x in per_seed]}
+    return out
+
+
 def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Segment]) -> Path:
     """Write every contract file except the reports; return the folder."""
     out.mkdir(parents=True, exist_ok=True)
@@ -90,8 +114,10 @@ def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Se
     _long(segments, _events).to_csv(out / "adaptations.csv", **date_fmt)
     first = segments[0]
     n_trials = {name: t.n_trials for name, t in first.tuning.items()}
-    # Each meta variant is one configuration fixed before the test (no test-period tuning).
-    n_trials.update({name: 1 for name in first.results if name not in n_trials})
+    # Every meta variant trades the settings chosen for all of them on validation splits:
+    # each setting validated counts as a trial for every variant (config.validated_settings).
+    n_trials.update({name: config.validated_settings for name in first.results
+                     if name not in n_trials})
     study = {
         "title": config.title,
         "periods_per_year": PERIODS_PER_YEAR,
@@ -102,6 +128,8 @@ def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Se
         "regime_changes": true_changes(data, first.split),
     }
     (out / "study.json").write_text(json.dumps(study, indent=2) + "\n")
+    if first.seed_results:
+        (out / "seeds.json").write_text(json.dumps(seed_spread(segments), indent=2) + "\n")
     resolved = config.model_dump(mode="json", exclude_none=True)
     for i, seg in enumerate(segments):
         name = "model" if i == 0 else f"model-{seg.split.date().isoformat()}"

@@ -13,6 +13,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +32,9 @@ from metamodels.model import MetaModel
 from metamodels.model_io import load_model
 from metamodels.trainer import meta_train
 from strategies.engine import BacktestResult, CostSpec, run_backtest
+from strategies.detectors import detect_changes
 from strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from strategies.regime_bound import RegimeBound, fit_regime_rules
 from strategies.static import DEFAULT_GRIDS, STATIC_STRATEGIES
 from strategies.tuning import TuningResult, tune_static
 
@@ -51,6 +54,8 @@ class Segment:
     results: dict[str, BacktestResult]
     tuning: dict[str, TuningResult]
     train_sharpe: dict[str, float] = field(default_factory=dict)
+    #: variant -> one result per meta-training seed (the headline runs trade the seeds' average)
+    seed_results: dict[str, list[BacktestResult]] = field(default_factory=dict)
 
 
 def parse_period(text: str) -> pd.DateOffset:
@@ -76,7 +81,11 @@ def segment_splits(config: StudyConfig, last_bar: pd.Timestamp) -> list[pd.Times
 def adaptive_policy(model: MetaModel, features: FeatureSpec) -> AdaptivePolicy:
     """The numpy view of a model that the strategy adapts and runs."""
     return AdaptivePolicy(model.policy_spec, model.objective_spec, model.numpy_params(),
-                          model.numpy_inner_lr(), model.inner_steps, features.names)
+                          model.numpy_inner_lr(), model.inner_steps, features.names,
+                          model.lr_length_power)
+
+
+Models = dict[str, list[MetaModel]]  # "meta" / "erm" / "random" -> one model per seed
 
 
 def warmup_start(config: StudyConfig, split: pd.Timestamp) -> pd.Timestamp:
@@ -84,34 +93,86 @@ def warmup_start(config: StudyConfig, split: pd.Timestamp) -> pd.Timestamp:
     return split - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
 
 
+def task_changes(frames: Frames, config: StudyConfig, regimes: dict[str, pd.Series] | None,
+                 split: pd.Timestamp) -> dict[str, list[pd.Timestamp]]:
+    """Where training supports start: the true changes when known, else the detector's.
+
+    Either way only bars before ``split`` are looked at; the detector runs causally.
+    """
+    if regimes is not None:
+        return {s: [t for t in changes if t < split] for s, changes in true_changes(regimes).items()}
+    train = slice_period(frames, None, split)
+    return {s: detect_changes(f, config.detector.name, **config.detector.settings)
+            for s, f in train.items()}
+
+
+def true_changes(regimes: dict[str, pd.Series]) -> dict[str, list[pd.Timestamp]]:
+    """First date of every new true regime, per asset."""
+    return {s: list(r.index[1:][r.to_numpy()[1:] != r.to_numpy()[:-1]])
+            for s, r in regimes.items()}
+
+
 def train_meta(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Timestamp,
-               progress: bool = True) -> MetaModel:
-    """Meta-train on the bars in ``[data.start, split)`` only."""
+               progress: bool = True, changes: dict | None = None,
+               seed: int | None = None, regimes: dict[str, pd.Series] | None = None
+               ) -> MetaModel:
+    """Meta-train on the bars in ``[data.start, split)`` only.
+
+    ``changes`` (else derived from ``regimes`` or the detector, see :func:`task_changes`)
+    anchor the task supports; ``seed`` replaces the config's seed.
+    """
+    if changes is None:
+        changes = task_changes(frames, config, regimes, split)
     train = slice_period(frames, config.data.start, split)
+    train_config = specs.train if seed is None else dc_replace(specs.train, seed=seed)
     return meta_train(train, specs.features, specs.task, specs.policy, specs.objective,
-                      specs.train, config.data.start, split, progress=progress)
+                      train_config, config.data.start, split, progress=progress,
+                      changes=changes)
+
+
+def _train_seed(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Timestamp,
+                changes: dict, seed: int, meta: MetaModel | None
+                ) -> tuple[MetaModel, MetaModel, MetaModel]:
+    train_config = dc_replace(specs.train, seed=seed)
+    if meta is None:
+        meta = train_meta(frames, config, specs, split, False, changes, seed)
+    erm = erm_train(slice_period(frames, config.data.start, split), specs.features, specs.task,
+                    specs.policy, specs.objective, train_config, config.data.start, split,
+                    progress=False, changes=changes)
+    # The random init is the very start point of meta-training (same seed), adapted
+    # with the meta-model's step sizes: the ablation isolates what meta-learning added.
+    rand = random_init(specs.policy, specs.objective, train_config, inner_lr=meta.inner_lr)
+    rand = dc_replace(rand, lr_length_power=meta.lr_length_power)
+    return meta, erm, rand
 
 
 def train_models(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Timestamp,
-                 model_path: Path | None, progress: bool) -> tuple[MetaModel, MetaModel, MetaModel]:
-    """Meta-learned, ERM and random-init models from bars before ``split`` only."""
+                 model_path: Path | None, progress: bool, regimes: dict | None = None,
+                 n_jobs: int = 2, console: Console | None = None) -> Models:
+    """Meta-learned, ERM and random-init models, one per seed, from bars before ``split`` only."""
+    loaded = None
     if model_path is not None:
-        meta, last_bar = load_model(model_path)
+        loaded, last_bar = load_model(model_path)
         if last_bar >= split:
             raise DataError(f"{model_path}: trained on bars up to {last_bar.date()}, on or after "
                             f"the split {split.date()}; it has seen the test period. Re-train "
                             "or move --split later")
-        if meta.feature_spec != specs.features:
+        if loaded.feature_spec != specs.features:
             raise DataError(f"{model_path}: its feature spec differs from the config's "
                             "[features]; use the config it was trained with")
-    else:
-        meta = train_meta(frames, config, specs, split, progress)
-    erm = erm_train(slice_period(frames, config.data.start, split), specs.features, specs.task, specs.policy, specs.objective,
-                    specs.train, config.data.start, split, progress=progress)
-    # The random init is the very start point of meta-training (same seed), adapted
-    # with the meta-model's step sizes: the ablation isolates what meta-learning added.
-    rand = random_init(specs.policy, specs.objective, specs.train, inner_lr=meta.inner_lr)
-    return meta, erm, rand
+    changes = task_changes(frames, config, regimes, split)
+    # A loaded checkpoint is one model: the study then runs that one seed.
+    seeds = [config.seed] if loaded is not None else [config.seed + i
+                                                       for i in range(config.ensemble.seeds)]
+    if console is not None and progress:
+        console.print(f"  meta-training {len(seeds)} seed(s) x (meta, erm) on bars before "
+                      f"{split.date()} ({sum(map(len, changes.values()))} regime changes "
+                      "anchor the tasks) ...")
+    trained = Parallel(n_jobs=min(n_jobs, len(seeds)))(
+        delayed(_train_seed)(frames, config, specs, split, changes, seed, loaded)
+        for seed in seeds)
+    return {"meta": [t[0] for t in trained], "erm": [t[1] for t in trained],
+            "random": [t[2] for t in trained]}
 
 
 def strategy_params(config: StudyConfig) -> dict:
@@ -119,42 +180,57 @@ def strategy_params(config: StudyConfig) -> dict:
     s = config.strategy
     return {"detector": config.detector.name,
             "detector_settings": dict(config.detector.settings),
-            "min_window": s.min_window, "max_window": s.max_window, "cooldown": s.cooldown,
-            "calendar_every": s.calendar_every, "long_only": s.long_only,
+            "min_window": s.min_window, "max_window": s.max_window,
+            "readapt_every": s.readapt_every, "calendar_window": s.calendar_window,
+            "long_only": s.long_only, "vol_target": s.vol_target,
             "gross_cap": s.gross_cap, "asset_weight": s.asset_weight,
             "rebalance_threshold": s.rebalance_threshold}
 
 
-def meta_adaptive_params(config: StudyConfig, meta: MetaModel, specs: Specs) -> dict:
+def _policies(models: list[MetaModel], specs: Specs) -> tuple[AdaptivePolicy, ...]:
+    return tuple(adaptive_policy(m, specs.features) for m in models)
+
+
+def meta_adaptive_params(config: StudyConfig, meta: MetaModel | list[MetaModel],
+                         specs: Specs) -> dict:
     """Params of ``meta_adaptive`` itself: what a backtest and the paper loop both trade."""
-    return {**strategy_params(config), "policy": adaptive_policy(meta, specs.features),
-            "trigger": "regime"}
+    models = meta if isinstance(meta, list) else [meta]
+    return {**strategy_params(config), "policy": _policies(models, specs), "trigger": "regime"}
 
 
-def meta_runs(config: StudyConfig, meta: MetaModel, erm: MetaModel, rand: MetaModel,
-              specs: Specs, regimes: dict[str, pd.Series] | None = None) -> dict[str, dict]:
+def meta_runs(config: StudyConfig, models: Models, specs: Specs,
+              regimes: dict[str, pd.Series] | None = None) -> dict[str, dict]:
     """Strategy params of the meta policy and its ablations (same sizing, same costs).
 
-    With known regimes (synthetic data) an oracle runs too: the same policy
-    re-adapted at the true change dates, the best a detector could do.
+    Each trades the average position of its per-seed models. With known regimes
+    (synthetic data) an oracle runs too: the same policy re-adapted on windows
+    that start at the true change dates, the best a detector could do.
     """
     common = strategy_params(config)
-    pol = adaptive_policy(meta, specs.features)
+    pol = _policies(models["meta"], specs)
     runs = {
-        "meta_adaptive": meta_adaptive_params(config, meta, specs),
+        "meta_adaptive": meta_adaptive_params(config, models["meta"], specs),
         "meta_frozen": {**common, "policy": pol, "trigger": "never"},
         "meta_calendar": {**common, "policy": pol, "trigger": "calendar"},
-        "meta_random_init": {**common, "policy": adaptive_policy(rand, specs.features),
+        "meta_random_init": {**common, "policy": _policies(models["random"], specs),
                              "trigger": "regime"},
-        "erm_static": {**common, "policy": adaptive_policy(erm, specs.features),
-                       "trigger": "never"},
+        "erm_static": {**common, "policy": _policies(models["erm"], specs), "trigger": "never"},
     }
     if regimes is not None:
-        changes = {s: list(r.index[1:][r.to_numpy()[1:] != r.to_numpy()[:-1]])
-                   for s, r in regimes.items()}
         runs["meta_oracle"] = {**common, "policy": pol, "trigger": "oracle",
-                               "known_changes": changes}
+                               "known_changes": true_changes(regimes)}
     return runs
+
+
+def per_seed_runs(runs: dict[str, dict]) -> dict[str, dict]:
+    """One run per seed of every ensemble run: ``"<name>#<i>"`` -> params."""
+    out = {}
+    for name, params in runs.items():
+        pols = params.get("policy")
+        if isinstance(pols, tuple) and len(pols) > 1:
+            for i, pol in enumerate(pols):
+                out[f"{name}#{i}"] = {**params, "policy": (pol,)}
+    return out
 
 
 def _run_one(frames: Frames, name: str, params: dict, costs: CostSpec, split: pd.Timestamp,
@@ -163,9 +239,9 @@ def _run_one(frames: Frames, name: str, params: dict, costs: CostSpec, split: pd
     # Runs in a worker process: its warnings are returned so the caller can re-issue them.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if name in STATIC_STRATEGIES:
-            result = run_backtest(frames, STATIC_STRATEGIES[name], params, costs,
-                                  trade_start=split, end=end)
+        if name in STATIC_STRATEGIES or name == "regime_bound":
+            cls = RegimeBound if name == "regime_bound" else STATIC_STRATEGIES[name]
+            result = run_backtest(frames, cls, params, costs, trade_start=split, end=end)
         else:
             result = run_backtest(frames, MetaAdaptiveStrategy, params, costs, trade_start=split,
                                   end=end,
@@ -181,7 +257,8 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
     specs = build_specs(config)
     console.print(f"[bold]segment[/bold] train < {split.date()}, test {split.date()} .. "
                   f"{'end' if end is None else end.date()}")
-    meta, erm, rand = train_models(data.frames, config, specs, split, model_path, progress)
+    models = train_models(data.frames, config, specs, split, model_path, progress,
+                          data.regimes, n_jobs, console)
     train_frames = slice_period(data.frames, None, split)
     first_bar = min(f.index[0] for f in train_frames.values())
     # Every config is scored from the same day, once the slowest one is warm.
@@ -198,8 +275,14 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
     # The test run is fed `warmup_bars` of history before the split so indicators,
     # detectors and the first adaptation window are warm; nothing before the split is traded.
     test_frames = slice_period(data.frames, warmup_start(config, split), end)
-    jobs = {**meta_runs(config, meta, erm, rand, specs, data.regimes),
-            **{name: t.best_params for name, t in tuning.items()}}
+    runs = meta_runs(config, models, specs, data.regimes)
+    jobs = {**runs, **{name: t.best_params for name, t in tuning.items()}}
+    if data.regimes is not None:
+        rules = fit_regime_rules(train_frames, data.regimes, split, specs.features)
+        jobs["regime_bound"] = {"rules": rules, "regimes": data.regimes,
+                                "vol_target": config.strategy.vol_target}
+    if config.ensemble.per_seed_runs:
+        jobs.update(per_seed_runs(runs))
     done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
         delayed(_run_one)(test_frames, name, params, specs.costs, split, end, specs.features)
         for name, params in jobs.items())
@@ -212,9 +295,13 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
         for item in done:
             finished.append(item)
             bar.update(task, advance=1, description=item[0])
+    seed_results: dict[str, list[BacktestResult]] = {}
     for name, result, notes in sorted(finished, key=lambda item: list(jobs).index(item[0])):
+        if "#" in name:
+            seed_results.setdefault(name.split("#")[0], []).append(result)
+            continue
         results[name] = result
         for note in notes:
             warnings.warn(f"{name} (test period): {note}", stacklevel=2)
-    return Segment(split, end, meta, results, tuning,
-                   {name: t.best_score for name, t in tuning.items()})
+    return Segment(split, end, models["meta"][0], results, tuning,
+                   {name: t.best_score for name, t in tuning.items()}, seed_results)

@@ -15,6 +15,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from strategies.regime_bound import fit_regime_rules
 from backtests.config import StudyConfig
 from backtests.data import StudyData, load_study_data
 from backtests.outputs import true_changes, write_run
@@ -25,33 +26,44 @@ from reports.build import build_reports
 log = logging.getLogger(__name__)
 
 # An alarm up to this many bars after a true change counts as detecting it.
-DETECTION_HORIZON = 60
+DETECTION_HORIZON = 30
 
 
-def detection_stats(data: StudyData, adaptations: pd.DataFrame, split: pd.Timestamp) -> dict:
-    """Delay and false alarms of the regime trigger against the true changes (synthetic only)."""
-    changes = true_changes(data, split)
+def detection_stats(data: StudyData, adaptations: pd.DataFrame, split: pd.Timestamp,
+                    rules: dict[int, tuple[float, float]] | None = None) -> dict:
+    """Delay and false alarms of the regime trigger against the true changes (synthetic only).
+
+    A true change counts only if it alters the best position rule (the sign of its
+    regime's fitted reaction to the last return, ``rules`` of ``regime_bound``; all
+    changes count without rules); it is detected by the first alarm within
+    ``DETECTION_HORIZON`` bars after it. False alarms are alarms with no true change
+    of any kind in the ``DETECTION_HORIZON`` bars before them, per 1,000 such bars.
+    """
     alarms = adaptations.loc[(adaptations["strategy"] == "meta_adaptive")
-                             & (adaptations["trigger"] == "regime")]
-    delays, false_alarms, n_bars = [], 0, 0
+                             & (adaptations["trigger"] == "alarm")]
+    delays, n_changes, false_alarms, quiet_bars = [], 0, 0, 0
     for symbol, frame in data.frames.items():
         dates = frame.index[frame.index >= split]
-        n_bars += len(dates)
-        pos = {d: i for i, d in enumerate(dates)}
-        true_idx = sorted(pos[pd.Timestamp(c["date"])] for c in changes if c["asset"] == symbol)
-        alarm_idx = sorted(pos[d] for d in pd.to_datetime(alarms.loc[alarms["asset"] == symbol,
-                                                                     "date"]) if d in pos)
-        hit = set()
-        for t in true_idx:
-            after = [a for a in alarm_idx if t <= a < t + DETECTION_HORIZON]
-            if after:
-                delays.append(after[0] - t)
-                hit.add(after[0])
-        false_alarms += sum(1 for a in alarm_idx if a not in hit and not any(
-            t <= a < t + DETECTION_HORIZON for t in true_idx))
-    return {"true_changes": len(changes), "detected": len(delays),
+        regime = data.regimes[symbol].reindex(dates).to_numpy()
+        moved = np.flatnonzero(regime[1:] != regime[:-1]) + 1
+        alarm_idx = np.searchsorted(dates, pd.to_datetime(
+            alarms.loc[alarms["asset"] == symbol, "date"]).to_numpy())
+        for t in moved:
+            if rules is not None and np.sign(rules.get(int(regime[t]), (0, 0))[1]) == np.sign(
+                    rules.get(int(regime[t - 1]), (0, 0))[1]):
+                continue
+            n_changes += 1
+            after = alarm_idx[(alarm_idx >= t) & (alarm_idx < t + DETECTION_HORIZON)]
+            if len(after):
+                delays.append(int(after[0] - t))
+        recent = np.zeros(len(dates), bool)
+        for t in moved:
+            recent[t:t + DETECTION_HORIZON] = True
+        quiet_bars += int((~recent).sum())
+        false_alarms += int(sum(1 for a in alarm_idx if a < len(dates) and not recent[a]))
+    return {"true_changes": n_changes, "detected": len(delays),
             "mean_delay_bars": float(np.mean(delays)) if delays else None,
-            "false_alarms_per_1000_bars": 1000.0 * false_alarms / max(n_bars, 1),
+            "false_alarms_per_1000_bars": 1000.0 * false_alarms / max(quiet_bars, 1),
             "horizon_bars": DETECTION_HORIZON}
 
 
@@ -113,7 +125,9 @@ def run_study(config: StudyConfig, out: Path, model_path: Path | None = None, n_
     write_run(out, config, data, segments)
     if data.regimes is not None:
         adaptations = pd.read_csv(out / "adaptations.csv", parse_dates=["date"])
-        stats = detection_stats(data, adaptations, splits[0])
+        rules = fit_regime_rules(data.frames, data.regimes, splits[0],
+                                 FeatureSpec(**config.features.model_dump()))
+        stats = detection_stats(data, adaptations, splits[0], rules)
         (out / "detection.json").write_text(json.dumps(stats, indent=2) + "\n")
     if config.study == "prediction":
         positions = pd.read_csv(out / "positions.csv", parse_dates=["date"])
