@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from feeds.features import FeatureSpec
+from feeds.features import LABEL_DELAY, FeatureSpec, compute_features, compute_labels, trailing_vol
 from feeds.synthetic import SyntheticMarketSpec, make_regime_market
 from feeds.tasks import TaskSampler, TaskSpec
 from feeds.validate import validate_bars
@@ -119,6 +119,71 @@ def test_training_bars_end_before_validation_begins(market):
     for one, two in zip(series, again):
         for a, b in zip(one, two):
             np.testing.assert_array_equal(a, b)
+
+
+def test_meta_training_tasks_end_before_validation_and_ignore_bars_after_it(market,
+                                                                           monkeypatch):
+    frames, test_start, changes = market
+    cfg = replace(CONFIG, meta_steps=12, eval_every=4, patience=100)
+    sampled: list = []
+    draw = TaskSampler.sample
+
+    def recording(self, n_tasks, rng):
+        batch = draw(self, n_tasks, rng)
+        sampled.append(batch)
+        return batch
+
+    monkeypatch.setattr(TaskSampler, "sample", recording)
+    model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
+                       progress=False, changes=changes)
+    val_start = pd.Timestamp(model.val_period[0])
+    assert model.train_period[1] == model.val_period[0]
+    assert len(sampled) == cfg.meta_steps
+    # Every bar a training task reads (support, query, and the opens its last query
+    # label is computed from) lies before the first validation bar.
+    cut = {s: f.loc[f.index < val_start] for s, f in frames.items()}
+    arrays = {s: (compute_features(f, FEATURES).to_numpy(np.float32),
+                  compute_labels(f, FEATURES).to_numpy(np.float32),
+                  (1.0 / trailing_vol(f, FEATURES)).to_numpy(np.float32))
+              for s, f in cut.items()}
+    for batch in sampled:
+        for i, (asset, anchor) in enumerate(zip(batch.assets, batch.anchors)):
+            t = frames[asset].index.get_loc(pd.Timestamp(anchor))
+            window = batch.window(i)
+            n, m = len(window["support_y"]), len(window["query_y"])
+            last_read = frames[asset].index[t + m - 1 + LABEL_DELAY]
+            assert last_read < val_start, (asset, anchor)
+            # Cutting the frames at the validation start leaves the task identical.
+            x, y, a = arrays[asset]
+            for side, rows in (("support", slice(t - n - 1, t - 1)), ("query", slice(t, t + m))):
+                np.testing.assert_array_equal(window[f"{side}_x"], x[rows])
+                np.testing.assert_array_equal(window[f"{side}_y"], y[rows])
+                np.testing.assert_array_equal(window[f"{side}_inv_vol"], a[rows])
+
+
+def test_meta_training_losses_do_not_depend_on_bars_after_validation_starts(market):
+    # Training runs on tasks before the validation start only, so scrambling every
+    # bar from there on may change validation (and the returned step) but not one
+    # training loss.
+    frames, test_start, _ = market
+    cfg = replace(CONFIG, meta_steps=12, eval_every=4, patience=100)
+    model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
+                       progress=False)
+    val_start = pd.Timestamp(model.val_period[0])
+    rng = np.random.default_rng(0)
+    scrambled = {}
+    for symbol, frame in frames.items():
+        frame = frame.copy()
+        after = frame.index >= val_start
+        factor = rng.uniform(0.5, 1.5, size=int(after.sum()))
+        for column in ("open", "high", "low", "close"):
+            frame.loc[after, column] = frame.loc[after, column].to_numpy() * factor
+        scrambled[symbol] = frame
+    again = meta_train(scrambled, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
+                       progress=False)
+    assert again.val_period == model.val_period
+    assert not np.array_equal(again.history["val_loss"], model.history["val_loss"])  # it bites
+    np.testing.assert_array_equal(again.history["train_loss"], model.history["train_loss"])
 
 
 @pytest.mark.parametrize("mode", ["long_only", "overlay"])

@@ -209,6 +209,31 @@ def test_reprocessing_bars_inserts_nothing(paper, tmp_path):
     assert _ledger(state) == paper.ledger
 
 
+def test_a_conflicting_row_for_the_next_bar_is_refused_and_nothing_is_written(paper, tmp_path):
+    state = tmp_path / "state"
+    assert _run(_options(paper, state, max_bars=3)) == 3
+    session = open_session(_options(paper, state), progress=False)
+    try:
+        loop = PaperLoop(session)
+        bar = next(session.source.new_bars(session.last_bar, session.start))
+        day = bar.date.date().isoformat()
+        asset, weight = next((a, w) for d, a, w in paper.ledger["targets"] if d == day)
+        # Another writer (other code, other data) left a target for this bar that the
+        # strategy does not decide; INSERT OR IGNORE alone would silently keep it.
+        session.conn.execute("INSERT INTO targets (date, asset, weight) VALUES (?, ?, ?)",
+                             (day, asset, weight + 0.5))
+        before = _ledger(state)
+        with pytest.raises(PaperError, match="already holds other rows for this bar"):
+            loop.process_bar(bar)
+        assert session.last_bar < bar.date and session.n_processed == 3
+    finally:
+        session.close()
+    after = _ledger(state)
+    assert after == before
+    assert day not in {row[0] for row in after["processed"]}
+    assert day not in {row[0] for row in after["bars"]}
+
+
 def test_resume_refuses_a_ledger_the_strategy_does_not_reproduce(paper, tmp_path):
     state = tmp_path / "state"
     shutil.copytree(paper.state, state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,16 +80,66 @@ def test_resolved_config_reproduces_the_run(run_dir, tmp_path, run_cli):
                                   pd.read_csv(run_dir / "positions.csv"))
 
 
-def test_data_after_a_date_does_not_change_positions_before_it(run_dir, tmp_path, run_cli):
-    cut = "2008-12-31"
-    short = tmp_path / "short"
-    result = run_cli("backtest", TINY, "--end", cut, "--out", short)
-    assert result.code == 0, result.err
+SHORT_END = "2008-12-31"  # the tiny study cut six months early, split unchanged
+
+
+@pytest.fixture(scope="module")
+def short_run_dir(tmp_path_factory) -> Path:
+    """The tiny study with every bar after SHORT_END dropped."""
+    import sys
+
+    from backtests.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "short"
+    argv = sys.argv
+    sys.argv = ["metabt", "backtest", str(TINY), "--end", SHORT_END, "--out", str(out)]
+    try:
+        main()
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    finally:
+        sys.argv = argv
+    return out
+
+
+def test_data_after_a_date_does_not_change_positions_before_it(run_dir, short_run_dir):
     full = pd.read_csv(run_dir / "positions.csv", parse_dates=["date"])
-    part = pd.read_csv(short / "positions.csv", parse_dates=["date"])
-    full = full[full["date"] <= cut].reset_index(drop=True)
+    part = pd.read_csv(short_run_dir / "positions.csv", parse_dates=["date"])
+    full = full[full["date"] <= SHORT_END].reset_index(drop=True)
     assert len(part) == len(full) > 0
     pd.testing.assert_frame_equal(part, full)
+
+
+def test_comparators_are_tuned_on_bars_before_the_split_only(run_dir):
+    # The in-sample Sharpes in study.json pick the "best static" comparator; they must
+    # be what a grid search sees on frames that end the day before the split.
+    from backtests.config import build_specs
+    from feeds.loaders import load_sample, slice_period
+    from strategies.static import DEFAULT_GRIDS
+    from strategies.tuning import tune_static
+
+    config = load_config(TINY)
+    split = pd.Timestamp(config.data.split)
+    frames = slice_period(load_sample(list(config.data.symbols)), config.data.start, split)
+    assert all(f.index.max() < split for f in frames.values())
+    start = pd.Timestamp(config.data.start) + pd.tseries.offsets.BDay(config.strategy.warmup_bars)
+    recorded = json.loads((run_dir / "study.json").read_text())["train_best"]
+    assert set(recorded) == set(config.comparators.names)
+    for name in config.comparators.names:
+        grid = config.comparators.grids.get(name, DEFAULT_GRIDS[name])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*scored from")
+            expected = tune_static(frames, name, grid, build_specs(config).costs, start, split,
+                                   n_jobs=1)
+        assert recorded[name] == pytest.approx(expected.best_score, rel=1e-12, abs=1e-12), name
+
+
+def test_truncating_the_test_period_changes_no_tuning_result(run_dir, short_run_dir):
+    def tuning(folder: Path) -> dict:
+        study = json.loads((folder / "study.json").read_text())
+        return {"train_best": study["train_best"], "n_trials": study["n_trials"]}
+
+    assert tuning(short_run_dir) == tuning(run_dir)
 
 
 def test_the_checkpoint_never_saw_the_test_period(run_dir):
