@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 MODEL_DIR = "model"
 # Where the bars come from does not change a decision (the stored bars do), so a
 # state filled by a replay may be continued from yfinance with the same config.
-_SOURCE_KEYS = ("source", "path", "cache_dir", "end")
+_SOURCE_KEYS = ("source", "path", "cache_dir", "end", "allow_jumps", "allow_gaps")
 
 
 @dataclass(frozen=True)
