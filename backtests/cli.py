@@ -19,7 +19,7 @@ from rich.console import Console
 from backtests.config import ConfigError, StudyConfig, configs_dir, load_config, with_overrides
 from feeds.errors import DataError
 from backtests.outdir import check_out, check_writable
-from feeds.loaders import check_folder, list_symbols, load_csv, parse_symbols
+from feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
 from metamodels.checkpoint import CheckpointError
 from reports.errors import ReportError
 
@@ -109,11 +109,9 @@ def data_validate(
             found = [path / f"{symbol}.csv" for symbol in list_symbols(path)]
             if not found:
                 errors.append(f"{path}: no .csv files in this folder")
-            try:
-                check_folder(path, list_symbols(path))
-            except DataError as exc:
-                errors.append(str(exc))
-            files.extend(found)
+            problems = folder_problems(path, list_symbols(path))
+            errors.extend(dict.fromkeys(problems.values()))  # one line per problem
+            files.extend(f for f in found if f not in problems)
         else:
             files.append(path)
     for path in files:

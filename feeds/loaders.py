@@ -106,23 +106,37 @@ def list_symbols(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.csv") if p.name != REGIMES_FILE)
 
 
-def check_folder(folder: Path, symbols: list[str]) -> None:
-    """Refuse names equal but for case, folders named like CSVs, and links leaving ``folder``."""
+def folder_problems(folder: Path, symbols: list[str]) -> dict[Path, str]:
+    """Files of ``symbols`` that must not be read, each with its one-line reason.
+
+    Names equal but for case (the same market twice), a folder named like a
+    CSV, and a symlink leading out of ``folder``.
+    """
+    problems: dict[Path, str] = {}
     seen: dict[str, str] = {}
     for symbol in list_symbols(folder):
         other = seen.setdefault(symbol.upper(), symbol)
         if other != symbol and (symbol in symbols or other in symbols):
-            raise DataError(f"{folder}: {other}.csv and {symbol}.csv differ only in case; the same "
-                            "market would count twice: keep one")
+            problems[folder / f"{symbol}.csv"] = (
+                f"{folder}: {other}.csv and {symbol}.csv differ only in case; the same market "
+                "would count twice: keep one")
     root = folder.resolve()
     for symbol in symbols:
         path = folder / f"{symbol}.csv"
         if path.is_symlink() and not path.resolve().is_relative_to(root):
-            raise DataError(f"{path}: a symlink to {path.resolve()}, outside the data folder "
-                            f"{folder}; copy the file into the folder instead")
-        if path.is_dir():
-            raise DataError(f"{path}: is a folder, not a CSV file; move it out of the data "
-                            "folder")
+            problems[path] = (f"{path}: a symlink to {path.resolve()}, outside the data folder "
+                              f"{folder}; copy the file into the folder instead")
+        elif path.is_dir():
+            problems[path] = (f"{path}: is a folder, not a CSV file; move it out of the data "
+                              "folder")
+    return problems
+
+
+def check_folder(folder: Path, symbols: list[str]) -> None:
+    """Raise DataError for the first of :func:`folder_problems`."""
+    problems = folder_problems(folder, symbols)
+    if problems:
+        raise DataError(next(iter(problems.values())))
 
 
 def parse_symbols(text: str | None) -> list[str] | None:

@@ -80,7 +80,8 @@ def check_jumps(ohlc: np.ndarray, where: Where, allow: bool) -> None:
     if bad.any():
         i = int(np.argmax(bad))
         worst = ratio[i][np.argmax(np.abs(np.log(ratio[i])))]
-        raise DataError(f"{where(i + 1)}: the bar moves x{worst:.3g} from the previous close "
+        move = f"x{worst:,.0f}" if worst > 1 else f"/{1.0 / worst:,.0f}"
+        raise DataError(f"{where(i + 1)}: the bar moves {move} from the previous close "
                         f"{close[i]:g} and comes back (a bad print?); fix that row, or pass "
                         "--allow-jumps if the move is genuine")
 
@@ -89,7 +90,8 @@ def check_gaps(dates: pd.DatetimeIndex, where: Where, source: str, allow: bool) 
     """Refuse (or with ``allow`` warn about) more than :data:`MAX_GAP_DAYS` between bars."""
     if len(dates) < 2:
         return
-    days = np.diff(dates.normalize().asi8) // (86_400 * 10**9)
+    # In days whatever the index's resolution (pandas 3 may store s, ms, us or ns).
+    days = np.diff(dates.to_numpy().astype("datetime64[D]").astype(np.int64))
     wide = np.flatnonzero(days > MAX_GAP_DAYS)
     if not wide.size:
         return

@@ -289,15 +289,17 @@ def open_session(options: PaperOptions, progress: bool = True) -> Session:
     manifest = read_manifest(state)
     if manifest is not None and not db_path(state).is_file():
         raise _lost(state)
+    source = make_source(options.source, config, state, options.poll_seconds)
+    # A new state: refuse a useless start before the folder is created or locked.
+    start = None if db_path(state).is_file() else paper_start(options, config, source)
     lock = StateLock(state).acquire()
     conn = None
     try:
         conn = connect(state)
-        source = make_source(options.source, config, state, options.poll_seconds)
         if not read_meta(conn):
             if manifest is not None:
                 raise _lost(state)
-            start = paper_start(options, config, source)
+            start = start or paper_start(options, config, source)
             meta = initialise(state, conn, config, source, start, options.source, options.model,
                               progress)
             write_manifest(state, {**meta, "last_bar": "", "bars_sha256": bars_digest(conn)})
