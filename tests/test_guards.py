@@ -284,6 +284,14 @@ def test_config_values_are_strict_and_bounded(tmp_path, run_cli, case):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_checks_its_out_before_training(tmp_path, run_cli, config):
+    out = _under_a_file(tmp_path)
+    before = snapshot(tmp_path)
+    line = one_line(run_cli("train", config, "--out", out))
+    assert "is a file, not a folder" in line, line
+    assert snapshot(tmp_path) == before
+
+
 # -- a whole (small) backtest: --overwrite, --allow-gaps, a corrupt report ------------------------
 
 @pytest.fixture(scope="module")
@@ -425,6 +433,14 @@ PAPER_CASES: dict[str, tuple[Callable, Callable, list[str]]] = {
         lambda p, s, t: (_garbage(s), _revised(p, t)),
         lambda p, s, t: ["paper", "rebuild", "--state", s, "--data", t / "revised"],
         ["cannot rebuild", "not the ones that were traded"]),
+    "paper report into a folder that is not a run folder": (
+        lambda p, s, t: _not_a_run_folder(t),
+        lambda p, s, t: ["paper", "report", "--state", s, "--out", t / "out"],
+        ["not a metabt run folder"]),
+    "paper report over a run without --overwrite": (
+        lambda p, s, t: _a_run_folder(t),
+        lambda p, s, t: ["paper", "report", "--state", s, "--out", t / "out"],
+        ["earlier run", "--overwrite"]),
     "rebuild without a manifest": (lambda p, s, t: (s / MANIFEST_FILE).unlink(),
                                    lambda p, s, t: ["paper", "rebuild", "--state", s],
                                    ["cannot rebuild", "paper.json"]),

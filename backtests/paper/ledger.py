@@ -160,11 +160,15 @@ def damaged(state_dir: Path, what: str) -> PaperError:
 
 def _open(path: Path, read_only: bool) -> sqlite3.Connection:
     if not read_only:
+        if path.is_file() and path.stat().st_size > 0:
+            # Checked through a connection that writes nothing (no -wal, no -shm, no
+            # journal-mode change): a damaged file must stay exactly as it was found.
+            _check_integrity(sqlite3.connect(f"file:{path}?immutable=1", uri=True),
+                             path.parent, keep=False)
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        _check_integrity(conn, path.parent)
         conn.executescript(_SCHEMA)
         return conn
     try:
@@ -181,7 +185,8 @@ def _open(path: Path, read_only: bool) -> sqlite3.Connection:
         return conn
 
 
-def _check_integrity(conn: sqlite3.Connection, state_dir: Path) -> None:
+def _check_integrity(conn: sqlite3.Connection, state_dir: Path, keep: bool = True) -> None:
+    """Raise ``damaged`` unless ``PRAGMA integrity_check`` is ok; close ``conn`` unless ``keep``."""
     try:
         ok = integrity_ok(conn)
     except BaseException:
@@ -190,6 +195,8 @@ def _check_integrity(conn: sqlite3.Connection, state_dir: Path) -> None:
     if not ok:
         conn.close()
         raise damaged(state_dir, "PRAGMA integrity_check failed")
+    if not keep:
+        conn.close()
 
 
 def connect(state_dir: Path, read_only: bool = False) -> sqlite3.Connection:
