@@ -18,6 +18,7 @@ from rich.console import Console
 
 from backtests.config import ConfigError, StudyConfig, configs_dir, load_config, with_overrides
 from feeds.errors import DataError
+from backtests.heartbeat import Heartbeat
 from backtests.outdir import check_out, check_writable
 from feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
 from metamodels.checkpoint import CheckpointError
@@ -88,7 +89,8 @@ def _run(config: StudyConfig, out: Path | None, model: Path | None = None,
     # warnings.log in the run folder, counted here.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_study(config, out, model_path=model, console=console)
+        with Heartbeat(console):
+            run_study(config, out, model_path=model, console=console)
     if caught:
         lines = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
         (out / "warnings.log").write_text("\n".join(lines) + "\n")
@@ -181,8 +183,9 @@ def train(
 
     config = _resolve(config_path, data, symbols, start, split, None, allow_jumps, allow_gaps)
     check_writable(out)
-    model = train_meta(load_study_data(config).frames, config, build_specs(config),
-                       pd.Timestamp(config.data.split))
+    with Heartbeat(console):
+        model = train_meta(load_study_data(config).frames, config, build_specs(config),
+                           pd.Timestamp(config.data.split))
     save_model(model, out, config.model_dump(mode="json", exclude_none=True))
     best = model.history.get("val_loss") or [float("nan")]
     console.print(f"saved {out} ({model.algorithm}, best step {model.best_step}, "

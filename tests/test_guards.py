@@ -527,3 +527,13 @@ def test_status_reads_a_read_only_state_and_run_refuses_it(paper, tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write the paper state" in lines[0], run.stderr
     assert _ledger(state) == paper.ledger
+
+
+def test_a_long_step_prints_progress_when_output_is_piped(tmp_path, config):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "METABT_PROGRESS_EVERY": "0.5"}
+    proc = subprocess.run([sys.executable, "-m", "backtests", "train", str(config), "--out",
+                           str(tmp_path / "ckpt")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    beats = [x for x in proc.stdout.splitlines() if "still working" in x]
+    assert beats and "meta-training" in beats[-1], proc.stdout

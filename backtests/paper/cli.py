@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from backtests.heartbeat import Heartbeat
 from backtests.paper.ledger import PaperError
 from backtests.paper.sources import SOURCES
 
@@ -71,7 +72,8 @@ def run(
                            max_bars=max_bars, data=data, model=model, start=_date(start),
                            poll_seconds=poll, accept_revised_history=accept_revised_history,
                            allow_jumps=allow_jumps, allow_gaps=allow_gaps)
-    session = open_session(options)
+    with Heartbeat(console):  # meta-training a new state's model can take minutes
+        session = open_session(options)
     try:
         if session.revisions_accepted:
             console.print(f"accepted {session.revisions_accepted} revised fields of bars already "
