@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 
 from backtests.config import ConfigError, StudyConfig, configs_dir, load_config, with_overrides
-from feeds.errors import DataError
 from backtests.heartbeat import Heartbeat
 from backtests.outdir import check_out, check_writable
+from feeds.errors import DataError
 from feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
 from metamodels.checkpoint import CheckpointError
 from reports.errors import ReportError

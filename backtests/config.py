@@ -12,7 +12,7 @@ import difflib
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
 import tomli_w
 from pydantic import (

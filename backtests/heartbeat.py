@@ -14,8 +14,12 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ENV = "METABT_PROGRESS_EVERY"
 _LOGGERS = ("backtests", "feeds", "metamodels", "strategies")
@@ -59,7 +63,7 @@ class Heartbeat:
             self.console.print(f"  ... still working, {time.monotonic() - t0:.0f} s: "
                                f"{self._handler.text}", highlight=False)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Self:
         if self.enabled and self.every > 0:
             for name in _LOGGERS:
                 logger = logging.getLogger(name)

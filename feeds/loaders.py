@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import re
 from importlib import resources
@@ -57,7 +58,7 @@ def _check_layout(path: Path, text: str) -> None:
         if row and len(row) != width:
             cells = [c.strip() for c in row]
             split_number = any(_LEAD.fullmatch(a) and _THOUSANDS.fullmatch(b)
-                               for a, b in zip(cells[1:], cells[2:]))
+                               for a, b in itertools.pairwise(cells[1:]))
             hint = ("an unquoted thousands separator (write 1234.5, not 1,234.5)?"
                     if len(row) > width and split_number else "a stray or missing comma?")
             raise DataError(f"{path}: line {number}: {len(row)} fields but the header has "
