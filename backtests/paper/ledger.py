@@ -224,6 +224,9 @@ def connect(state_dir: Path, read_only: bool = False) -> sqlite3.Connection:
         if conn is not None:
             conn.close()
         text = str(exc)
+        if read_only and ("readonly" in text or "unable to open" in text):
+            raise PaperError(f"{state_dir}: cannot read the paper state ({text}); check the "
+                             "folder's permissions") from None
         if "readonly" in text or "unable to open" in text:
             raise PaperError(f"{state_dir}: cannot open the paper state for writing ({text}); "
                              "`metabt paper run` needs a writable folder, `metabt paper "
