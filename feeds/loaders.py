@@ -82,6 +82,9 @@ def load_csv(path: str | Path, *, allow_jumps: bool = False,
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a CSV file; move it out of the data folder "
                         "or name the file you meant")
+    if path.exists() and not path.is_file():
+        # A FIFO or a device would block or stream forever instead of being read.
+        raise DataError(f"{path}: not a regular file; point at a CSV file")
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path or --data folder")
     if path.stat().st_size == 0:

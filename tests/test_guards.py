@@ -130,6 +130,12 @@ def _folder_as_csv(tmp: Path) -> list[Path]:
     return [tmp / "data"]
 
 
+def _fifo(tmp: Path) -> list[Path]:
+    path = tmp / "PIPE.csv"
+    os.mkfifo(path)
+    return [path]
+
+
 def _non_utf8(tmp: Path) -> list[Path]:
     path = write_csv(tmp / "ENC.csv", sample_rows())
     lines = path.read_bytes().split(b"\n")
@@ -157,6 +163,7 @@ DATA_CASES: dict[str, tuple[Callable[[Path], list[Path]], list[str]]] = {
     "non-UTF-8 byte": (_non_utf8, ["line 4", "0xe9", "UTF-8"]),
     "folder where a CSV is expected": (_folder_as_csv, ["SPY.csv", "is a folder"]),
     "symlink leaving the data folder": (_symlink_out, ["SPY.csv", "symlink", "outside"]),
+    "a FIFO where a CSV is expected (would block)": (_fifo, ["PIPE.csv", "not a regular file"]),
     "names differing only in case": (_case_twins, ["SPY.csv", "spy.csv", "differ only in case"]),
 }
 
