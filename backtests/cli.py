@@ -17,8 +17,10 @@ import typer
 from rich.console import Console
 
 from backtests.config import ConfigError, StudyConfig, configs_dir, load_config, with_overrides
+from backtests.heartbeat import Heartbeat
+from backtests.outdir import check_out, check_writable
 from feeds.errors import DataError
-from feeds.loaders import list_symbols, load_csv, parse_symbols
+from feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
 from metamodels.checkpoint import CheckpointError
 from reports.errors import ReportError
 
@@ -45,13 +47,24 @@ SymbolsOpt = Annotated[str | None, typer.Option(
 StartOpt = Annotated[str | None, typer.Option("--start", help="First bar of training (YYYY-MM-DD).")]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="First bar of the test period.")]
 EndOpt = Annotated[str | None, typer.Option("--end", help="Last bar of the test period.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder to write.")]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", help="Run folder to write (new or empty; an earlier run only with --overwrite).")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace the earlier run in --out (its files are removed first).")]
+JumpsOpt = Annotated[bool, typer.Option(
+    "--allow-jumps", help="Accept one-bar moves beyond x10 that come back (genuine, not bad "
+                          "prints).")]
+GapsOpt = Annotated[bool, typer.Option(
+    "--allow-gaps", help="Accept more than 30 days between bars (warned in warnings.log).")]
 
 
 def _resolve(config_path: Path, data: Path | None, symbols: str | None, start: str | None,
-             split: str | None, end: str | None) -> StudyConfig:
+             split: str | None, end: str | None, allow_jumps: bool = False,
+             allow_gaps: bool = False) -> StudyConfig:
     config = load_config(config_path)
-    overrides: dict[str, object] = {"start": start, "split": split, "end": end}
+    overrides: dict[str, object] = {"start": start, "split": split, "end": end,
+                                    "allow_jumps": allow_jumps or None,
+                                    "allow_gaps": allow_gaps or None}
     if data is not None:
         overrides.update(source="csv", path=str(data))
     if symbols is not None:
@@ -65,15 +78,19 @@ def _default_out(config: StudyConfig) -> Path:
     return Path("runs") / f"{config.study}-{stamp}"
 
 
-def _run(config: StudyConfig, out: Path | None, model: Path | None = None) -> Path:
+def _run(config: StudyConfig, out: Path | None, model: Path | None = None,
+         overwrite: bool = False) -> Path:
+    out = out or _default_out(config)
+    check_out(out, overwrite)  # before minutes of work, not after
     from backtests.study import run_study  # heavy imports only for commands that run studies
 
-    out = out or _default_out(config)
-    # Library warnings (an order re-tried for lack of cash, a late indicator) are kept,
-    # not shown one by one: they go to warnings.log in the run folder, counted here.
+    # Library warnings (an order re-tried for lack of cash, a late indicator, a gap
+    # accepted by --allow-gaps) are kept, not shown one by one: they go to
+    # warnings.log in the run folder, counted here.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_study(config, out, model_path=model, console=console)
+        with Heartbeat(console):
+            run_study(config, out, model_path=model, console=console)
     if caught:
         lines = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
         (out / "warnings.log").write_text("\n".join(lines) + "\n")
@@ -84,28 +101,45 @@ def _run(config: StudyConfig, out: Path | None, model: Path | None = None) -> Pa
 @data_app.command("validate")
 def data_validate(
     paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of SYMBOL.csv files.")],
+    allow_jumps: JumpsOpt = False, allow_gaps: GapsOpt = False,
 ) -> None:
-    """Check Yahoo-layout CSV files; print one line per file, exit 2 on the first bad one."""
+    """Check Yahoo-layout CSV files: one line per file, every bad one on stderr, exit 2 if any."""
     files: list[Path] = []
+    errors: list[str] = []
     for path in paths:
         if path.is_dir():
             found = [path / f"{symbol}.csv" for symbol in list_symbols(path)]
             if not found:
-                raise DataError(f"{path}: no .csv files in this folder")
-            files.extend(found)
+                errors.append(f"{path}: no .csv files in this folder")
+            problems = folder_problems(path, list_symbols(path))
+            errors.extend(dict.fromkeys(problems.values()))  # one line per problem
+            files.extend(f for f in found if f not in problems)
         else:
             files.append(path)
     for path in files:
-        frame = load_csv(path)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                frame = load_csv(path, allow_jumps=allow_jumps, allow_gaps=allow_gaps)
+        except DataError as exc:
+            errors.append(str(exc))
+            continue
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
         console.print(f"[green]ok[/green] {path}: {len(frame)} bars, "
                       f"{frame.index[0].date()} .. {frame.index[-1].date()}")
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if errors:
+        raise typer.Exit(2)
 
 
 @app.command()
-def demo(out: OutOpt = None) -> None:
+def demo(out: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
     """The main job: the basket study on the bundled sample data, offline."""
     config = load_config(configs_dir() / "basket.toml")
-    out = _run(config, out or Path("runs") / "demo")
+    # The default folder belongs to the demo: running it again replaces it.
+    out = _run(config, out or Path("runs") / "demo", overwrite=overwrite or out is None)
     console.print(f"\n[bold]tear sheet:[/bold] {out / 'tearsheet.html'}")
     console.print(f"[bold]comparison:[/bold] {out / 'comparison.md'}   "
                   f"[bold]equity:[/bold] {out / 'equity.png'}")
@@ -120,16 +154,17 @@ def backtest(
         "--model", help="Use this checkpoint instead of meta-training.")] = None,
     refit_every: Annotated[str | None, typer.Option(
         "--refit-every", help="Expanding walk-forward: re-train every 1y / 6m / 2w.")] = None,
+    overwrite: OverwriteOpt = False, allow_jumps: JumpsOpt = False, allow_gaps: GapsOpt = False,
 ) -> None:
     """Meta-train on [start, split), tune the comparators there, trade [split, end]."""
-    config = _resolve(config_path, data, symbols, start, split, end)
+    config = _resolve(config_path, data, symbols, start, split, end, allow_jumps, allow_gaps)
     if refit_every is not None:
         config = config.model_copy(update={"walk_forward": config.walk_forward.model_copy(
             update={"refit_every": refit_every})})
         from backtests.runner import parse_period
 
         parse_period(refit_every)
-    out = _run(config, out, model)
+    out = _run(config, out, model, overwrite)
     console.print(f"\n[bold]run folder:[/bold] {out}")
 
 
@@ -138,7 +173,7 @@ def train(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
     data: DataOpt = None, symbols: SymbolsOpt = None, start: StartOpt = None,
-    split: SplitOpt = None,
+    split: SplitOpt = None, allow_jumps: JumpsOpt = False, allow_gaps: GapsOpt = False,
 ) -> None:
     """Meta-train on [start, split) of the configured assets and save a checkpoint."""
     from backtests.config import build_specs
@@ -146,10 +181,12 @@ def train(
     from backtests.runner import train_meta
     from metamodels.model_io import save_model
 
-    config = _resolve(config_path, data, symbols, start, split, None)
-    study_data = load_study_data(config)
-    model = train_meta(study_data.frames, config, build_specs(config),
-                       pd.Timestamp(config.data.split), regimes=study_data.regimes)
+    config = _resolve(config_path, data, symbols, start, split, None, allow_jumps, allow_gaps)
+    check_writable(out)
+    with Heartbeat(console):
+        study_data = load_study_data(config)
+        model = train_meta(study_data.frames, config, build_specs(config),
+                           pd.Timestamp(config.data.split), regimes=study_data.regimes)
     save_model(model, out, config.model_dump(mode="json", exclude_none=True))
     best = model.history.get("val_loss") or [float("nan")]
     console.print(f"saved {out} ({model.algorithm}, best step {model.best_step}, "

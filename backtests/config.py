@@ -12,10 +12,18 @@ import difflib
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from feeds.features import FeatureSpec
 from feeds.tasks import TaskSpec
@@ -37,20 +45,55 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: "20" for an int or "yes" for a bool is a mistake in the file, not a value to guess.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _iso_date(value: object) -> object:
+    """TOML dates come as dates or as "YYYY-MM-DD" strings; nothing else is a date."""
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date; write YYYY-MM-DD") from None
+    return value
+
+
+def _list_to_tuple(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+Day = Annotated[date, BeforeValidator(_iso_date)]
+
+#: Upper limits of settings that would otherwise run for days or never stop early.
+LIMITS: dict[str, dict[str, int]] = {
+    "meta": {"meta_steps": 100_000, "patience": 1_000, "tasks_per_step": 4_096,
+             "inner_steps": 100, "val_tasks": 100_000, "eval_every": 100_000, "threads": 256},
+    "task": {"max_query": 2_520},
+}
 
 
 class DataConfig(_Section):
     source: Literal["sample", "csv", "synthetic", "yfinance"] = "sample"
     path: str | None = None
     symbols: list[str] | Literal["all"] = "all"
-    start: date | None = None
-    split: date
-    end: date | None = None
+    start: Day | None = None
+    split: Day
+    end: Day | None = None
     cache_dir: str = ".cache/metabt"
+    # Opt-ins for bars that look wrong but can be genuine (--allow-jumps, --allow-gaps).
+    allow_jumps: bool = False
+    allow_gaps: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> DataConfig:
+        if isinstance(self.symbols, list):
+            if not self.symbols:
+                raise ValueError("data.symbols is empty; list the symbols or write \"all\"")
+            upper = [s.upper() for s in self.symbols]
+            dup = next((s for s, u in zip(self.symbols, upper) if upper.count(u) > 1), None)
+            if dup is not None:
+                raise ValueError(f"data.symbols names {dup!r} twice; name each symbol once")
         if self.start is not None and self.start >= self.split:
             raise ValueError(f"data.start ({self.start}) must be before data.split ({self.split})")
         if self.end is not None and self.end <= self.split:
@@ -66,19 +109,28 @@ class SyntheticConfig(_Section):
     mean_duration: float = Field(120.0, gt=1)
     correlation: float = Field(0.3, ge=0, lt=1)
     seed: int = 0
-    start: date = date(2005, 1, 3)
+    start: Day = date(2005, 1, 3)
 
 
-def _section_of(cls: type, skip: tuple[str, ...] = ()) -> type[_Section]:
+def _field_type(hint: Any) -> Any:
+    # TOML has arrays, not tuples: accept a list where the library wants a tuple.
+    if get_origin(hint) is tuple:
+        return Annotated[hint, BeforeValidator(_list_to_tuple)]
+    return hint
+
+
+def _section_of(cls: type, skip: tuple[str, ...] = (), section: str = "") -> type[_Section]:
     """A config section whose keys, types and defaults are those of a library dataclass.
 
     The dataclass stays the single source of every default (no inner LR or
     window length written twice); its ``__post_init__`` checks run when the
-    study is built (see :func:`build_specs`).
+    study is built (see :func:`build_specs`). ``LIMITS[section]`` adds upper bounds.
     """
     hints = get_type_hints(cls)
-    fields = {f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING
-                       else f.default_factory())  # type: ignore[misc]
+    limits = LIMITS.get(section, {})
+    fields = {f.name: (_field_type(hints[f.name]), Field(
+                  f.default if f.default is not dataclasses.MISSING
+                  else f.default_factory(), le=limits.get(f.name)))  # type: ignore[misc]
               for f in dataclasses.fields(cls) if f.name not in skip}
     return create_model(f"{cls.__name__}Section", __base__=_Section, **fields)  # type: ignore[call-overload]
 
@@ -86,9 +138,10 @@ def _section_of(cls: type, skip: tuple[str, ...] = ()) -> type[_Section]:
 FeaturesConfig = _section_of(FeatureSpec)
 # The support and shortest query lengths of the tasks are the strategy's windows and
 # cadence ([strategy] min_window, max_window, readapt_every): train on what is traded.
-TaskConfig = _section_of(TaskSpec, skip=("min_support", "max_support", "min_query"))
+TaskConfig = _section_of(TaskSpec, skip=("min_support", "max_support", "min_query"),
+                         section="task")
 PolicyConfig = _section_of(PolicySpec, skip=("n_features",))
-MetaConfig = _section_of(TrainConfig, skip=("seed",))
+MetaConfig = _section_of(TrainConfig, skip=("seed",), section="meta")
 CostsConfig = _section_of(CostSpec)
 
 
@@ -110,10 +163,10 @@ def _strategy_default(name: str) -> Any:
 
 
 class StrategyConfig(_Section):
-    min_window: int = Field(_strategy_default("min_window"), ge=2)
-    max_window: int = Field(_strategy_default("max_window"), ge=2)
-    readapt_every: int = Field(_strategy_default("readapt_every"), ge=1)
-    calendar_window: int = Field(_strategy_default("calendar_window"), ge=2)
+    min_window: int = Field(_strategy_default("min_window"), ge=2, le=2_520)
+    max_window: int = Field(_strategy_default("max_window"), ge=2, le=2_520)
+    readapt_every: int = Field(_strategy_default("readapt_every"), ge=1, le=2_520)
+    calendar_window: int = Field(_strategy_default("calendar_window"), ge=2, le=2_520)
     vol_target: float = Field(_strategy_default("vol_target"), gt=0)
     gross_cap: float = Field(_strategy_default("gross_cap"), gt=0)
     asset_weight: float | None = Field(None, gt=0)
@@ -121,7 +174,7 @@ class StrategyConfig(_Section):
     rebalance_threshold: float = Field(_strategy_default("rebalance_threshold"), ge=0)
     # Bars fed before the split (and before tuning's first scored day) so the slowest
     # indicator (a 252-bar momentum lookback) is warm on the first traded day.
-    warmup_bars: int = Field(300, ge=0)
+    warmup_bars: int = Field(300, ge=0, le=2_520)
 
     @model_validator(mode="after")
     def _windows(self) -> StrategyConfig:
@@ -199,6 +252,16 @@ def _one_line(error: ValidationError, source: str) -> str:
     if first["type"] == "missing":
         return f"{source}: missing key {key!r}; add it to the config"
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"].endswith("_type") and "input" in first:
+        given = first["input"]
+        kind = "text" if isinstance(given, str) else type(given).__name__
+        fix = ("; write true or false" if first["type"] == "bool_type" else
+               "; write it without quotes" if isinstance(given, str) else "")
+        return (f"{source}: {key}: {msg.lower().removeprefix('input should be ')} is expected, "
+                f"got {kind} {given!r}{fix}")
+    if first["type"] in ("less_than_equal", "greater_than_equal", "greater_than", "less_than"):
+        bound = msg.lower().removeprefix("input should be ")
+        return f"{source}: {key} must be {bound} (got {first.get('input')!r})"
     return f"{source}: {msg}" if msg.startswith(key) else f"{source}: {key}: {msg}"
 
 

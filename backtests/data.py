@@ -21,6 +21,9 @@ from feeds.validate import require_bars, validate_bars
 
 log = logging.getLogger(__name__)
 
+# A start on a weekend or holiday just before the first bar is inside the data, not before it.
+_SLACK = pd.Timedelta(days=5)
+
 
 @dataclass(frozen=True)
 class StudyData:
@@ -37,11 +40,12 @@ def _symbols(config: StudyConfig) -> list[str] | None:
 
 def _from_source(config: StudyConfig) -> tuple[Frames, dict[str, pd.Series] | None, str]:
     data = config.data
+    checks = {"allow_jumps": data.allow_jumps, "allow_gaps": data.allow_gaps}
     if data.source == "sample":
-        return load_sample(_symbols(config)), None, "bundled sample"
+        return load_sample(_symbols(config), **checks), None, "bundled sample"
     if data.source == "csv":
         folder = Path(str(data.path))
-        frames = load_folder(folder, _symbols(config))
+        frames = load_folder(folder, _symbols(config), **checks)
         regimes = read_regimes_csv(folder, list(frames)) if (folder / REGIMES_FILE).is_file() \
             else None
         return frames, regimes, str(folder)
@@ -67,14 +71,30 @@ def _from_source(config: StudyConfig) -> tuple[Frames, dict[str, pd.Series] | No
         raise DataError("data.source = 'yfinance' needs an explicit symbol list "
                         "(data.symbols or --symbols A,B)")
     raw = download_bars(symbols, data.start or "1990-01-01", data.end, cache_dir=data.cache_dir)
-    frames = {s: validate_bars(f, f"yfinance:{s}") for s, f in raw.items()}
+    frames = {s: validate_bars(f, f"yfinance:{s}", **checks) for s, f in raw.items()}
     return frames, None, "yfinance"
+
+
+def check_period(frames: Frames, start: object, end: object, source: str) -> None:
+    """Refuse a ``start`` before, or an ``end`` after, a symbol's bars (never clip silently)."""
+    for symbol, frame in frames.items():
+        if frame.empty:
+            continue
+        first, last = frame.index[0], frame.index[-1]
+        span = f"its bars run {first.date()} .. {last.date()}"
+        if start is not None and pd.Timestamp(start) < first.normalize() - _SLACK:
+            raise DataError(f"{source}:{symbol}: start {start} is before the first bar; {span}. "
+                            "Pass a --start inside that range (or fix data.start)")
+        if end is not None and pd.Timestamp(end) > last.normalize() + _SLACK:
+            raise DataError(f"{source}:{symbol}: end {end} is after the last bar; {span}. "
+                            "Pass an --end inside that range (or fix data.end)")
 
 
 def load_study_data(config: StudyConfig) -> StudyData:
     """Load, validate and cut the bars of ``config``; check there are enough of them."""
     frames, regimes, source = _from_source(config)
     data = config.data
+    check_period(frames, data.start, data.end, source)
     end = None if data.end is None else pd.Timestamp(data.end) + pd.Timedelta(days=1)
     frames = slice_period(frames, data.start, end)
     split = pd.Timestamp(data.split)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from backtests.config import StudyConfig, dump_config
 from backtests.data import StudyData
+from backtests.outdir import clear_run_folder
 from backtests.runner import Segment
 from metamodels.model_io import save_model
 from strategies.engine import BacktestResult
@@ -103,8 +104,12 @@ def seed_spread(segments: list[Segment]) -> dict:
 
 
 def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Segment]) -> Path:
-    """Write every contract file except the reports; return the folder."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every contract file except the reports; return the folder.
+
+    An earlier run in ``out`` is removed first, so the folder never mixes two
+    runs; a folder with other files is refused (see :mod:`backtests.outdir`).
+    """
+    clear_run_folder(out)
     dump_config(config, out / "config.toml")
     returns = combined_returns(segments)
     returns.to_csv(out / "returns.csv", date_format="%Y-%m-%d")

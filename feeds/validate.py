@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from feeds.errors import DataError
+from feeds.plausible import check_gaps, check_jumps, check_limits, check_one_bar_per_day
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,19 @@ def _parse_numbers(raw: pd.Series, name: str, source: str, line_offset: int | No
     bad = ~np.isfinite(values)
     if bad.any():
         pos = int(np.argmax(bad))
+        cell = raw.iloc[pos]
+        fix = ("write numbers without a thousands separator (1234.5, not 1,234.5)"
+               if isinstance(cell, str) and "," in cell
+               else "fix or delete that row (e.g. df.dropna())")
         raise DataError(
-            f"{_where(source, pos, line_offset, dates[pos].date())}: {name} is {raw.iloc[pos]!r}, "
-            "not a finite number; fix or delete that row (e.g. df.dropna()) and re-run"
+            f"{_where(source, pos, line_offset, dates[pos].date())}: {name} is {cell!r}, "
+            f"not a finite number; {fix} and re-run"
         )
     return values
 
 
-def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None) -> pd.DataFrame:
+def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None, *,
+                  allow_jumps: bool = False, allow_gaps: bool = False) -> pd.DataFrame:
     """Check raw Yahoo-layout bars and return the canonical frame.
 
     Parameters
@@ -124,6 +130,11 @@ def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None
     line_offset
         Add to a 0-based row position to get a file line number (2 for a CSV
         with a header); ``None`` reports 0-based rows.
+    allow_jumps
+        Accept a one-bar move beyond x10 that comes back (``--allow-jumps``).
+    allow_gaps
+        Accept more than 30 calendar days between bars, with a warning
+        (``--allow-gaps``).
 
     Returns
     -------
@@ -154,6 +165,11 @@ def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None
             f"{_where(source, pos, line_offset, dates[pos].date())}: dates are not sorted "
             f"(comes after {dates[pos - 1].date()}); sort the file by Date (df.sort_index())"
         )
+
+    def where(pos: int) -> str:
+        return _where(source, pos, line_offset, dates[pos].date())
+
+    check_one_bar_per_day(dates, where)
     cols = {name: _parse_numbers(raw[name], name, source, line_offset, dates)
             for name in PRICE_COLUMNS + ("Volume",) + tuple(c for c in OPTIONAL_COLUMNS if c in raw)}
     for name in PRICE_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in raw):
@@ -170,6 +186,7 @@ def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None
             f"{_where(source, pos, line_offset, dates[pos].date())}: negative Volume "
             f"{cols['Volume'][pos]:g}; fix or delete that row"
         )
+    check_limits(cols, where)
     o, h, lo, c = (cols[k] for k in PRICE_COLUMNS)
     slack = _OHLC_RTOL * np.maximum(o, c)
     for bad, what in ((h < np.maximum(o, c) - slack, "High is below max(Open, Close)"),
@@ -181,6 +198,9 @@ def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None
                 f"(O={o[pos]:g} H={h[pos]:g} L={lo[pos]:g} C={c[pos]:g}); fix that bar at the source"
             )
     factor = cols["Adj Close"] / c if "Adj Close" in cols else np.ones_like(c)
+    # On the adjusted prices: those are what is traded (and a bad Adj Close shows there).
+    check_jumps(np.column_stack([o, h, lo, c]) * factor[:, None], where, allow_jumps)
+    check_gaps(dates, where, source, allow_gaps)
     frame = pd.DataFrame(
         {"open": o * factor, "high": h * factor, "low": lo * factor, "close": c * factor,
          "volume": cols["Volume"]},

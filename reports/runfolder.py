@@ -160,6 +160,13 @@ def read_returns(path: Path) -> pd.DataFrame:
                 f"{path}: column '{name}' has a missing or non-numeric return on {when}; "
                 f"write 0.0 for flat days or {_FIX}"
             )
+        below = col.to_numpy(dtype=float) < -1.0
+        if below.any():
+            when = frame.index[below.argmax()].date()
+            raise ReportError(
+                f"{path}: column '{name}' loses {-col.iloc[below.argmax()]:.0%} on {when}, more "
+                f"than everything (a daily return is >= -100%); the file is corrupt: {_FIX}"
+            )
         frame[name] = col.astype(float)
     return frame
 

@@ -16,6 +16,7 @@ bar that would write *different* rows is refused instead of silently kept.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import os
 import sqlite3
@@ -74,6 +75,9 @@ CREATE TABLE IF NOT EXISTS targets (
     date TEXT NOT NULL, asset TEXT NOT NULL, weight REAL NOT NULL, PRIMARY KEY (date, asset));
 CREATE TABLE IF NOT EXISTS account (date TEXT PRIMARY KEY, cash REAL NOT NULL,
     equity REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS revisions (
+    date TEXT NOT NULL, asset TEXT NOT NULL, field TEXT NOT NULL, traded REAL,
+    source REAL, logged TEXT NOT NULL, PRIMARY KEY (date, asset, field, source));
 CREATE TABLE IF NOT EXISTS adaptations (
     date TEXT NOT NULL, asset TEXT NOT NULL, seq INTEGER NOT NULL, "trigger" TEXT NOT NULL,
     "window" INTEGER NOT NULL, loss_before REAL NOT NULL, loss_after REAL NOT NULL,
@@ -100,8 +104,15 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> Self:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        folder = self.path.parent
+        check_state_dir(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PaperError(f"{folder}: cannot write the paper state ({exc.strerror}); "
+                             "`metabt paper run` needs a writable folder (`metabt paper status` "
+                             "reads a read-only one)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -132,20 +143,103 @@ def db_path(state_dir: Path) -> Path:
     return Path(state_dir) / DB_FILE
 
 
-def connect(state_dir: Path, read_only: bool = False) -> sqlite3.Connection:
-    """Open the state database (autocommit mode: transactions are explicit)."""
-    path = db_path(state_dir)
-    if read_only:
-        if not path.is_file():
-            raise PaperError(f"{state_dir}: no paper state here ({DB_FILE} missing); start one "
-                             "with `metabt paper run CONFIG --state DIR`")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    else:
+def check_state_dir(state_dir: Path) -> None:
+    """Refuse a ``--state`` that names a file (a state is a folder)."""
+    state = Path(state_dir)
+    if state.exists() and not state.is_dir():
+        raise PaperError(f"--state {state}: is a file, not a folder; pass the folder of a "
+                         "paper state (or a new folder to start one)")
+
+
+def damaged(state_dir: Path, what: str) -> PaperError:
+    """The one message for a state database that cannot be trusted, with the way out."""
+    return PaperError(f"{db_path(state_dir)}: the paper state is damaged ({what}); rebuild it "
+                      f"from its config, checkpoint and bars with `metabt paper rebuild --state "
+                      f"{state_dir}` (the damaged file is kept beside it)")
+
+
+def _open(path: Path, read_only: bool) -> sqlite3.Connection:
+    if not read_only:
+        if path.is_file() and path.stat().st_size > 0:
+            # Checked through a connection that writes nothing (no -wal, no -shm, no
+            # journal-mode change): a damaged file must stay exactly as it was found.
+            _check_integrity(sqlite3.connect(f"file:{path}?immutable=1", uri=True),
+                             path.parent, keep=False)
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(_SCHEMA)
+        return conn
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        _check_integrity(conn, path.parent)
+        return conn
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc) and "readonly" not in str(exc):
+            raise
+        # A WAL database in a folder we may not write (no -shm can be made): no
+        # writer can be running there either, so reading it as immutable is safe.
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
+        _check_integrity(conn, path.parent)
+        return conn
+
+
+def _check_integrity(conn: sqlite3.Connection, state_dir: Path, keep: bool = True) -> None:
+    """Raise ``damaged`` unless ``PRAGMA integrity_check`` is ok; close ``conn`` unless ``keep``."""
+    try:
+        ok = integrity_ok(conn)
+    except BaseException:
+        conn.close()
+        raise
+    if not ok:
+        conn.close()
+        raise damaged(state_dir, "PRAGMA integrity_check failed")
+    if not keep:
+        conn.close()
+
+
+def connect(state_dir: Path, read_only: bool = False) -> sqlite3.Connection:
+    """Open the state database (autocommit mode: transactions are explicit).
+
+    Runs ``PRAGMA integrity_check`` first: a truncated or overwritten file is
+    refused with a way to rebuild it, never read half-way.
+
+    Raises
+    ------
+    PaperError
+        ``state_dir`` is a file, holds no state (read-only), is not writable,
+        or the database is damaged.
+    """
+    check_state_dir(state_dir)
+    path = db_path(state_dir)
+    if read_only and not path.is_file():
+        raise PaperError(f"{state_dir}: no paper state here ({DB_FILE} missing); start one "
+                         "with `metabt paper run CONFIG --state DIR`")
+    conn = None
+    try:
+        conn = _open(path, read_only)
+        conn.execute("SELECT count(*) FROM meta").fetchone()
+    except sqlite3.OperationalError as exc:
+        if conn is not None:
+            conn.close()
+        text = str(exc)
+        if read_only and ("readonly" in text or "unable to open" in text):
+            raise PaperError(f"{state_dir}: cannot read the paper state ({text}); check the "
+                             "folder's permissions") from None
+        if "readonly" in text or "unable to open" in text:
+            raise PaperError(f"{state_dir}: cannot open the paper state for writing ({text}); "
+                             "`metabt paper run` needs a writable folder, `metabt paper "
+                             "status` reads a read-only one") from None
+        raise damaged(state_dir, text) from None
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        raise damaged(state_dir, str(exc)) from None
+    except PaperError:
+        if conn is not None:
+            conn.close()
+        raise
     return conn
 
 
@@ -244,3 +338,11 @@ def first_difference(stored: Rows, rebuilt: Rows) -> str | None:
 def integrity_ok(conn: sqlite3.Connection) -> bool:
     """``PRAGMA integrity_check`` says ``ok``."""
     return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def bars_digest(conn: sqlite3.Connection) -> str:
+    """sha256 of every stored bar, in key order (what a rebuild must reproduce)."""
+    digest = hashlib.sha256()
+    for row in conn.execute(f"SELECT {', '.join(BAR_COLUMNS)} FROM bars ORDER BY date, asset"):
+        digest.update(repr(tuple(row)).encode())
+    return digest.hexdigest()

@@ -26,12 +26,14 @@ import pandas as pd
 
 from backtests.paper.ledger import (
     PaperError,
+    bars_digest,
     first_difference,
     insert_bars,
     insert_rows,
     read_rows,
     transaction,
 )
+from backtests.paper.manifest import record_bar
 from backtests.paper.session import Session
 from backtests.paper.simulate import rows_on, simulate
 from backtests.paper.sources import Bar
@@ -156,13 +158,16 @@ class PaperLoop:
         self._crash_point("committed", bar_no)
         if not again:
             s.frames, s.last_bar, s.n_processed = frames, bar.date, bar_no
+            # After the commit: the database is the record, the manifest the way back to it.
+            record_bar(s.state_dir, day, bars_digest(s.conn))
         cash, equity = new["account"][0][1:]
         return BarOutcome(bar.date, bar_no, len(new["orders"]), len(new["fills"]), cash, equity,
                           inserted, seconds)
 
     def run(self, speed: float = 0.0, max_bars: int | None = None,
             on_bar: Callable[[BarOutcome], None] | None = None,
-            sleep: Callable[[float], None] = time.sleep) -> int:
+            sleep: Callable[[float], None] = time.sleep,
+            until: pd.Timestamp | None = None) -> int:
         """Process new bars from the session's source until it ends or ``max_bars`` are done.
 
         Parameters
@@ -171,6 +176,8 @@ class PaperLoop:
             Bars per second (replay pacing); 0 = as fast as possible.
         max_bars : int, optional
             Stop after this many new bars.
+        until : pd.Timestamp, optional
+            Stop after the bar of this date (a rebuild re-trades up to the last traded bar).
         on_bar : callable, optional
             Called with each :class:`BarOutcome` (the CLI prints a line).
 
@@ -184,9 +191,11 @@ class PaperLoop:
         bars = self.s.source.new_bars(self.s.last_bar, self.s.start)
         done = 0
         while max_bars is None or done < max_bars:
+            if until is not None and self.s.last_bar is not None and self.s.last_bar >= until:
+                break  # a live source would otherwise wait for the next bar
             tick = time.perf_counter()
             bar = next(bars, None)
-            if bar is None:
+            if bar is None or (until is not None and bar.date > until):
                 break
             self._crash_point("fetched", self.s.n_processed + 1)
             outcome = self.process_bar(bar)

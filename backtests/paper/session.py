@@ -24,10 +24,15 @@ from pathlib import Path
 import pandas as pd
 
 from backtests.config import StudyConfig, build_specs, load_config, with_overrides
+from backtests.paper.history import check_history
 from backtests.paper.ledger import (
+    DB_FILE,
     PaperError,
     StateLock,
+    bars_digest,
+    check_state_dir,
     connect,
+    db_path,
     first_difference,
     insert_bars,
     read_bars,
@@ -36,6 +41,7 @@ from backtests.paper.ledger import (
     transaction,
     write_meta,
 )
+from backtests.paper.manifest import MANIFEST_FILE, read_manifest, write_manifest
 from backtests.paper.simulate import DEFAULT_CASH, simulate
 from backtests.paper.sources import ReplaySource, YahooSource, make_source, utc_today
 from backtests.runner import meta_adaptive_params, train_meta, warmup_start
@@ -52,7 +58,7 @@ log = logging.getLogger(__name__)
 MODEL_DIR = "model"
 # Where the bars come from does not change a decision (the stored bars do), so a
 # state filled by a replay may be continued from yfinance with the same config.
-_SOURCE_KEYS = ("source", "path", "cache_dir", "end")
+_SOURCE_KEYS = ("source", "path", "cache_dir", "end", "allow_jumps", "allow_gaps")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class PaperOptions:
         model (Path | None): checkpoint folder; None = meta-train before the start.
         start (date | None): first paper bar; default the config's split (replay) or today (yfinance).
         poll_seconds (float): yfinance: wait between polls when no new bar has closed.
+        accept_revised_history (bool): resume although the source changed bars already
+            traded (the changes are logged in the ledger's ``revisions`` table).
+        allow_jumps, allow_gaps (bool): as ``--allow-jumps`` / ``--allow-gaps`` of a backtest.
     """
 
     config_path: Path
@@ -80,6 +89,9 @@ class PaperOptions:
     model: Path | None = None
     start: date | None = None
     poll_seconds: float = 900.0
+    accept_revised_history: bool = False
+    allow_jumps: bool = False
+    allow_gaps: bool = False
 
 
 @dataclass
@@ -101,6 +113,7 @@ class Session:
     frames: Frames = field(default_factory=dict)
     last_bar: pd.Timestamp | None = None
     n_processed: int = 0
+    revisions_accepted: int = 0
 
     def close(self) -> None:
         self.conn.close()
@@ -109,9 +122,11 @@ class Session:
 
 def resolve_config(options: PaperOptions) -> StudyConfig:
     config = load_config(options.config_path)
+    overrides: dict[str, object] = {"allow_jumps": options.allow_jumps or None,
+                                    "allow_gaps": options.allow_gaps or None}
     if options.data is not None:
-        config = with_overrides(config, source="csv", path=str(options.data))
-    return config
+        overrides.update(source="csv", path=str(options.data))
+    return with_overrides(config, **overrides)
 
 
 def config_hash(config: StudyConfig) -> str:
@@ -164,43 +179,64 @@ def _bar_rows(frames: Frames, live: int) -> list[tuple]:
             for d, row in zip(f.index, f[["open", "high", "low", "close", "volume"]].to_numpy())]
 
 
-def _initialise(options: PaperOptions, conn: sqlite3.Connection, config: StudyConfig,
-                source: ReplaySource | YahooSource, progress: bool) -> None:
+def paper_start(options: PaperOptions, config: StudyConfig,
+                source: ReplaySource | YahooSource) -> pd.Timestamp:
+    """The first paper bar: ``--start``, else the split (replay) or today (yfinance)."""
     start = pd.Timestamp(options.start or (config.data.split if options.source == "replay"
                                            else utc_today()))
+    if isinstance(source, ReplaySource):
+        last = source.last_date()
+        if last is not None and start > last:
+            raise DataError(f"--start {start.date()} is after the last bar of the data "
+                            f"({last.date()}); nothing would be traded. Pick a start on or "
+                            "before it, or use --source yfinance for live bars")
+    return start
+
+
+def initialise(state: Path, conn: sqlite3.Connection, config: StudyConfig,
+               source: ReplaySource | YahooSource, start: pd.Timestamp, source_name: str,
+               model: Path | None, progress: bool, stored_as: str | None = None) -> dict[str, str]:
+    """Store the warm-up bars and the run metadata of a new state (one transaction).
+
+    ``model`` is a checkpoint to trade (None: meta-train on the bars before
+    ``start`` and save it in ``state/model``); ``stored_as`` overrides how the
+    checkpoint's path is recorded (a rebuild keeps the original record).
+    Returns the metadata written.
+    """
     history = source.history(start)
     empty = [s for s, f in history.items() if f.empty]
     if not history or empty:
         raise DataError(f"no bars before the paper start {start.date()} for "
                         f"{', '.join(empty) or 'any symbol'}; pick a later --start")
-    state = Path(options.state_dir)
-    if options.model is not None:
-        model_path = Path(options.model).resolve()
+    if model is not None:
+        model_path = Path(model).resolve()
         _load_checked(model_path, start, config)
     else:
-        model = train_meta(history, config, build_specs(config), start, progress)
+        trained = train_meta(history, config, build_specs(config), start, progress)
         model_path = state / MODEL_DIR
-        save_model(model, model_path, config.model_dump(mode="json", exclude_none=True))
+        save_model(trained, model_path, config.model_dump(mode="json", exclude_none=True))
     ckpt = checkpoint_sha256(model_path)
     weights = hashlib.sha256((model_path / WEIGHTS_FILE).read_bytes()).hexdigest()
     chash = config_hash(config)
     run_id = hashlib.sha256(f"{chash}|{start.date()}|{weights}|{DEFAULT_CASH}".encode()
                             ).hexdigest()[:12]
     warm = slice_period(history, warmup_start(config, start), None)
-    stored = str(model_path.relative_to(state.resolve())) if model_path.is_relative_to(
-        state.resolve()) else str(model_path)
+    stored = stored_as or (str(model_path.relative_to(state.resolve())) if model_path.is_relative_to(
+        state.resolve()) else str(model_path))
+    meta = {
+        "format": "metabt-paper-1", "run_id": run_id, "start": str(start.date()),
+        "cash": repr(DEFAULT_CASH), "config_hash": chash,
+        "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+        "checkpoint": stored, "checkpoint_sha256": ckpt, "source": source_name,
+        "assets": json.dumps(list(warm)),
+        "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+    }
     with transaction(conn):
         insert_bars(conn, _bar_rows(warm, live=0))
-        write_meta(conn, {
-            "format": "metabt-paper-1", "run_id": run_id, "start": str(start.date()),
-            "cash": repr(DEFAULT_CASH), "config_hash": chash,
-            "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
-            "checkpoint": stored, "checkpoint_sha256": ckpt, "source": options.source,
-            "assets": json.dumps(list(warm)),
-            "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
-        })
+        write_meta(conn, meta)
     log.info("new paper state %s: run %s, start %s, checkpoint %s", state, run_id,
              start.date(), stored)
+    return meta
 
 
 def _checkpoint_path(state: Path, stored: str) -> Path:
@@ -249,31 +285,58 @@ def open_session(options: PaperOptions, progress: bool = True) -> Session:
     """
     config = resolve_config(options)  # a bad config fails before anything is created
     state = Path(options.state_dir)
+    check_state_dir(state)
+    manifest = read_manifest(state)
+    if manifest is not None and not db_path(state).is_file():
+        raise _lost(state)
+    source = make_source(options.source, config, state, options.poll_seconds)
+    # A new state: refuse a useless start before the folder is created or locked.
+    start = None if db_path(state).is_file() else paper_start(options, config, source)
     lock = StateLock(state).acquire()
     conn = None
     try:
         conn = connect(state)
-        source = make_source(options.source, config, state, options.poll_seconds)
         if not read_meta(conn):
-            _initialise(options, conn, config, source, progress)
+            if manifest is not None:
+                raise _lost(state)
+            start = start or paper_start(options, config, source)
+            meta = initialise(state, conn, config, source, start, options.source, options.model,
+                              progress)
+            write_manifest(state, {**meta, "last_bar": "", "bars_sha256": bars_digest(conn)})
         meta = read_meta(conn)
         start, path, model = _resume(options, conn, meta, config)
-        specs = build_specs(config)
-        session = Session(
-            state_dir=state, conn=conn, lock=lock, config=config, source=source, start=start,
-            run_id=meta["run_id"], params=meta_adaptive_params(config, model, specs),
-            costs=specs.costs, features=specs.features, cash=float(meta["cash"]),
-            checkpoint=path, frames=_frames_from_rows(read_bars(conn), json.loads(meta["assets"])))
-        processed = conn.execute("SELECT max(date), count(*) FROM processed").fetchone()
-        session.last_bar = None if processed[0] is None else pd.Timestamp(processed[0])
-        session.n_processed = int(processed[1])
+        session = make_session(state, conn, lock, config, source, meta, path, model)
         verify(session)
+        session.revisions_accepted = len(check_history(session, options.accept_revised_history))
         return session
     except BaseException:
         if conn is not None:
             conn.close()
         lock.release()
         raise
+
+
+def _lost(state: Path) -> PaperError:
+    return PaperError(f"{state}: {DB_FILE} is missing or empty but {MANIFEST_FILE} shows a paper "
+                      f"run was started here; re-create it with `metabt paper rebuild --state "
+                      f"{state}`")
+
+
+def make_session(state: Path, conn: sqlite3.Connection, lock: StateLock, config: StudyConfig,
+                 source: ReplaySource | YahooSource, meta: dict[str, str], checkpoint: Path,
+                 model: MetaModel) -> Session:
+    """A :class:`Session` over the stored bars and ledger of ``conn``."""
+    specs = build_specs(config)
+    session = Session(
+        state_dir=state, conn=conn, lock=lock, config=config, source=source,
+        start=pd.Timestamp(meta["start"]), run_id=meta["run_id"],
+        params=meta_adaptive_params(config, model, specs), costs=specs.costs,
+        features=specs.features, cash=float(meta["cash"]), checkpoint=checkpoint,
+        frames=_frames_from_rows(read_bars(conn), json.loads(meta["assets"])))
+    processed = conn.execute("SELECT max(date), count(*) FROM processed").fetchone()
+    session.last_bar = None if processed[0] is None else pd.Timestamp(processed[0])
+    session.n_processed = int(processed[1])
+    return session
 
 
 def verify(session: Session) -> None:

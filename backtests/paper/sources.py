@@ -71,6 +71,15 @@ class ReplaySource:
     def new_bars(self, after: pd.Timestamp | None, start: pd.Timestamp) -> Iterator[Bar]:
         yield from bars_after(self._frames, after, start)
 
+    def last_date(self) -> pd.Timestamp | None:
+        """The newest bar of any symbol (None without bars)."""
+        lasts = [f.index[-1] for f in self._frames.values() if not f.empty]
+        return max(lasts) if lasts else None
+
+    def bars_between(self, first: pd.Timestamp, last: pd.Timestamp) -> Frames:
+        """The source's bars with ``first <= date <= last`` (to compare with stored ones)."""
+        return slice_period(self._frames, first, last + pd.Timedelta(days=1))
+
 
 def utc_today() -> date:
     return datetime.now(timezone.utc).date()
@@ -119,6 +128,7 @@ class YahooSource:
         self.cache_dir = config.data.cache_dir
         self.poll_cache = Path(poll_cache)
         self.first = config.data.start
+        self.allow_jumps, self.allow_gaps = config.data.allow_jumps, config.data.allow_gaps
         self.poll_seconds = float(poll_seconds)
         self._download = download
         self._today = today
@@ -128,7 +138,8 @@ class YahooSource:
         today = self._today()
         raw = self._download(self.symbols, start, None, cache_dir=cache_dir, refresh=refresh,
                              today=today)
-        frames = {s: validate_bars(f, f"yfinance:{s}") for s, f in raw.items()}
+        checks = {"allow_jumps": self.allow_jumps, "allow_gaps": self.allow_gaps}
+        frames = {s: validate_bars(f, f"yfinance:{s}", **checks) for s, f in raw.items()}
         # Never act on a bar that may still be forming.
         return {s: f.loc[f.index < pd.Timestamp(today)] for s, f in frames.items()}
 
@@ -150,6 +161,16 @@ class YahooSource:
             return []
         complete = min(f.index.max() for f in frames.values())
         return [b for b in bars_after(frames, after, start) if b.date <= complete]
+
+    def bars_between(self, first: pd.Timestamp, last: pd.Timestamp) -> Frames:
+        """Freshly downloaded bars of the last few weeks up to ``last`` (revisions show there).
+
+        The warm-up history comes from the parquet cache, which a re-download does
+        not change, so only recent bars are compared.
+        """
+        since = max(first, last - pd.Timedelta(days=40))
+        frames = self._fetch(since.date(), self.poll_cache, refresh=True)
+        return slice_period(frames, first, last + pd.Timedelta(days=1))
 
     def new_bars(self, after: pd.Timestamp | None, start: pd.Timestamp) -> Iterator[Bar]:
         while True:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backtests.config import dump_config, parse_config
+from backtests.outdir import clear_run_folder
 from backtests.paper.ledger import PaperError, connect, read_meta
 
 STRATEGY = "meta_adaptive"
@@ -139,8 +140,7 @@ def export_run_folder(state_dir: Path, out: Path) -> Path:
                               "FROM adaptations ORDER BY date, asset, seq")
     finally:
         conn.close()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = clear_run_folder(Path(out))
     equity = account.set_index(pd.DatetimeIndex(pd.to_datetime(account["date"]), name="date"))
     # The first return is measured from the starting cash, as the backtest's TimeReturn does.
     before = pd.Series([float(meta["cash"])])
