@@ -14,22 +14,16 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from reports.comparison import ABLATIONS, pick_best_static  # noqa: E402
-from reports.pbo import pbo_cscv  # noqa: E402
-from reports.runfolder import (  # noqa: E402
-    SUBJECT,
-    ordered_strategies,
-    read_returns,
-    read_study,
-)
-from reports.significance import deflated_sharpe_ratio  # noqa: E402
+from reports.comparison import ABLATIONS, pick_best_static
+from reports.metrics import METRIC_KEYS
+from reports.pbo import pbo_cscv
+from reports.runfolder import SUBJECT, ordered_strategies, read_returns, read_study
+from reports.significance import deflated_sharpe_ratio
 
 #: Strategies whose result moves with the seed and the grid: PBO is computed for these.
 LEARNED = (SUBJECT, *ABLATIONS)
@@ -51,8 +45,6 @@ class Robustness:
 
 
 def _grid_keys(table: pd.DataFrame) -> list[str]:
-    from reports.metrics import METRIC_KEYS
-
     return [c for c in table.columns if c not in _ID and c not in METRIC_KEYS]
 
 
@@ -157,20 +149,20 @@ def to_markdown(r: Robustness) -> str:
     """robustness.md from a :class:`Robustness`."""
     parts = [
         "# Sweep robustness\n",
-        f"{r.n_runs} runs, {r.n_failed} failed; grid keys: "
-        f"{', '.join(r.grid_keys) or 'none (seeds and universes only)'}. "
-        "Every run counts as one trial.\n",
+        (f"{r.n_runs} runs, {r.n_failed} failed; grid keys: "
+         f"{', '.join(r.grid_keys) or 'none (seeds and universes only)'}. "
+         "Every run counts as one trial.\n"),
         "## Test Sharpe across runs, and the deflated Sharpe of the best run\n",
-        "DSR: probability that the best run's Sharpe beats the best of `trials` configurations "
-        "with no edge (all runs times the configs the study tuned); above 0.95 is evidence.\n",
+        ("DSR: probability that the best run's Sharpe beats the best of `trials` configurations "
+         "with no edge (all runs times the configs the study tuned); above 0.95 is evidence.\n"),
         _md(r.summary),
-        f"## Share of seeds in which {SUBJECT} beats the best static comparator and its "
-        "ablations\n",
+        (f"## Share of seeds in which {SUBJECT} beats the best static comparator and its "
+         "ablations\n"),
         "The best static comparator of each run is the one chosen in-sample.\n",
         _md(r.beats),
         "## Probability of backtest overfitting (CSCV over all runs of a universe)\n",
-        "About 0.5: picking the best run is picking noise; near 0: the best run keeps its "
-        "rank out of sample. n/a: fewer than 2 runs or too few bars.\n",
+        ("About 0.5: picking the best run is picking noise; near 0: the best run keeps its "
+         "rank out of sample. n/a: fewer than 2 runs or too few bars.\n"),
         _md(r.pbo),
     ]
     if not r.failed.empty:
@@ -179,9 +171,11 @@ def to_markdown(r: Robustness) -> str:
 
 
 def plot_robustness(r: Robustness, path: Path) -> None:
-    """Box plot of each strategy's test Sharpe across runs."""
+    """Box plot of each strategy's test Sharpe across runs (Agg canvas: no backend change)."""
     names = [n for n, v in r.sharpe.items() if v]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, 0.9 * len(names) + 2), 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     if names:
         ax.boxplot([r.sharpe[n] for n in names], tick_labels=names)
         ax.axhline(0.0, color="grey", lw=0.8)
@@ -190,7 +184,6 @@ def plot_robustness(r: Robustness, path: Path) -> None:
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_robustness(table: pd.DataFrame, runs_dir: Path, out: Path) -> Robustness:
