@@ -13,6 +13,7 @@ recorded as failed and the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -61,6 +62,7 @@ def run_one(task: dict, out: str) -> str:
     tmp = runs / f".{task['hash']}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
     start = time.perf_counter()
     try:
+        tmp.mkdir(parents=True)  # at once, so an interrupted run is visible as partial
         run_to_folder(config, tmp, console=Console(file=io.StringIO()), n_jobs=1,
                       progress=False)
         record = {**task["record"], "seconds": round(time.perf_counter() - start, 2)}
@@ -86,6 +88,13 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _error_of(future) -> str:
+    try:
+        return _one_line(future.exception())
+    except Exception as exc:  # noqa: BLE001 - a cancelled future raises instead of returning
+        return _one_line(exc)
+
+
 def _client(cluster: str | None, workers: int):
     """A ``distributed.Client`` and, locally, the ``LocalCluster`` it owns (closed by the caller)."""
     from distributed import Client, LocalCluster
@@ -101,6 +110,17 @@ def _client(cluster: str | None, workers: int):
         raise SweepError(f"--cluster {cluster}: no Dask scheduler answered ({_one_line(exc)}); "
                          "start one with `dask scheduler` and `dask worker ADDRESS`, "
                          "or drop --cluster to run locally") from None
+
+
+@contextlib.contextmanager
+def _scheduler_lost(cluster: str | None):
+    """A scheduler that goes away mid-sweep is one line; finished runs are kept for a re-run."""
+    try:
+        yield
+    except OSError as exc:
+        raise SweepError(f"{cluster or 'local cluster'}: lost the Dask scheduler "
+                         f"({_one_line(exc)}); finished runs are kept, run the sweep again "
+                         "to resume") from None
 
 
 def _progress(console: Console) -> Progress:
@@ -144,7 +164,7 @@ def execute(runs: list[SweepRun], out: Path, cluster: str | None = None, workers
                                  str(out.resolve()), key=f"metabt-run-{r.hash}", pure=False,
                                  retries=1): r for r in todo}
         pending = set(futures)
-        with _progress(console) as bar:
+        with _progress(console) as bar, _scheduler_lost(cluster):
             task = bar.add_task("", total=len(todo), done=0, failed=0, running=0)
             while pending:
                 try:
@@ -157,7 +177,7 @@ def execute(runs: list[SweepRun], out: Path, cluster: str | None = None, workers
                     if future.status == "finished":
                         outcome.ran.append(run.hash)
                     else:
-                        outcome.failed[run.hash] = _one_line(future.exception())
+                        outcome.failed[run.hash] = _error_of(future)
                         log.warning("run %s failed: %s", run.hash, outcome.failed[run.hash])
                 keys = {f.key for f in pending}
                 running = sum(len(keys.intersection(v)) for v in client.processing().values())
