@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from backtests.config import load_config
-from backtests.sweep import expand, parse_grid, parse_seeds, parse_universes
+from backtests.sweep import SweepError, expand, parse_grid, parse_seeds, parse_universes
 from feeds.loaders import sample_data_dir
 from reports.pbo import pbo_cscv
 
@@ -51,7 +51,7 @@ names = ["buy_and_hold"]
 
 
 def _cli(*args: object) -> tuple[int, str]:
-    """Run ``metabt ARGS`` in-process through the real entry point; exit code and stdout."""
+    """Run ``metabt ARGS`` in-process through the real entry point; exit code, stdout + stderr."""
     import contextlib
     import io
 
@@ -60,7 +60,7 @@ def _cli(*args: object) -> tuple[int, str]:
     argv, sys.argv = sys.argv, ["metabt", *map(str, args)]
     buffer, code = io.StringIO(), 0
     try:
-        with contextlib.redirect_stdout(buffer):
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
@@ -131,9 +131,23 @@ def test_seeds_grid_and_universes_expand_to_their_product(config):
         [r.hash for r in runs]
 
 
+def test_a_universes_file_names_symbol_lists_and_a_bad_entry_names_the_file(tmp_path):
+    good = tmp_path / "universes.toml"
+    good.write_text('bonds = ["TLT"]\nequity = ["SPY", "QQQ"]\n')
+    assert parse_universes(["XLE,XLF"], good) == {
+        "XLE+XLF": ["XLE", "XLF"], "bonds": ["TLT"], "equity": ["SPY", "QQQ"]}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('equity = "SPY"\n')
+    with pytest.raises(SweepError, match="bad.toml: equity must be a non-empty list"):
+        parse_universes([], bad)
+
+
 def test_a_mistyped_grid_key_is_one_line_naming_it(config, tmp_path):
-    code, _ = _cli("sweep", config, "--grid", "meta.inner_stepz=1,2", "--out", tmp_path)
+    code, text = _cli("sweep", config, "--grid", "meta.inner_stepz=1,2", "--out", tmp_path)
     assert code == 2
+    assert text.strip().splitlines() == [
+        "error: sweep point meta.inner_stepz=1, seed=0: unknown key 'meta.inner_stepz'; "
+        "did you mean 'meta.inner_steps'?"]
     assert not (tmp_path / "runs").exists()
 
 
