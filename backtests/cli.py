@@ -203,8 +203,12 @@ def sweep(
         periods = [None if p.strip().lower() == "none" else p.strip()
                    for p in walk_forward.split(",")]
         for period in periods:
-            if period is not None:
-                parse_period(period)
+            try:
+                if period is not None:
+                    parse_period(period)
+            except DataError:
+                raise SweepError(f"--walk-forward {walk_forward!r}: use periods like 1y, 6m, "
+                                 "2w or none, comma-separated") from None
     runs = expand(config, parse_seeds(seeds) if seeds else [config.seed], parse_grid(grid or []),
                   periods, parse_universes(universe or [], universes))
     out.mkdir(parents=True, exist_ok=True)
