@@ -2,4 +2,6 @@
 
 from backtests.cli import main
 
-main()
+# Guarded: `metabt sweep` starts worker processes that re-import the main module.
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from rich.console import Console
 from backtests.config import ConfigError, StudyConfig, configs_dir, load_config, with_overrides
 from backtests.heartbeat import Heartbeat
 from backtests.outdir import check_out, check_writable
+from backtests.sweep import SweepError
 from feeds.errors import DataError
 from feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
 from metamodels.checkpoint import CheckpointError
@@ -38,7 +39,8 @@ app.add_typer(data_app, name="data")
 # Piped or captured output gets a fixed wide layout, so tables are not cut at 80 columns.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 # Errors that mean "the input is wrong": one line and exit 2, never a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, ConfigError, CheckpointError, ReportError)
+USER_ERRORS: tuple[type[Exception], ...] = (DataError, ConfigError, CheckpointError, ReportError,
+                                             SweepError)
 
 DataOpt = Annotated[Path | None, typer.Option(
     "--data", help="Folder of SYMBOL.csv files (Yahoo layout) instead of the config's source.")]
@@ -78,10 +80,13 @@ def _default_out(config: StudyConfig) -> Path:
     return Path("runs") / f"{config.study}-{stamp}"
 
 
-def _run(config: StudyConfig, out: Path | None, model: Path | None = None,
-         overwrite: bool = False) -> Path:
-    out = out or _default_out(config)
-    check_out(out, overwrite)  # before minutes of work, not after
+def run_to_folder(config: StudyConfig, out: Path, model: Path | None = None, *,
+                  console: Console = console, n_jobs: int = 2, progress: bool = True) -> Path:
+    """Run one study into the run folder ``out``: what ``metabt backtest`` does after parsing.
+
+    ``metabt sweep`` calls this in its workers (``n_jobs=1``, no progress bars), so a
+    sweep's run folder is the one ``metabt backtest`` would have written.
+    """
     from backtests.study import run_study  # heavy imports only for commands that run studies
 
     # Library warnings (an order re-tried for lack of cash, a late indicator, a gap
@@ -90,12 +95,20 @@ def _run(config: StudyConfig, out: Path | None, model: Path | None = None,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with Heartbeat(console):
-            run_study(config, out, model_path=model, console=console)
+            run_study(config, out, model_path=model, n_jobs=n_jobs, progress=progress,
+                      console=console)
     if caught:
         lines = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
         (out / "warnings.log").write_text("\n".join(lines) + "\n")
         console.print(f"{len(lines)} distinct warnings, see {out / 'warnings.log'}")
     return out
+
+
+def _run(config: StudyConfig, out: Path | None, model: Path | None = None,
+         overwrite: bool = False) -> Path:
+    out = out or _default_out(config)
+    check_out(out, overwrite)  # before minutes of work, not after
+    return run_to_folder(config, out, model)
 
 
 @data_app.command("validate")
@@ -191,6 +204,63 @@ def train(
     best = model.history.get("val_loss") or [float("nan")]
     console.print(f"saved {out} ({model.algorithm}, best step {model.best_step}, "
                   f"best validation loss {min(best):.4f}, trained on {model.train_period})")
+
+
+@app.command()
+def sweep(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder: runs/, sweep.csv, "
+                                      "robustness.md, robustness.png.")],
+    seeds: Annotated[str | None, typer.Option(
+        "--seeds", help="Seeds to run, e.g. 0-9 or 0-4,7 (default: the config's seed).")] = None,
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", help="section.key=v1,v2 (TOML values; repeat for more keys).")] = None,
+    walk_forward: Annotated[str | None, typer.Option(
+        "--walk-forward", help="Refit periods, e.g. 1y or 1y,6m,none (a grid axis).")] = None,
+    universe: Annotated[list[str] | None, typer.Option(
+        "--universe", help="One universe as SYM,SYM (repeat for more).")] = None,
+    universes: Annotated[Path | None, typer.Option(
+        "--universes", help="TOML file of NAME = [\"SYM\", ...] universes.")] = None,
+    data: DataOpt = None,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", help="Dask scheduler address, e.g. tcp://host:8786 (default: local).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="Local worker processes (ignored with --cluster).")] = 2,
+) -> None:
+    """Run the product of seeds x grid x walk-forward x universes as studies on Dask.
+
+    Each run is a normal run folder under OUT/runs/<hash>/; finished runs are skipped,
+    so running the same command again resumes (or does nothing).
+    """
+    from backtests.runner import parse_period
+    from backtests.sweep import expand, is_finished, parse_grid, parse_seeds, parse_universes
+    from backtests.sweep_exec import run_sweep
+
+    config = _resolve(config_path, data, None, None, None, None)
+    periods: list[str | None] = [None]
+    if walk_forward is not None:
+        periods = [None if p.strip().lower() == "none" else p.strip()
+                   for p in walk_forward.split(",")]
+        for period in periods:
+            try:
+                if period is not None:
+                    parse_period(period)
+            except DataError:
+                raise SweepError(f"--walk-forward {walk_forward!r}: use periods like 1y, 6m, "
+                                 "2w or none, comma-separated") from None
+    runs = expand(config, parse_seeds(seeds) if seeds else [config.seed], parse_grid(grid or []),
+                  periods, parse_universes(universe or [], universes))
+    out.mkdir(parents=True, exist_ok=True)
+    todo = sum(1 for r in runs if not is_finished(out, r))
+    console.print(f"sweep: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run "
+                  f"on {cluster or f'{workers} local worker processes'}")
+    outcome = run_sweep(runs, out, cluster, workers, console)
+    console.print(f"ran {len(outcome.ran)}, failed {len(outcome.failed)}, "
+                  f"in {outcome.seconds:.1f} s")
+    for run_hash, error in outcome.failed.items():
+        console.print(f"  failed {run_hash}: {error}")
+    console.print(f"[bold]sweep table:[/bold] {out / 'sweep.csv'}   "
+                  f"[bold]robustness:[/bold] {out / 'robustness.md'}")
 
 
 @app.command()
