@@ -199,8 +199,10 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
 
 
 from backtests.paper.cli import register as _register_paper
+from backtests.serve.cli import register as _register_serve
 
 _register_paper(app)
+_register_serve(app)
 
 
 def main() -> None:
