@@ -47,9 +47,9 @@ N_DATES = 50  # dates of the test period on which /signal is compared with the b
 RAW_CONFIG = {
     "title": "serve test", "study": "synthetic", "seed": 2,
     "data": {"source": "synthetic", "start": "2005-01-03", "split": "2006-06-01"},
-    "synthetic": {"n_assets": 2, "n_bars": 600, "mean_duration": 60.0, "seed": 5},
+    "synthetic": {"n_assets": 2, "n_bars": 520, "mean_duration": 60.0, "seed": 5},
     "meta": {"meta_steps": 4, "tasks_per_step": 8, "eval_every": 2, "val_tasks": 16},
-    "strategy": {"warmup_bars": 150, "min_window": 40, "max_window": 80},
+    "strategy": {"warmup_bars": 100, "min_window": 40, "max_window": 80},
 }
 
 
@@ -91,7 +91,7 @@ class Server:
         self.log = log
         env = {**os.environ, "METABT_API_KEYS": f"{KEY},{OTHER_KEY}",
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        self._err = open(log, "w")
+        self._err = open(log, "w")  # noqa: SIM115 - the server writes to it until stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backtests", "serve", "--port", str(self.port), *args],
             cwd=ROOT, env=env, stdout=self._err, stderr=subprocess.STDOUT)
@@ -257,7 +257,7 @@ def test_signal_equals_the_backtest_decision_on_the_last_bar(world, signals):
 
 def test_settings_change_the_decision_as_they_change_the_backtest(world):
     frames, split = world["frames"], world["split"]
-    day = sorted(world["backtest"].weights["date"].unique())[-1]
+    day = max(world["backtest"].weights["date"].unique())
     body = _body(frames, day, settings={"strategy": {"long_only": True, "gross_cap": 0.3}})
     got = world["server"].client.post("/v1/models/syn/signal", json=body).json()
     config = parse_config({**RAW_CONFIG, "strategy": {**RAW_CONFIG["strategy"],
@@ -404,8 +404,8 @@ def test_200_concurrent_requests_get_the_sequential_answers(world):
     frames = {"SYN0": world["frames"]["SYN0"]}
     days = sorted(world["backtest"].weights["date"].unique())[:10]
     # Short histories keep the 200 backtests quick; the settings lower the warm-up to match.
-    bodies = [_body({s: f.loc[:d].iloc[-110:] for s, f in frames.items()},
-                    settings={"strategy": {"warmup_bars": 100}}) for d in days]
+    bodies = [_body({s: f.loc[:d].iloc[-70:] for s, f in frames.items()},
+                    settings={"strategy": {"warmup_bars": 70}}) for d in days]
     sequential = []
     for body in bodies:
         response = client.post("/v1/models/syn/signal", json=body)

@@ -34,6 +34,7 @@ from backtests.serve.decision import decide_last_bar
 from backtests.serve.errors import ApiError, BodyLimit, install_error_handlers
 from backtests.serve.registry import ServedModel, load_registry, valid_id
 from backtests.serve.schemas import (
+    AssetDecision,
     SignalRequest,
     SignalResponse,
     apply_settings,
@@ -152,7 +153,7 @@ def create_app(options: ServeOptions, keys: tuple[str, ...] | None = None,
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": _version(), "models": len(registry)}
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(checker)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(checker.dependency())])
 
     @v1.get("/models", tags=["models"])
     def list_models() -> dict[str, Any]:
@@ -169,7 +170,8 @@ def create_app(options: ServeOptions, keys: tuple[str, ...] | None = None,
         frames = frames_from_request(request.bars, config.strategy.warmup_bars)
         decision = decide_last_bar(found.model, frames, config)
         return SignalResponse(model=found.id, asof=decision.asof.date().isoformat(),
-                              assets=decision.assets, warnings=decision.warnings)
+                              assets={s: AssetDecision(**d) for s, d in decision.assets.items()},
+                              warnings=decision.warnings)
 
     @v1.get("/paper/{name}", tags=["paper"])
     def paper(name: str) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,6 +21,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from backtests.serve.errors import ApiError, ServeError
 
 KEYS_ENV = "METABT_API_KEYS"
+# auto_error=False: a missing header is answered by KeyChecker with the service's own 401.
+_BEARER = HTTPBearer(auto_error=False, description="An API key of the server")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 # Shorter keys are guessable; refuse them at start rather than serve behind them.
 MIN_KEY_LENGTH = 16
 
@@ -57,7 +62,7 @@ def load_keys(keys_file: Path | None = None, environ: dict[str, str] | None = No
 
 
 class KeyChecker:
-    """FastAPI dependency: 401 unless the request carries one of ``keys``.
+    """The API-key check: 401 unless the request carries one of ``keys``.
 
     With no keys (only allowed with ``--insecure-local`` on 127.0.0.1) every
     request passes.
@@ -78,8 +83,8 @@ class KeyChecker:
             found |= hmac.compare_digest(candidate, key)
         return found
 
-    def __call__(self, credentials: HTTPAuthorizationCredentials | None = Depends(
-            HTTPBearer(auto_error=False, description="An API key of the server"))) -> None:
+    def check(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        """Raise a 401 :class:`ApiError` unless ``credentials`` hold a configured key."""
         if not self._keys:
             return
         challenge = {"WWW-Authenticate": "Bearer"}
@@ -88,3 +93,11 @@ class KeyChecker:
                            "'Authorization: Bearer <key>'", challenge)
         if not self.matches(credentials.credentials):
             raise ApiError(401, "unauthorized", "wrong API key", challenge)
+
+    def dependency(self) -> Callable[..., None]:
+        """The function to put in a router's ``dependencies`` (shows the scheme in /docs)."""
+
+        def require_key(credentials: Credentials) -> None:
+            self.check(credentials)
+
+        return require_key

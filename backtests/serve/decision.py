@@ -48,7 +48,7 @@ class _LastPositions(MetaAdaptiveStrategy):
         positions_out (dict): filled with ``{asset: position}`` of the last traded bar.
     """
 
-    params = (("positions_out", None),)
+    params = (("positions_out", None),)  # type: ignore[assignment]  # backtrader merges them
 
     def target_weights(self) -> dict:
         positions = super().target_weights()
