@@ -119,7 +119,9 @@ def frames_from_request(bars: dict[str, list[Bar]], min_bars: int) -> Frames:
             raw = pd.DataFrame({
                 "Date": [r.date for r in rows], "Open": [r.open for r in rows],
                 "High": [r.high for r in rows], "Low": [r.low for r in rows],
-                "Close": [r.close for r in rows], "Volume": [r.volume for r in rows]})
+                "Close": [r.close for r in rows], "Volume": [r.volume for r in rows]},
+                # object: an error quotes the value as sent (nan), not as numpy's repr
+                dtype=object)
             frame = validate_bars(raw, where)
             require_bars(frame, min_bars, where, "the strategy's warm-up (strategy.warmup_bars)")
         except DataError as exc:
