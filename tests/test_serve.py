@@ -467,3 +467,32 @@ def test_serve_refuses_to_start_without_a_key(run_cli, monkeypatch, tmp_path):
     result = run_cli("serve", "--models", tmp_path)
     assert result.code == 2
     assert "at least 16 characters" in result.err
+
+
+def test_keys_come_from_the_environment_and_the_keys_file(tmp_path):
+    from backtests.serve import ServeError
+    from backtests.serve.auth import KeyChecker, load_keys
+
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(f"# team keys\n{OTHER_KEY}  # notebook\n\n{KEY}\n")
+    keys = load_keys(keys_file, environ={"METABT_API_KEYS": f" {KEY} ,"})
+    assert keys == (KEY, OTHER_KEY)
+    checker = KeyChecker(keys)
+    assert checker.matches(OTHER_KEY) and checker.matches(KEY)
+    assert not checker.matches(KEY[:-1]) and not checker.matches("")
+    keys_file.write_text("tooshort\n")
+    with pytest.raises(ServeError, match="line 1"):
+        load_keys(keys_file, environ={})
+
+
+def test_insecure_local_serves_without_a_key_and_keys_still_win(tmp_path):
+    from backtests.serve.app import ServeOptions, create_app
+
+    async def get(keys: tuple[str, ...]) -> httpx.Response:
+        options = ServeOptions(models=str(tmp_path), insecure_local=True)
+        transport = httpx.ASGITransport(app=create_app(options, keys=keys, models={}))
+        async with httpx.AsyncClient(transport=transport, base_url="http://local") as client:
+            return await client.get("/v1/models")
+
+    assert asyncio.run(get(())).json() == {"models": []}
+    assert asyncio.run(get((KEY,))).status_code == 401
