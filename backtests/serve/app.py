@@ -40,6 +40,7 @@ from backtests.serve.schemas import (
     apply_settings,
     frames_from_request,
 )
+from feeds.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,10 @@ def create_app(options: ServeOptions, keys: tuple[str, ...] | None = None,
         found = served(model_id)
         config = apply_settings(found.config, request.settings)
         frames = frames_from_request(request.bars, config.strategy.warmup_bars)
-        decision = decide_last_bar(found.model, frames, config)
+        try:
+            decision = decide_last_bar(found.model, frames, config)
+        except DataError as exc:  # the engine's own checks of the frames
+            raise ApiError(422, "invalid_bars", str(exc)) from None
         return SignalResponse(model=found.id, asof=decision.asof.date().isoformat(),
                               assets={s: AssetDecision(**d) for s, d in decision.assets.items()},
                               warnings=decision.warnings)
