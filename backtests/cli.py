@@ -268,6 +268,9 @@ def bench(
     json_path: Annotated[Path | None, typer.Option(
         "--json", help="Also write every figure to this JSON file.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions per measurement.")] = 5,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="Also measure metabt serve over HTTP (needs the serve extra; ~1 min).")
+    ] = False,
 ) -> None:
     """Speed, measured side by side in one run: meta-learners vs references, detectors, strategy."""
     import json
@@ -281,6 +284,10 @@ def bench(
     figures = run_bench(repeats=repeats)
     figures["detectors"] = bench_detectors()["detectors"]
     figures.update(bench_strategy_speed(repeats=max(1, repeats // 2)))
+    if serve:
+        from backtests.serve.bench import bench_serve
+
+        figures.update(bench_serve())
     table = Table(title="metabt bench (medians)")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -307,8 +314,10 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
 
 
 from backtests.paper.cli import register as _register_paper
+from backtests.serve.cli import register as _register_serve
 
 _register_paper(app)
+_register_serve(app)
 
 
 def main() -> None:
