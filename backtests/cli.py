@@ -278,11 +278,13 @@ def bench(
     from rich.table import Table
 
     from metamodels.bench import run_bench
-    from strategies.detector_bench import bench_detectors
+    from strategies.detector_bench import bench_ar_flips, bench_detectors
     from strategies.speed_bench import bench_strategy_speed
 
     figures = run_bench(repeats=repeats)
-    figures["detectors"] = bench_detectors()["detectors"]
+    flips = bench_ar_flips()
+    figures["detectors"] = {name: {**row, **flips[name]}
+                            for name, row in bench_detectors()["detectors"].items()}
     figures.update(bench_strategy_speed(repeats=max(1, repeats // 2)))
     if serve:
         from backtests.serve.bench import bench_serve
@@ -295,7 +297,7 @@ def bench(
         if key == "detectors":
             for name, stats in value.items():
                 for k, v in stats.items():
-                    table.add_row(f"detectors.{name}.{k}", f"{v:.4g}")
+                    table.add_row(f"detectors.{name}.{k}", "n/a" if v is None else f"{v:.4g}")
         else:
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)

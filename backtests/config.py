@@ -60,7 +60,8 @@ def _iso_date(value: object) -> object:
 
 
 def _list_to_tuple(value: object) -> object:
-    return tuple(value) if isinstance(value, list) else value
+    # Nested too: features.macd is a list of [fast, slow] pairs.
+    return tuple(_list_to_tuple(v) for v in value) if isinstance(value, list) else value
 
 
 Day = Annotated[date, BeforeValidator(_iso_date)]

@@ -136,7 +136,8 @@ def compute_metrics(
         Date x strategy daily returns (``returns.csv``).
     positions, trades, adaptations : pd.DataFrame
         Long event files with a ``strategy`` column; ``n_trades`` and
-        ``n_adaptations`` count their rows per strategy.
+        ``n_adaptations`` count their rows per strategy (``"alarm"`` rows of
+        ``adaptations`` excluded).
     periods_per_year : int
         Bars per year.
 
@@ -146,6 +147,9 @@ def compute_metrics(
         Keys in the column order of ``returns``; inner keys are :data:`METRIC_KEYS`.
     """
     trade_counts = trades["strategy"].value_counts()
+    # "alarm" rows mark a detected regime change, not an adaptation.
+    if "trigger" in adaptations.columns:
+        adaptations = adaptations.loc[adaptations["trigger"] != "alarm"]
     adapt_counts = adaptations["strategy"].value_counts()
     out: Metrics = {}
     for name in returns.columns:

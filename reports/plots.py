@@ -81,7 +81,11 @@ def plot_equity(
 
     events = pd.DataFrame(columns=["date", "asset"])
     if adaptations is not None and not adaptations.empty:
-        events = adaptations.loc[adaptations["strategy"] == subject, ["date", "asset"]]
+        rows = adaptations["strategy"] == subject
+        if "trigger" in adaptations.columns:
+            # Re-adaptations come every few bars; the detected regime changes are the news.
+            rows &= adaptations["trigger"] == "alarm"
+        events = adaptations.loc[rows, ["date", "asset"]]
     lo, hi = equity.index[0], equity.index[-1]
     changes = [(d, a) for d, a in regime_changes if lo <= d <= hi]
     assets = sorted(events["asset"].unique()) if not events.empty else []
@@ -179,14 +183,15 @@ def plot_equity(
             ev.text(
                 0.5,
                 0.5,
-                f"no adaptation events recorded for {subject}",
+                f"no regime change detected for {subject}",
                 ha="center",
                 va="center",
                 transform=ev.transAxes,
                 fontsize=9,
                 color="#555555",
             )
-        ev.set_title(f"{subject} adaptation events ({len(events)})", loc="left", fontsize=9)
+        ev.set_title(f"{subject}: detected regime changes ({len(events)})", loc="left",
+                     fontsize=9)
         ev.grid(True, axis="x", alpha=0.3)
     fig.savefig(path, dpi=110)
     return Path(path)

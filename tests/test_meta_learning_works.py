@@ -27,11 +27,13 @@ from metamodels.objective import ObjectiveSpec
 from metamodels.policy import PolicySpec
 from metamodels.trainer import meta_train, split_period, validation_tasks
 
-FEATURES, TASK, OBJ = FeatureSpec(), TaskSpec(), ObjectiveSpec()
+# The synthetic study's inputs (backtests/configs/synthetic.toml: no multi-bar returns or MACDs).
+FEATURES, TASK, OBJ = FeatureSpec(horizons=(), macd=()), TaskSpec(), ObjectiveSpec()
 POLICY = PolicySpec(len(FEATURES.names), (16,), "long_short")
-# The study's learning rates and inner loop (TrainConfig defaults); fewer steps and tasks
-# per step than a study, to stay within seconds on 2 cores.
-CONFIG = TrainConfig(algorithm="maml", meta_steps=200, tasks_per_step=32, eval_every=20,
+# The study's training settings (TrainConfig defaults: learning rates, inner loop, meta-steps,
+# early stopping); QUICK is for the tests that check mechanics, not performance.
+CONFIG = TrainConfig(algorithm="maml", seed=0)
+QUICK = TrainConfig(algorithm="maml", meta_steps=200, tasks_per_step=32, eval_every=20,
                      patience=5, seed=0)
 
 
@@ -80,7 +82,7 @@ def test_meta_learned_init_beats_erm_and_random_init_after_adaptation(market):
 
 def test_training_is_deterministic_for_a_seed(market):
     frames, test_start, _ = market
-    quick = replace(CONFIG, meta_steps=30, eval_every=10)
+    quick = replace(QUICK, meta_steps=30, eval_every=10)
     for algorithm in ("maml", "metasgd"):
         cfg = replace(quick, algorithm=algorithm)
         a = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start, progress=False)
@@ -94,7 +96,7 @@ def test_training_is_deterministic_for_a_seed(market):
 
 def test_returned_weights_are_the_best_validated_ones(market):
     frames, test_start, _ = market
-    cfg = replace(CONFIG, algorithm="fomaml", meta_steps=60, eval_every=10, patience=100)
+    cfg = replace(QUICK, algorithm="fomaml", meta_steps=60, eval_every=10, patience=100)
     model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
                        progress=False)
     history = model.history
@@ -124,7 +126,7 @@ def test_training_bars_end_before_validation_begins(market):
 def test_meta_training_tasks_end_before_validation_and_ignore_bars_after_it(market,
                                                                            monkeypatch):
     frames, test_start, changes = market
-    cfg = replace(CONFIG, meta_steps=12, eval_every=4, patience=100)
+    cfg = replace(QUICK, meta_steps=12, eval_every=4, patience=100)
     sampled: list = []
     draw = TaskSampler.sample
 
@@ -166,7 +168,7 @@ def test_meta_training_losses_do_not_depend_on_bars_after_validation_starts(mark
     # bar from there on may change validation (and the returned step) but not one
     # training loss.
     frames, test_start, _ = market
-    cfg = replace(CONFIG, meta_steps=12, eval_every=4, patience=100)
+    cfg = replace(QUICK, meta_steps=12, eval_every=4, patience=100)
     model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
                        progress=False)
     val_start = pd.Timestamp(model.val_period[0])
@@ -191,7 +193,7 @@ def test_meta_training_losses_do_not_depend_on_bars_after_validation_starts(mark
 def test_every_mode_and_learner_trains(market, mode, algorithm):
     frames, test_start, _ = market
     policy = replace(POLICY, mode=mode)
-    cfg = replace(CONFIG, algorithm=algorithm, meta_steps=20, eval_every=10)
+    cfg = replace(QUICK, algorithm=algorithm, meta_steps=20, eval_every=10)
     model = meta_train(frames, FEATURES, TASK, policy, OBJ, cfg, None, test_start,
                        progress=False)
     assert model.algorithm == algorithm and model.policy_spec.mode == mode

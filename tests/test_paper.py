@@ -53,7 +53,9 @@ eval_every = 2
 val_tasks = 16
 
 [strategy]
-warmup_bars = 150
+warmup_bars = 280  # more than the 253-bar feature warm-up
+# every change of target is ordered, so the paper and backtest orders have something to agree on
+rebalance_threshold = 0.0
 """
 
 
@@ -110,7 +112,8 @@ def paper(tmp_path_factory):
 
     # What `metabt backtest` runs for meta_adaptive, with the paper start as the split.
     loaded, _ = load_model(ckpt)
-    params = meta_runs(config, loaded, loaded, loaded, specs)["meta_adaptive"]
+    models = {"meta": [loaded], "erm": [loaded], "random": [loaded]}
+    params = meta_runs(config, models, specs)["meta_adaptive"]
     first = START - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
     paper.frames = slice_period(frames, first, None)
     paper.backtest = run_backtest(paper.frames, MetaAdaptiveStrategy, params, specs.costs,

@@ -49,6 +49,8 @@ RAW_CONFIG = {
     "data": {"source": "synthetic", "start": "2005-01-03", "split": "2006-06-01"},
     "synthetic": {"n_assets": 2, "n_bars": 520, "mean_duration": 60.0, "seed": 5},
     "meta": {"meta_steps": 4, "tasks_per_step": 8, "eval_every": 2, "val_tasks": 16},
+    # short look-backs: the market is 520 bars, the default 252-bar inputs would eat it
+    "features": {"horizons": [5, 21], "macd": [[8, 24]]},
     "strategy": {"warmup_bars": 100, "min_window": 40, "max_window": 80},
 }
 
@@ -177,7 +179,7 @@ def signals(world):
     server, frames = world["server"], world["frames"]
     days = sorted(world["backtest"].weights["date"].unique())
     changes = sorted({pd.Timestamp(e["date"]) for e in world["backtest"].events
-                      if e["trigger"] == "regime" and pd.Timestamp(e["date"]) >= world["split"]})
+                      if e["trigger"] == "alarm" and pd.Timestamp(e["date"]) >= world["split"]})
     picked = set(changes[:5])  # days on which the detector fired, then evenly spaced days
     for i in np.linspace(0, len(days) - 1, len(days)).astype(int)[::max(1, len(days) // N_DATES)]:
         if len(picked) >= N_DATES:
@@ -241,8 +243,9 @@ def test_signal_equals_the_backtest_decision_on_the_last_bar(world, signals):
             assert got["weight"] == pytest.approx(float(row.iloc[0]), abs=1e-12), (day, asset)
             if got["position"] is not None and got["weight"] != 0.0:
                 assert math.copysign(1, got["position"]) == math.copysign(1, got["weight"])
-            past = [e for e in events if e["asset"] == asset and pd.Timestamp(e["date"]) <= day]
-            regime = [e for e in past if e["trigger"] == "regime"]
+            mine = [e for e in events if e["asset"] == asset and pd.Timestamp(e["date"]) <= day]
+            regime = [e for e in mine if e["trigger"] == "alarm"]
+            past = [e for e in mine if e["trigger"] != "alarm"]
             assert got["window"] == (past[-1]["window"] if past else 0)
             if past:
                 assert got["loss_after"] == pytest.approx(past[-1]["loss_after"], abs=1e-12)

@@ -104,13 +104,14 @@ def decide_last_bar(model: MetaModel, frames: Frames, config: StudyConfig) -> De
                               feed_factory=lambda s, f: make_feature_feed(s, f, specs.features))
     last = result.weights.loc[result.weights["date"] == asof]
     weights = dict(zip(last["asset"], last["weight"].astype(float)))
-    detected = params["trigger"]  # events with this trigger are detector alarms
     today = _day(asof)
     assets: dict[str, dict] = {}
     for symbol in frames:
         events = [e for e in result.events if e.get("asset") == symbol]
-        changes = [e for e in events if e.get("trigger") == detected]
-        latest = events[-1] if events else None
+        # "alarm" events move the start of the regime; the others are adaptations.
+        changes = [e for e in events if e.get("trigger") == "alarm"]
+        adaptations = [e for e in events if e.get("trigger") != "alarm"]
+        latest = adaptations[-1] if adaptations else None
         assets[symbol] = {
             "weight": weights.get(symbol, 0.0),
             "position": positions.get(symbol),
