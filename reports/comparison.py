@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reports.metrics import Metrics
-from reports.runfolder import STATIC_COMPARATORS, SUBJECT, Study, ordered_strategies
+from reports.runfolder import CEILING, STATIC_COMPARATORS, SUBJECT, Study, ordered_strategies
 from reports.significance import (
     SharpeDiffCI,
     deflated_sharpe_ratio,
@@ -38,8 +38,9 @@ ROLES: dict[str, str] = {
     "meta_calendar": "ablation: calendar re-adaptation",
     "meta_random_init": "ablation: random init",
     "erm_static": "baseline: plain ERM network",
-    "meta_oracle": "oracle: re-adapted at the true changes",
+    "meta_oracle": "oracle: windows from the true changes",
     **{name: "static comparator" for name in STATIC_COMPARATORS},
+    CEILING: "ceiling: told the true regime",
 }
 COLUMNS: tuple[tuple[str, str, str], ...] = (  # (metric key, header, format)
     ("sharpe", "Sharpe", "ratio"),
@@ -192,6 +193,18 @@ def _ablations(subject: str | None, pairs: Mapping[str, SharpeDiffCI]) -> str:
     return "Ablations: " + "; ".join(parts) + "."
 
 
+def _ceiling_shares(metrics: Metrics) -> str:
+    """Each meta strategy's Sharpe as a share of the ceiling's (synthetic studies only)."""
+    bound = metrics.get(CEILING, {}).get("sharpe")
+    if bound is None or not math.isfinite(bound) or bound <= 0:
+        return ""
+    shares = [f"{n} {100 * m['sharpe'] / bound:.0f}%" for n, m in metrics.items()
+              if n != CEILING and n not in STATIC_COMPARATORS and m.get("sharpe") is not None
+              and math.isfinite(m["sharpe"])]
+    return (f" Share of the ceiling {CEILING} (Sharpe {_fmt(bound)}, told the true regime): "
+            + ", ".join(shares) + ".")
+
+
 def compare(
     returns: pd.DataFrame,
     metrics: Metrics,
@@ -257,7 +270,7 @@ def compare(
         pairs=pairs,
         verdict=_verdict(subject, best, basis, metrics, pairs),
         deflation=_deflation(subject, study, psr, dsr),
-        ablations=_ablations(subject, pairs),
+        ablations=_ablations(subject, pairs) + _ceiling_shares(metrics),
     )
 
 

@@ -32,9 +32,16 @@ STRATEGY_ORDER: tuple[str, ...] = (
     "sma_cross",
     "momentum",
     "rsi_reversion",
+    "buy_and_hold_vt",
+    "tsmom_vt",
+    "autocorr",
+    "regime_bound",
 )
 #: Static-parameter comparators (tuned in-sample, frozen for the test period).
-STATIC_COMPARATORS: tuple[str, ...] = ("buy_and_hold", "sma_cross", "momentum", "rsi_reversion")
+STATIC_COMPARATORS: tuple[str, ...] = ("buy_and_hold", "sma_cross", "momentum", "rsi_reversion",
+                                       "buy_and_hold_vt", "tsmom_vt", "autocorr")
+#: The synthetic lab's ceiling: told the true regime of every bar.
+CEILING = "regime_bound"
 #: The strategy the study is about.
 SUBJECT = "meta_adaptive"
 

@@ -46,8 +46,14 @@ tasks_per_step = 8
 eval_every = 2
 val_tasks = 16
 
+[features]
+# short look-backs and windows: a few years of bars, and seconds per run
+horizons = [5, 21]
+macd = [[8, 24]]
+
 [strategy]
 warmup_bars = 150
+max_window = 60
 
 [comparators]
 names = ["buy_and_hold", "momentum"]

@@ -140,6 +140,8 @@ def test_meta_training_tasks_end_before_validation_and_ignore_bars_after_it(mark
                        progress=False, changes=changes)
     val_start = pd.Timestamp(model.val_period[0])
     assert model.train_period[1] == model.val_period[0]
+    # the validation tasks are drawn by the same sampler, from the validation period
+    sampled = [b for b in sampled if len(b) == cfg.tasks_per_step]
     assert len(sampled) == cfg.meta_steps
     # Every bar a training task reads (support, query, and the opens its last query
     # label is computed from) lies before the first validation bar.

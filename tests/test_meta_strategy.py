@@ -56,17 +56,18 @@ def absurd_after(frames, t):
     return out
 
 
-@pytest.mark.parametrize("trigger", ["regime", "calendar"])
-def test_positions_orders_and_adaptations_up_to_t_ignore_the_future(frames, trigger):
+@pytest.mark.parametrize("trigger, detector", [("regime", "bocpd_ar"), ("regime", "loss"),
+                                               ("calendar", "bocpd_ar")])
+def test_positions_orders_and_adaptations_up_to_t_ignore_the_future(frames, trigger, detector):
     start = frames["SPY"].index[150]
-    full = run(frames, start, trigger=trigger)
+    full = run(frames, start, trigger=trigger, detector=detector)
     assert len(full.events) > 3, "the test needs adaptations to mean anything"
     for cut in (300, 480):
         t = frames["SPY"].index[cut]
         expected = upto(full, t)
         assert len(expected[0]) > 0
         for variant in ({k: f.loc[:t] for k, f in frames.items()}, absurd_after(frames, t)):
-            got = upto(run(variant, start, trigger=trigger), t)
+            got = upto(run(variant, start, trigger=trigger, detector=detector), t)
             for a, b in zip(got[:3], expected[:3]):
                 pd.testing.assert_frame_equal(a, b)
             pd.testing.assert_series_equal(got[3], expected[3])

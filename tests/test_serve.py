@@ -46,10 +46,10 @@ MAX_BODY = 1_000_000
 N_DATES = 50  # dates of the test period on which /signal is compared with the backtest
 RAW_CONFIG = {
     "title": "serve test", "study": "synthetic", "seed": 2,
-    "data": {"source": "synthetic", "start": "2005-01-03", "split": "2006-06-01"},
-    "synthetic": {"n_assets": 2, "n_bars": 520, "mean_duration": 60.0, "seed": 5},
+    "data": {"source": "synthetic", "start": "2005-01-03", "split": "2006-09-01"},
+    "synthetic": {"n_assets": 2, "n_bars": 620, "mean_duration": 60.0, "seed": 5},
     "meta": {"meta_steps": 4, "tasks_per_step": 8, "eval_every": 2, "val_tasks": 16},
-    # short look-backs: the market is 520 bars, the default 252-bar inputs would eat it
+    # short look-backs: the market is 620 bars, the default 252-bar inputs would eat it
     "features": {"horizons": [5, 21], "macd": [[8, 24]]},
     "strategy": {"warmup_bars": 100, "min_window": 40, "max_window": 80},
 }

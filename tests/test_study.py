@@ -16,9 +16,10 @@ from backtests.config import load_config
 TINY = Path(__file__).parent / "data" / "tiny_basket.toml"
 CONTRACT = ["config.toml", "metrics.json", "returns.csv", "positions.csv", "trades.csv",
             "adaptations.csv", "tearsheet.html", "comparison.md", "equity.png", "study.json",
-            "model/model.safetensors", "model/model.json"]
+            "model/model.safetensors", "model/model.json", "seeds.json"]
 STRATEGIES = ["meta_adaptive", "meta_frozen", "meta_calendar", "meta_random_init", "erm_static",
-              "buy_and_hold", "sma_cross", "momentum", "rsi_reversion"]
+              "buy_and_hold", "sma_cross", "momentum", "rsi_reversion", "buy_and_hold_vt",
+              "tsmom_vt", "autocorr"]
 METRICS = ["sharpe", "sortino", "cagr", "volatility", "max_drawdown", "calmar", "turnover",
            "n_trades", "n_adaptations"]
 
@@ -55,7 +56,9 @@ def test_run_folder_holds_every_contract_file(run_dir):
     adaptations = pd.read_csv(run_dir / "adaptations.csv", parse_dates=["date"])
     assert adaptations["date"].min() >= pd.Timestamp("2008-01-02")
     assert metrics["meta_adaptive"]["n_adaptations"] == int(
-        (adaptations["strategy"] == "meta_adaptive").sum())
+        ((adaptations["strategy"] == "meta_adaptive") & (adaptations["trigger"] != "alarm")).sum())
+    seeds = json.loads((run_dir / "seeds.json").read_text())
+    assert len(seeds["meta_adaptive"]["seeds"]) == 2
     assert metrics["meta_frozen"]["n_adaptations"] == 0
 
 
