@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from strategies.detector_base import _check, _finite, _Scale
+from strategies.detector_base import ShortRunRule, _check, _finite, _Scale
 
 __all__ = ["BOCPD", "BOCPDSettings"]
 
@@ -120,10 +120,7 @@ class BOCPD:
         self._beta[0] = s.prior_strength * s.prior_vol**2
         self._n = 1
         self._t = 0
-        self._cp = 1.0
-        self._armed = False
-        self._since_alarm = s.cooldown
-        self._since_change = 0
+        self._rule = ShortRunRule(s.short_run, s.threshold, s.cooldown)
 
     def update(self, x: float) -> bool:
         s = self.settings
@@ -158,23 +155,12 @@ class BOCPD:
         self._n = m
         self._t += 1
 
-        k = min(s.short_run, m - 1)
-        self._cp = min(1.0, float(np.exp(self._logp[1 : k + 1]).sum()))
-        self._since_alarm += 1
-        self._since_change += 1
-        fire = self._armed and self._cp >= s.threshold and self._since_alarm >= s.cooldown
-        if fire:
-            self._armed = False
-            self._since_alarm = 0
-            self._since_change = 1 + int(np.argmax(self._logp[1 : k + 1]))
-        elif self._cp < s.threshold:
-            self._armed = True
-        return fire
+        return self._rule.step(self._logp, m)
 
     @property
     def change_probability(self) -> float:
         """P(the regime started within the last ``short_run`` bars)."""
-        return self._cp
+        return self._rule.cp
 
     @property
     def run_length(self) -> int:
@@ -183,7 +169,7 @@ class BOCPD:
         At an alarm it is the most probable run length among the short ones; after
         that it counts up by one per bar.
         """
-        return self._since_change
+        return self._rule.since_change
 
     @property
     def map_run_length(self) -> int:

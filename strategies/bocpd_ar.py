@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
-from strategies.detector_base import _check, _finite
+from strategies.detector_base import ShortRunRule, _check, _finite
 
 __all__ = ["ARBOCPD", "ARBOCPDSettings"]
 
@@ -99,10 +99,7 @@ class ARBOCPD:
         self._logp[0] = 0.0
         self._n = 1
         self._prev: float | None = None
-        self._cp = 1.0
-        self._armed = False
-        self._since_alarm = s.cooldown
-        self._since_change = 0
+        self._rule = ShortRunRule(s.short_run, s.threshold, s.cooldown)
 
     def _set_prior(self, i: int) -> None:
         s = self.settings
@@ -117,7 +114,7 @@ class ARBOCPD:
             x = min(max(x, -s.clip), s.clip)
         if self._prev is None:  # the first input only becomes the regressor
             self._prev = x
-            self._since_change += 1
+            self._rule.since_change += 1
             return False
         z, n = self._prev, self._n
         l11, l12, l22 = self._l11[:n], self._l12[:n], self._l22[:n]
@@ -154,25 +151,14 @@ class ARBOCPD:
         self._n = top_n
         self._prev = x
 
-        k = min(s.short_run, top_n - 1)
-        self._cp = min(1.0, float(np.exp(self._logp[1 : k + 1]).sum()))
-        self._since_alarm += 1
-        self._since_change += 1
-        fire = self._armed and self._cp >= s.threshold and self._since_alarm >= s.cooldown
-        if fire:
-            self._armed = False
-            self._since_alarm = 0
-            self._since_change = 1 + int(np.argmax(self._logp[1 : k + 1]))
-        elif self._cp < s.threshold:
-            self._armed = True
-        return fire
+        return self._rule.step(self._logp, top_n)
 
     @property
     def change_probability(self) -> float:
         """P(the regime started within the last ``short_run`` bars)."""
-        return self._cp
+        return self._rule.cp
 
     @property
     def run_length(self) -> int:
         """Bars since the start of the regime estimated at the last alarm (since reset if none)."""
-        return self._since_change
+        return self._rule.since_change

@@ -85,3 +85,40 @@ class _Scale:
         d = x - self.mean
         self.mean += w * d
         self.var = (1.0 - w) * (self.var + w * d * d)
+
+
+class ShortRunRule:
+    """The alarm rule of both BOCPD detectors, from their run-length posterior.
+
+    ``change_probability`` (``cp``) is the posterior mass on runs of at most
+    ``short_run`` bars. A change is declared when it reaches ``threshold``, at least
+    ``cooldown`` bars after the previous alarm, and only after it has fallen below
+    ``threshold`` since (hysteresis: one alarm per change, none during the start-up
+    bars when every run is short). At an alarm the run length is the most probable
+    of the short runs; after that it counts up by one per bar.
+    """
+
+    def __init__(self, short_run: int, threshold: float, cooldown: int) -> None:
+        self.short_run, self.threshold, self.cooldown = short_run, threshold, cooldown
+        self.reset()
+
+    def reset(self) -> None:
+        self.cp = 1.0
+        self.armed = False
+        self.since_alarm = self.cooldown
+        self.since_change = 0
+
+    def step(self, logp: np.ndarray, n: int) -> bool:
+        """One bar: ``logp[1:n]`` is the log posterior of runs 1..n-1. True on an alarm."""
+        k = min(self.short_run, n - 1)
+        self.cp = min(1.0, float(np.exp(logp[1 : k + 1]).sum()))
+        self.since_alarm += 1
+        self.since_change += 1
+        fire = self.armed and self.cp >= self.threshold and self.since_alarm >= self.cooldown
+        if fire:
+            self.armed = False
+            self.since_alarm = 0
+            self.since_change = 1 + int(np.argmax(logp[1 : k + 1]))
+        elif self.cp < self.threshold:
+            self.armed = True
+        return fire
