@@ -60,7 +60,7 @@ def _trained_policy(frames: Frames, spec: FeatureSpec, end: pd.Timestamp) -> Ada
     """A briefly meta-trained policy: a random one trades on every wiggle, which is not
     what a study runs (and would time Backtrader's order machinery, not the strategy)."""
     policy_spec = PolicySpec(n_features=len(spec.names))
-    objective = ObjectiveSpec(cost=0.1)
+    objective = ObjectiveSpec()  # the study default: 10 bp per unit of weight traded
     train = slice_period(frames, None, end)
     model = meta_train(train, spec, TaskSpec(), policy_spec, objective,
                        TrainConfig(meta_steps=60, eval_every=20), None, end, progress=False)
