@@ -145,7 +145,8 @@ class TargetWeightStrategy(bt.Strategy):
         return weights
 
     def next(self) -> None:
-        if self.p.vol_target is not None:
+        # A subclass that reads the vol from its feed (asset_vol overridden) needs no estimate.
+        if self.p.vol_target is not None and type(self).asset_vol is TargetWeightStrategy.asset_vol:
             self._update_vol()
         positions = self.target_weights()
         if not self.trading:
