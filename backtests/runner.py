@@ -31,8 +31,8 @@ from metamodels.erm import erm_train, random_init
 from metamodels.model import MetaModel
 from metamodels.model_io import load_model
 from metamodels.trainer import meta_train
-from strategies.engine import BacktestResult, CostSpec, run_backtest
 from strategies.detectors import detect_changes
+from strategies.engine import BacktestResult, CostSpec, run_backtest
 from strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
 from strategies.regime_bound import RegimeBound, fit_regime_rules
 from strategies.static import DEFAULT_GRIDS, STATIC_STRATEGIES

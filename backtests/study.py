@@ -15,13 +15,13 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from strategies.regime_bound import fit_regime_rules
 from backtests.config import StudyConfig
 from backtests.data import StudyData, load_study_data
-from backtests.outputs import true_changes, write_run
+from backtests.outputs import write_run
 from backtests.runner import Segment, run_segment, segment_splits
 from feeds.features import FeatureSpec, compute_labels
 from reports.build import build_reports
+from strategies.regime_bound import fit_regime_rules
 
 log = logging.getLogger(__name__)
 

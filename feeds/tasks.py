@@ -27,8 +27,7 @@ import numpy as np
 import pandas as pd
 
 from feeds.errors import DataError
-from feeds.features import (LABEL_DELAY, FeatureSpec, compute_features, compute_labels,
-                            trailing_vol)
+from feeds.features import LABEL_DELAY, FeatureSpec, compute_features, compute_labels, trailing_vol
 
 
 @dataclass(frozen=True)

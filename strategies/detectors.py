@@ -39,15 +39,15 @@ from strategies.loss_cusum import LossCUSUM, LossCUSUMSettings
 
 __all__ = [
     "ARBOCPD",
-    "ARBOCPDSettings",
-    "LossCUSUM",
-    "LossCUSUMSettings",
     "BOCPD",
     "CUSUM",
     "DETECTORS",
+    "ARBOCPDSettings",
     "BOCPDSettings",
     "CUSUMSettings",
     "Detector",
+    "LossCUSUM",
+    "LossCUSUMSettings",
     "detect_changes",
     "make_detector",
 ]

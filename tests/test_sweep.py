@@ -152,8 +152,8 @@ def test_a_mistyped_grid_key_is_one_line_naming_it(config, tmp_path):
     code, text = _cli("sweep", config, "--grid", "meta.inner_stepz=1,2", "--out", tmp_path)
     assert code == 2
     assert text.strip().splitlines() == [
-        "error: sweep point meta.inner_stepz=1, seed=0: unknown key 'meta.inner_stepz'; "
-        "did you mean 'meta.inner_steps'?"]
+        ("error: sweep point meta.inner_stepz=1, seed=0: unknown key 'meta.inner_stepz'; "
+         "did you mean 'meta.inner_steps'?")]
     assert not (tmp_path / "runs").exists()
 
 
