@@ -174,19 +174,26 @@ def bench_detectors(
         def factory(name: str = name, kwargs: dict = kwargs) -> Detector:
             return make_detector(name, **kwargs)
 
+        kind = getattr(DETECTORS[name], "input_kind", "return")
+
+        def alarms_on(returns: np.ndarray, factory: Callable[[], Detector] = factory,
+                      kind: str = kind) -> np.ndarray:
+            # Each detector sees what the strategy feeds it (see detector_inputs).
+            xs = detector_inputs(kind, returns)
+            return run_detector(factory(), xs) + (len(returns) - len(xs))
+
         up_delays, down_delays = [], []
         n_stray = 0
         for returns, changes, ups in regime:
-            delays, stray = detection_delays(
-                run_detector(factory(), returns), changes, n_bars, window
-            )
+            delays, stray = detection_delays(alarms_on(returns), changes, n_bars, window)
             n_stray += stray
             up_delays.extend(delays[ups])
             down_delays.extend(delays[~ups])
-        cost = np.concatenate([_timed_updates(factory, returns) for returns in null[:2]])
+        cost = np.concatenate([_timed_updates(factory, detector_inputs(kind, returns))
+                               for returns in null[:2]])
         n_false = 0
         for returns in null:
-            n_false += len(run_detector(factory(), returns))
+            n_false += len(alarms_on(returns))
         up, down = np.array(up_delays), np.array(down_delays)
         out[name] = {
             "update_us": round(float(np.median(cost)), 2),
