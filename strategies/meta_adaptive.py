@@ -216,7 +216,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
     def _feed_loss_detector(self, d: bt.LineSeries, st: _AssetState, x: np.ndarray,
                             label: float) -> None:
         # The loss detector watches how the trading policy does on each newly labelled
-        # bar against what it scored on its own support window.
+        # bar against what it scored on its own support window. In an ensemble the first
+        # member stands for all: they adapt on the same windows.
         if getattr(st.detector, "input_kind", "return") != "loss" or not st.adapted:
             return
         pol = self._policies[0]
