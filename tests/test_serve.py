@@ -14,11 +14,7 @@ import json
 import math
 import os
 import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -33,6 +29,7 @@ from backtests.paper.loop import PaperLoop
 from backtests.paper.session import PaperOptions, open_session
 from backtests.paper.status import read_status
 from backtests.runner import meta_adaptive_params, train_meta, warmup_start
+from backtests.serve.bench import ServeProcess
 from feeds.btfeed import make_feature_feed
 from feeds.loaders import slice_period
 from metamodels.model_io import load_model, save_model
@@ -53,12 +50,6 @@ RAW_CONFIG = {
     "features": {"horizons": [5, 21], "macd": [[8, 24]]},
     "strategy": {"warmup_bars": 100, "min_window": 40, "max_window": 80},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rows(frame: pd.DataFrame) -> list[dict]:
@@ -84,46 +75,18 @@ def _files(folder: Path) -> dict[str, tuple[str, int] | None]:
             for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-class Server:
-    """A ``metabt serve`` subprocess and an authenticated client for it."""
+class Server(ServeProcess):
+    """A ``metabt serve`` subprocess (the benchmark's) and an authenticated client for it."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {**os.environ, "METABT_API_KEYS": f"{KEY},{OTHER_KEY}",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        self._err = open(log, "w")  # noqa: SIM115 - the server writes to it until stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backtests", "serve", "--port", str(self.port), *args],
-            cwd=ROOT, env=env, stdout=self._err, stderr=subprocess.STDOUT)
+        super().__init__(args, f"{KEY},{OTHER_KEY}", log, cwd=ROOT, env={
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
         self.client = httpx.Client(base_url=self.url, timeout=60.0,
                                    headers={"Authorization": f"Bearer {KEY}"})
 
-    def wait(self, seconds: float = 120.0) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n"
-                                   f"{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not up after {seconds} s:\n{self.log.read_text()}")
-
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._err.close()
+        super().stop()
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,13 @@ import pandas as pd
 
 BENCH_CONFIG = {
     "title": "serve bench", "study": "synthetic", "seed": 0,
-    "data": {"source": "synthetic", "start": "2005-01-03", "split": "2006-06-01"},
+    "data": {"source": "synthetic", "start": "2005-01-03", "split": "2006-09-01"},
     "synthetic": {"n_assets": 8, "n_bars": 700, "seed": 1},
     "meta": {"meta_steps": 4, "tasks_per_step": 8, "eval_every": 2, "val_tasks": 16},
+    # short look-backs: 700 bars would not cover the default 252-bar inputs and 120-bar windows
+    "features": {"horizons": [5, 21], "macd": [[8, 24]]},
+    "strategy": {"max_window": 60},
+    "ensemble": {"seeds": 1},
 }
 N_BARS = 300
 
@@ -63,14 +67,27 @@ def _train(folder: Path) -> dict[str, pd.DataFrame]:
     return {s: f.iloc[-N_BARS:] for s, f in frames.items()}
 
 
-class _Server:
-    def __init__(self, models: Path, workers: int, key: str) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        env = {**os.environ, "METABT_API_KEYS": key}
+class ServeProcess:
+    """A real ``metabt serve`` subprocess on a free local port (the benchmark's and the tests').
+
+    ``args`` are the command's options after ``--port``; ``keys`` go to ``METABT_API_KEYS``;
+    the server's output goes to ``log`` when given (and is quoted if it fails to start).
+    """
+
+    def __init__(self, args: list[str], keys: str, log: Path | None = None,
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        out = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+        self._out = out
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backtests", "serve", "--models", str(models), "--port",
-             self.url.rsplit(":", 1)[1], "--workers", str(workers), "--log-level", "warning"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [sys.executable, "-m", "backtests", "serve", "--port", str(self.port), *args],
+            cwd=cwd, env={**os.environ, **(env or {}), "METABT_API_KEYS": keys},
+            stdout=out, stderr=subprocess.STDOUT)
+
+    def _output(self) -> str:
+        return f":\n{self.log.read_text()}" if self.log is not None else ""
 
     def wait(self, seconds: float = 120.0) -> None:
         import httpx
@@ -78,14 +95,16 @@ class _Server:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"metabt serve exited with code {self.proc.returncode}")
+                raise RuntimeError(f"metabt serve exited with code {self.proc.returncode}"
+                                   f"{self._output()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"metabt serve did not answer /health within {seconds} s")
+        raise RuntimeError(f"metabt serve did not answer /health within {seconds} s"
+                           f"{self._output()}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -95,6 +114,13 @@ class _Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._out is not subprocess.DEVNULL:
+            self._out.close()
+
+
+def _server(models: Path, workers: int, key: str) -> ServeProcess:
+    return ServeProcess(["--models", str(models), "--workers", str(workers),
+                         "--log-level", "warning"], key)
 
 
 def _latencies(url: str, key: str, body: dict, n: int) -> np.ndarray:
@@ -145,7 +171,7 @@ def bench_serve(n_requests: int = 50, workers: int = 2, clients: int = 32,
         one = {"bars": {s: _rows(f) for s, f in list(frames.items())[:1]}}
         eight = {"bars": {s: _rows(f) for s, f in frames.items()}}
         figures: dict[str, float] = {}
-        server = _Server(Path(tmp), 1, key)
+        server = _server(Path(tmp), 1, key)
         try:
             server.wait()
             lat1 = _latencies(server.url, key, one, n_requests)
@@ -155,7 +181,7 @@ def bench_serve(n_requests: int = 50, workers: int = 2, clients: int = 32,
         figures.update(serve_1asset_p50_ms=float(np.percentile(lat1, 50)),
                        serve_1asset_p99_ms=float(np.percentile(lat1, 99)),
                        serve_8assets_p50_ms=float(np.percentile(lat8, 50)))
-        server = _Server(Path(tmp), workers, key)
+        server = _server(Path(tmp), workers, key)
         try:
             server.wait()
             t0 = time.perf_counter()
