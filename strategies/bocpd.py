@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from strategies.detector_base import ShortRunRule, _check, _finite, _Scale
+from strategies.detector_base import (
+    ShortRunRule,
+    _check,
+    _finite,
+    _Scale,
+    check_run_length_settings,
+)
 
 __all__ = ["BOCPD", "BOCPDSettings"]
 
@@ -55,11 +61,7 @@ class BOCPDSettings:
     prior_vol: float = 0.01
 
     def __post_init__(self) -> None:
-        _check(self, "hazard", self.hazard > 1.0, "> 1 (bars)")
-        _check(self, "short_run", self.short_run >= 1, ">= 1 (bars)")
-        _check(self, "max_run", self.max_run > self.short_run, "> short_run (bars)")
-        _check(self, "threshold", 0.0 < self.threshold <= 1.0, "in (0, 1]")
-        _check(self, "cooldown", self.cooldown >= 0, ">= 0 (bars)")
+        check_run_length_settings(self)
         for key in ("prior_strength", "mean_prior", "halflife", "prior_vol"):
             _check(self, key, getattr(self, key) > 0.0, "> 0")
         _check(self, "clip", self.clip >= 0.0, ">= 0 (0 disables)")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
-from strategies.detector_base import ShortRunRule, _check, _finite
+from strategies.detector_base import ShortRunRule, _check, _finite, check_run_length_settings
 
 __all__ = ["ARBOCPD", "ARBOCPDSettings"]
 
@@ -51,11 +51,7 @@ class ARBOCPDSettings:
     clip: float = 4.0
 
     def __post_init__(self) -> None:
-        _check(self, "hazard", self.hazard > 1.0, "> 1 (bars)")
-        _check(self, "short_run", self.short_run >= 1, ">= 1 (bars)")
-        _check(self, "max_run", self.max_run > self.short_run, "> short_run (bars)")
-        _check(self, "threshold", 0.0 < self.threshold <= 1.0, "in (0, 1]")
-        _check(self, "cooldown", self.cooldown >= 0, ">= 0 (bars)")
+        check_run_length_settings(self)
         for key in ("coef_prior", "noise_prior"):
             _check(self, key, getattr(self, key) > 0.0, "> 0")
         _check(self, "clip", self.clip >= 0.0, ">= 0 (0 disables)")

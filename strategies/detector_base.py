@@ -9,7 +9,7 @@ through :func:`strategies.detectors.make_detector`.
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -85,6 +85,15 @@ class _Scale:
         d = x - self.mean
         self.mean += w * d
         self.var = (1.0 - w) * (self.var + w * d * d)
+
+
+def check_run_length_settings(s: Any) -> None:
+    """The settings every BOCPD shares (hazard, run lengths, alarm rule), checked once."""
+    _check(s, "hazard", s.hazard > 1.0, "> 1 (bars)")
+    _check(s, "short_run", s.short_run >= 1, ">= 1 (bars)")
+    _check(s, "max_run", s.max_run > s.short_run, "> short_run (bars)")
+    _check(s, "threshold", 0.0 < s.threshold <= 1.0, "in (0, 1]")
+    _check(s, "cooldown", s.cooldown >= 0, ">= 0 (bars)")
 
 
 class ShortRunRule:

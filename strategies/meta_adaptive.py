@@ -24,6 +24,7 @@ averaged.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 
@@ -290,7 +291,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             return 0
         if self.p.trigger == "calendar":
             return min(self.p.calendar_window, have)
-        new = sum(1 for b in st.support_bar if b >= st.regime_start)
+        # support_bar is increasing: the bars at or after the regime's start are its tail.
+        new = len(st.support_bar) - bisect_left(st.support_bar, st.regime_start)
         return min(new, self.p.max_window) if new >= self.p.min_window else 0
 
     def _schedule(self, d: bt.LineSeries, st: _AssetState) -> None:
