@@ -16,14 +16,20 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from backtests.config import ConfigError, StudyConfig, configs_dir, load_config, with_overrides
-from backtests.heartbeat import Heartbeat
-from backtests.outdir import check_out, check_writable
-from backtests.sweep import SweepError
-from feeds.errors import DataError
-from feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
-from metamodels.checkpoint import CheckpointError
-from reports.errors import ReportError
+from metabt.backtests.config import (
+    ConfigError,
+    StudyConfig,
+    configs_dir,
+    load_config,
+    with_overrides,
+)
+from metabt.backtests.heartbeat import Heartbeat
+from metabt.backtests.outdir import check_out, check_writable
+from metabt.backtests.sweep import SweepError
+from metabt.feeds.errors import DataError
+from metabt.feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
+from metabt.metamodels.checkpoint import CheckpointError
+from metabt.reports.errors import ReportError
 
 app = typer.Typer(
     name="metabt",
@@ -39,34 +45,73 @@ app.add_typer(data_app, name="data")
 # Piped or captured output gets a fixed wide layout, so tables are not cut at 80 columns.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 # Errors that mean "the input is wrong": one line and exit 2, never a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, ConfigError, CheckpointError, ReportError,
-                                             SweepError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DataError,
+    ConfigError,
+    CheckpointError,
+    ReportError,
+    SweepError,
+)
 
-DataOpt = Annotated[Path | None, typer.Option(
-    "--data", help="Folder of SYMBOL.csv files (Yahoo layout) instead of the config's source.")]
-SymbolsOpt = Annotated[str | None, typer.Option(
-    "--symbols", help="Comma-separated symbols, or 'all'.")]
-StartOpt = Annotated[str | None, typer.Option("--start", help="First bar of training (YYYY-MM-DD).")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="Folder of SYMBOL.csv files (Yahoo layout) instead of the config's source."
+    ),
+]
+SymbolsOpt = Annotated[
+    str | None, typer.Option("--symbols", help="Comma-separated symbols, or 'all'.")
+]
+StartOpt = Annotated[
+    str | None, typer.Option("--start", help="First bar of training (YYYY-MM-DD).")
+]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="First bar of the test period.")]
 EndOpt = Annotated[str | None, typer.Option("--end", help="Last bar of the test period.")]
-OutOpt = Annotated[Path | None, typer.Option(
-    "--out", help="Run folder to write (new or empty; an earlier run only with --overwrite).")]
-OverwriteOpt = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace the earlier run in --out (its files are removed first).")]
-JumpsOpt = Annotated[bool, typer.Option(
-    "--allow-jumps", help="Accept one-bar moves beyond x10 that come back (genuine, not bad "
-                          "prints).")]
-GapsOpt = Annotated[bool, typer.Option(
-    "--allow-gaps", help="Accept more than 30 days between bars (warned in warnings.log).")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", help="Run folder to write (new or empty; an earlier run only with --overwrite)."
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace the earlier run in --out (its files are removed first)."
+    ),
+]
+JumpsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-jumps",
+        help="Accept one-bar moves beyond x10 that come back (genuine, not bad prints).",
+    ),
+]
+GapsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-gaps", help="Accept more than 30 days between bars (warned in warnings.log)."
+    ),
+]
 
 
-def _resolve(config_path: Path, data: Path | None, symbols: str | None, start: str | None,
-             split: str | None, end: str | None, allow_jumps: bool = False,
-             allow_gaps: bool = False) -> StudyConfig:
+def _resolve(
+    config_path: Path,
+    data: Path | None,
+    symbols: str | None,
+    start: str | None,
+    split: str | None,
+    end: str | None,
+    allow_jumps: bool = False,
+    allow_gaps: bool = False,
+) -> StudyConfig:
     config = load_config(config_path)
-    overrides: dict[str, object] = {"start": start, "split": split, "end": end,
-                                    "allow_jumps": allow_jumps or None,
-                                    "allow_gaps": allow_gaps or None}
+    overrides: dict[str, object] = {
+        "start": start,
+        "split": split,
+        "end": end,
+        "allow_jumps": allow_jumps or None,
+        "allow_gaps": allow_gaps or None,
+    }
     if data is not None:
         overrides.update(source="csv", path=str(data))
     if symbols is not None:
@@ -80,14 +125,21 @@ def _default_out(config: StudyConfig) -> Path:
     return Path("runs") / f"{config.study}-{stamp}"
 
 
-def run_to_folder(config: StudyConfig, out: Path, model: Path | None = None, *,
-                  console: Console = console, n_jobs: int = 2, progress: bool = True) -> Path:
+def run_to_folder(
+    config: StudyConfig,
+    out: Path,
+    model: Path | None = None,
+    *,
+    console: Console = console,
+    n_jobs: int = 2,
+    progress: bool = True,
+) -> Path:
     """Run one study into the run folder ``out``: what ``metabt backtest`` does after parsing.
 
     ``metabt sweep`` calls this in its workers (``n_jobs=1``, no progress bars), so a
     sweep's run folder is the one ``metabt backtest`` would have written.
     """
-    from backtests.study import run_study  # heavy imports only for commands that run studies
+    from metabt.backtests.study import run_study  # heavy imports only for commands that run studies
 
     # Library warnings (an order re-tried for lack of cash, a late indicator, a gap
     # accepted by --allow-gaps) are kept, not shown one by one: they go to
@@ -95,8 +147,9 @@ def run_to_folder(config: StudyConfig, out: Path, model: Path | None = None, *,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with Heartbeat(console):
-            run_study(config, out, model_path=model, n_jobs=n_jobs, progress=progress,
-                      console=console)
+            run_study(
+                config, out, model_path=model, n_jobs=n_jobs, progress=progress, console=console
+            )
     if caught:
         lines = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
         (out / "warnings.log").write_text("\n".join(lines) + "\n")
@@ -104,8 +157,9 @@ def run_to_folder(config: StudyConfig, out: Path, model: Path | None = None, *,
     return out
 
 
-def _run(config: StudyConfig, out: Path | None, model: Path | None = None,
-         overwrite: bool = False) -> Path:
+def _run(
+    config: StudyConfig, out: Path | None, model: Path | None = None, overwrite: bool = False
+) -> Path:
     out = out or _default_out(config)
     check_out(out, overwrite)  # before minutes of work, not after
     return run_to_folder(config, out, model)
@@ -114,7 +168,8 @@ def _run(config: StudyConfig, out: Path | None, model: Path | None = None,
 @data_app.command("validate")
 def data_validate(
     paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of SYMBOL.csv files.")],
-    allow_jumps: JumpsOpt = False, allow_gaps: GapsOpt = False,
+    allow_jumps: JumpsOpt = False,
+    allow_gaps: GapsOpt = False,
 ) -> None:
     """Check Yahoo-layout CSV files: one line per file, every bad one on stderr, exit 2 if any."""
     files: list[Path] = []
@@ -139,8 +194,10 @@ def data_validate(
             continue
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        console.print(f"[green]ok[/green] {path}: {len(frame)} bars, "
-                      f"{frame.index[0].date()} .. {frame.index[-1].date()}")
+        console.print(
+            f"[green]ok[/green] {path}: {len(frame)} bars, "
+            f"{frame.index[0].date()} .. {frame.index[-1].date()}"
+        )
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     if errors:
@@ -154,27 +211,41 @@ def demo(out: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
     # The default folder belongs to the demo: running it again replaces it.
     out = _run(config, out or Path("runs") / "demo", overwrite=overwrite or out is None)
     console.print(f"\n[bold]tear sheet:[/bold] {out / 'tearsheet.html'}")
-    console.print(f"[bold]comparison:[/bold] {out / 'comparison.md'}   "
-                  f"[bold]equity:[/bold] {out / 'equity.png'}")
+    console.print(
+        f"[bold]comparison:[/bold] {out / 'comparison.md'}   "
+        f"[bold]equity:[/bold] {out / 'equity.png'}"
+    )
 
 
 @app.command()
 def backtest(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
-    data: DataOpt = None, symbols: SymbolsOpt = None, start: StartOpt = None,
-    split: SplitOpt = None, end: EndOpt = None, out: OutOpt = None,
-    model: Annotated[Path | None, typer.Option(
-        "--model", help="Use this checkpoint instead of meta-training.")] = None,
-    refit_every: Annotated[str | None, typer.Option(
-        "--refit-every", help="Expanding walk-forward: re-train every 1y / 6m / 2w.")] = None,
-    overwrite: OverwriteOpt = False, allow_jumps: JumpsOpt = False, allow_gaps: GapsOpt = False,
+    data: DataOpt = None,
+    symbols: SymbolsOpt = None,
+    start: StartOpt = None,
+    split: SplitOpt = None,
+    end: EndOpt = None,
+    out: OutOpt = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Use this checkpoint instead of meta-training.")
+    ] = None,
+    refit_every: Annotated[
+        str | None,
+        typer.Option("--refit-every", help="Expanding walk-forward: re-train every 1y / 6m / 2w."),
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    allow_jumps: JumpsOpt = False,
+    allow_gaps: GapsOpt = False,
 ) -> None:
     """Meta-train on [start, split), tune the comparators there, trade [split, end]."""
     config = _resolve(config_path, data, symbols, start, split, end, allow_jumps, allow_gaps)
     if refit_every is not None:
-        config = config.model_copy(update={"walk_forward": config.walk_forward.model_copy(
-            update={"refit_every": refit_every})})
-        from backtests.runner import parse_period
+        config = config.model_copy(
+            update={
+                "walk_forward": config.walk_forward.model_copy(update={"refit_every": refit_every})
+            }
+        )
+        from metabt.backtests.runner import parse_period
 
         parse_period(refit_every)
     out = _run(config, out, model, overwrite)
@@ -185,91 +256,140 @@ def backtest(
 def train(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
-    data: DataOpt = None, symbols: SymbolsOpt = None, start: StartOpt = None,
-    split: SplitOpt = None, allow_jumps: JumpsOpt = False, allow_gaps: GapsOpt = False,
+    data: DataOpt = None,
+    symbols: SymbolsOpt = None,
+    start: StartOpt = None,
+    split: SplitOpt = None,
+    allow_jumps: JumpsOpt = False,
+    allow_gaps: GapsOpt = False,
 ) -> None:
     """Meta-train on [start, split) of the configured assets and save a checkpoint."""
-    from backtests.config import build_specs
-    from backtests.data import load_study_data
-    from backtests.runner import train_meta
-    from metamodels.model_io import save_model
+    from metabt.backtests.config import build_specs
+    from metabt.backtests.data import load_study_data
+    from metabt.backtests.runner import train_meta
+    from metabt.metamodels.model_io import save_model
 
     config = _resolve(config_path, data, symbols, start, split, None, allow_jumps, allow_gaps)
     check_writable(out)
     with Heartbeat(console):
         study_data = load_study_data(config)
-        model = train_meta(study_data.frames, config, build_specs(config),
-                           pd.Timestamp(config.data.split), regimes=study_data.regimes)
+        model = train_meta(
+            study_data.frames,
+            config,
+            build_specs(config),
+            pd.Timestamp(config.data.split),
+            regimes=study_data.regimes,
+        )
     save_model(model, out, config.model_dump(mode="json", exclude_none=True))
     best = model.history.get("val_loss") or [float("nan")]
-    console.print(f"saved {out} ({model.algorithm}, best step {model.best_step}, "
-                  f"best validation loss {min(best):.4f}, trained on {model.train_period})")
+    console.print(
+        f"saved {out} ({model.algorithm}, best step {model.best_step}, "
+        f"best validation loss {min(best):.4f}, trained on {model.train_period})"
+    )
 
 
 @app.command()
 def sweep(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
-    out: Annotated[Path, typer.Option("--out", help="Sweep folder: runs/, sweep.csv, "
-                                      "robustness.md, robustness.png.")],
-    seeds: Annotated[str | None, typer.Option(
-        "--seeds", help="Seeds to run, e.g. 0-9 or 0-4,7 (default: the config's seed).")] = None,
-    grid: Annotated[list[str] | None, typer.Option(
-        "--grid", help="section.key=v1,v2 (TOML values; repeat for more keys).")] = None,
-    walk_forward: Annotated[str | None, typer.Option(
-        "--walk-forward", help="Refit periods, e.g. 1y or 1y,6m,none (a grid axis).")] = None,
-    universe: Annotated[list[str] | None, typer.Option(
-        "--universe", help="One universe as SYM,SYM (repeat for more).")] = None,
-    universes: Annotated[Path | None, typer.Option(
-        "--universes", help="TOML file of NAME = [\"SYM\", ...] universes.")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Sweep folder: runs/, sweep.csv, robustness.md, robustness.png."
+        ),
+    ],
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds", help="Seeds to run, e.g. 0-9 or 0-4,7 (default: the config's seed)."
+        ),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", help="section.key=v1,v2 (TOML values; repeat for more keys)."),
+    ] = None,
+    walk_forward: Annotated[
+        str | None,
+        typer.Option("--walk-forward", help="Refit periods, e.g. 1y or 1y,6m,none (a grid axis)."),
+    ] = None,
+    universe: Annotated[
+        list[str] | None,
+        typer.Option("--universe", help="One universe as SYM,SYM (repeat for more)."),
+    ] = None,
+    universes: Annotated[
+        Path | None, typer.Option("--universes", help='TOML file of NAME = ["SYM", ...] universes.')
+    ] = None,
     data: DataOpt = None,
-    cluster: Annotated[str | None, typer.Option(
-        "--cluster", help="Dask scheduler address, e.g. tcp://host:8786 (default: local).")] = None,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, help="Local worker processes (ignored with --cluster).")] = 2,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster", help="Dask scheduler address, e.g. tcp://host:8786 (default: local)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, help="Local worker processes (ignored with --cluster)."),
+    ] = 2,
 ) -> None:
     """Run the product of seeds x grid x walk-forward x universes as studies on Dask.
 
     Each run is a normal run folder under OUT/runs/<hash>/; finished runs are skipped,
     so running the same command again resumes (or does nothing).
     """
-    from backtests.runner import parse_period
-    from backtests.sweep import expand, is_finished, parse_grid, parse_seeds, parse_universes
-    from backtests.sweep_exec import run_sweep
+    from metabt.backtests.runner import parse_period
+    from metabt.backtests.sweep import expand, is_finished, parse_grid, parse_seeds, parse_universes
+    from metabt.backtests.sweep_exec import run_sweep
 
     config = _resolve(config_path, data, None, None, None, None)
     periods: list[str | None] = [None]
     if walk_forward is not None:
-        periods = [None if p.strip().lower() == "none" else p.strip()
-                   for p in walk_forward.split(",")]
+        periods = [
+            None if p.strip().lower() == "none" else p.strip() for p in walk_forward.split(",")
+        ]
         for period in periods:
             try:
                 if period is not None:
                     parse_period(period)
             except DataError:
-                raise SweepError(f"--walk-forward {walk_forward!r}: use periods like 1y, 6m, "
-                                 "2w or none, comma-separated") from None
-    runs = expand(config, parse_seeds(seeds) if seeds else [config.seed], parse_grid(grid or []),
-                  periods, parse_universes(universe or [], universes))
+                raise SweepError(
+                    f"--walk-forward {walk_forward!r}: use periods like 1y, 6m, "
+                    "2w or none, comma-separated"
+                ) from None
+    runs = expand(
+        config,
+        parse_seeds(seeds) if seeds else [config.seed],
+        parse_grid(grid or []),
+        periods,
+        parse_universes(universe or [], universes),
+    )
     out.mkdir(parents=True, exist_ok=True)
     todo = sum(1 for r in runs if not is_finished(out, r))
-    console.print(f"sweep: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run "
-                  f"on {cluster or f'{workers} local worker processes'}")
+    console.print(
+        f"sweep: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run "
+        f"on {cluster or f'{workers} local worker processes'}"
+    )
     outcome = run_sweep(runs, out, cluster, workers, console)
-    console.print(f"ran {len(outcome.ran)}, failed {len(outcome.failed)}, "
-                  f"in {outcome.seconds:.1f} s")
+    console.print(
+        f"ran {len(outcome.ran)}, failed {len(outcome.failed)}, in {outcome.seconds:.1f} s"
+    )
     for run_hash, error in outcome.failed.items():
         console.print(f"  failed {run_hash}: {error}")
-    console.print(f"[bold]sweep table:[/bold] {out / 'sweep.csv'}   "
-                  f"[bold]robustness:[/bold] {out / 'robustness.md'}")
+    console.print(
+        f"[bold]sweep table:[/bold] {out / 'sweep.csv'}   "
+        f"[bold]robustness:[/bold] {out / 'robustness.md'}"
+    )
 
 
 @app.command()
 def bench(
-    json_path: Annotated[Path | None, typer.Option(
-        "--json", help="Also write every figure to this JSON file.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")
+    ] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions per measurement.")] = 5,
-    serve: Annotated[bool, typer.Option(
-        "--serve", help="Also measure metabt serve over HTTP (needs the serve extra; ~1 min).")
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="Also measure metabt serve over HTTP (needs the serve extra; ~1 min)."
+        ),
     ] = False,
 ) -> None:
     """Speed, measured side by side in one run: meta-learners vs references, detectors, strategy."""
@@ -277,17 +397,18 @@ def bench(
 
     from rich.table import Table
 
-    from metamodels.bench import run_bench
-    from strategies.detector_bench import bench_ar_flips, bench_detectors
-    from strategies.speed_bench import bench_strategy_speed
+    from metabt.metamodels.bench import run_bench
+    from metabt.strategies.detector_bench import bench_ar_flips, bench_detectors
+    from metabt.strategies.speed_bench import bench_strategy_speed
 
     figures = run_bench(repeats=repeats)
     flips = bench_ar_flips()
-    figures["detectors"] = {name: {**row, **flips[name]}
-                            for name, row in bench_detectors()["detectors"].items()}
+    figures["detectors"] = {
+        name: {**row, **flips[name]} for name, row in bench_detectors()["detectors"].items()
+    }
     figures.update(bench_strategy_speed(repeats=max(1, repeats // 2)))
     if serve:
-        from backtests.serve.bench import bench_serve
+        from metabt.backtests.serve.bench import bench_serve
 
         figures.update(bench_serve())
     table = Table(title="metabt bench (medians)")
@@ -309,14 +430,15 @@ def bench(
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     """Rebuild metrics.json, tearsheet.html, comparison.md and equity.png from a run folder."""
-    from reports.build import build_reports
+    from metabt.reports.build import build_reports
 
     build_reports(run_dir, console=console)
     console.print(f"rebuilt the reports in {run_dir}")
 
 
-from backtests.paper.cli import register as _register_paper
-from backtests.serve.cli import register as _register_serve
+# Imported last: their modules import `console` and helpers from this one.
+from metabt.backtests.paper.cli import register as _register_paper  # noqa: E402
+from metabt.backtests.serve.cli import register as _register_serve  # noqa: E402
 
 _register_paper(app)
 _register_serve(app)

@@ -25,14 +25,14 @@ from pydantic import (
     model_validator,
 )
 
-from feeds.features import FeatureSpec
-from feeds.tasks import TaskSpec
-from metamodels.model import TrainConfig
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import PolicySpec
-from strategies.detectors import make_detector
-from strategies.engine import CostSpec
-from strategies.meta_adaptive import MetaAdaptiveStrategy
+from metabt.feeds.features import FeatureSpec
+from metabt.feeds.tasks import TaskSpec
+from metabt.metamodels.model import TrainConfig
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec
+from metabt.strategies.detectors import make_detector
+from metabt.strategies.engine import CostSpec
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,8 +68,15 @@ Day = Annotated[date, BeforeValidator(_iso_date)]
 
 #: Upper limits of settings that would otherwise run for days or never stop early.
 LIMITS: dict[str, dict[str, int]] = {
-    "meta": {"meta_steps": 100_000, "patience": 1_000, "tasks_per_step": 4_096,
-             "inner_steps": 100, "val_tasks": 100_000, "eval_every": 100_000, "threads": 256},
+    "meta": {
+        "meta_steps": 100_000,
+        "patience": 1_000,
+        "tasks_per_step": 4_096,
+        "inner_steps": 100,
+        "val_tasks": 100_000,
+        "eval_every": 100_000,
+        "threads": 256,
+    },
     "task": {"max_query": 2_520},
 }
 
@@ -90,7 +97,7 @@ class DataConfig(_Section):
     def _ordered(self) -> DataConfig:
         if isinstance(self.symbols, list):
             if not self.symbols:
-                raise ValueError("data.symbols is empty; list the symbols or write \"all\"")
+                raise ValueError('data.symbols is empty; list the symbols or write "all"')
             upper = [s.upper() for s in self.symbols]
             dup = next((s for s, u in zip(self.symbols, upper) if upper.count(u) > 1), None)
             if dup is not None:
@@ -129,18 +136,24 @@ def _section_of(cls: type, skip: tuple[str, ...] = (), section: str = "") -> typ
     """
     hints = get_type_hints(cls)
     limits = LIMITS.get(section, {})
-    fields = {f.name: (_field_type(hints[f.name]), Field(
-                  f.default if f.default is not dataclasses.MISSING
-                  else f.default_factory(), le=limits.get(f.name)))  # type: ignore[misc]
-              for f in dataclasses.fields(cls) if f.name not in skip}
+    fields = {
+        f.name: (
+            _field_type(hints[f.name]),
+            Field(
+                f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                le=limits.get(f.name),
+            ),
+        )  # type: ignore[misc]
+        for f in dataclasses.fields(cls)
+        if f.name not in skip
+    }
     return create_model(f"{cls.__name__}Section", __base__=_Section, **fields)  # type: ignore[call-overload]
 
 
 FeaturesConfig = _section_of(FeatureSpec)
 # The support and shortest query lengths of the tasks are the strategy's windows and
 # cadence ([strategy] min_window, max_window, readapt_every): train on what is traded.
-TaskConfig = _section_of(TaskSpec, skip=("min_support", "max_support", "min_query"),
-                         section="task")
+TaskConfig = _section_of(TaskSpec, skip=("min_support", "max_support", "min_query"), section="task")
 PolicyConfig = _section_of(PolicySpec, skip=("n_features",))
 MetaConfig = _section_of(TrainConfig, skip=("seed",), section="meta")
 CostsConfig = _section_of(CostSpec)
@@ -153,8 +166,7 @@ class ObjectiveConfig(_Section):
 
 
 class DetectorConfig(_Section):
-    name: Literal["bocpd_ar", "loss", "bocpd", "cusum"] = \
-        MetaAdaptiveStrategy.params.detector  # type: ignore[attr-defined]
+    name: Literal["bocpd_ar", "loss", "bocpd", "cusum"] = MetaAdaptiveStrategy.params.detector  # type: ignore[attr-defined]
     settings: dict[str, float | int] = {}
 
 
@@ -180,16 +192,33 @@ class StrategyConfig(_Section):
     @model_validator(mode="after")
     def _windows(self) -> StrategyConfig:
         if self.min_window > self.max_window:
-            raise ValueError(f"strategy.min_window ({self.min_window}) must be <= "
-                             f"strategy.max_window ({self.max_window})")
+            raise ValueError(
+                f"strategy.min_window ({self.min_window}) must be <= "
+                f"strategy.max_window ({self.max_window})"
+            )
         return self
 
 
 class ComparatorsConfig(_Section):
-    names: list[Literal["buy_and_hold", "sma_cross", "momentum", "rsi_reversion",
-                        "buy_and_hold_vt", "tsmom_vt", "autocorr"]] = [
-        "buy_and_hold", "sma_cross", "momentum", "rsi_reversion", "buy_and_hold_vt",
-        "tsmom_vt", "autocorr"]
+    names: list[
+        Literal[
+            "buy_and_hold",
+            "sma_cross",
+            "momentum",
+            "rsi_reversion",
+            "buy_and_hold_vt",
+            "tsmom_vt",
+            "autocorr",
+        ]
+    ] = [
+        "buy_and_hold",
+        "sma_cross",
+        "momentum",
+        "rsi_reversion",
+        "buy_and_hold_vt",
+        "tsmom_vt",
+        "autocorr",
+    ]
     grids: dict[str, dict[str, list[float | int | bool]]] = {}
 
 
@@ -247,8 +276,11 @@ def _one_line(error: ValidationError, source: str) -> str:
         parent = _model_at(loc[:-1])
         known = list(parent.model_fields) if parent else []
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else (
-            f"; known keys here: {', '.join(known)}" if known else "")
+        hint = (
+            f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
+            if close
+            else (f"; known keys here: {', '.join(known)}" if known else "")
+        )
         return f"{source}: unknown key {key!r}{hint}"
     if first["type"] == "missing":
         return f"{source}: missing key {key!r}; add it to the config"
@@ -256,10 +288,17 @@ def _one_line(error: ValidationError, source: str) -> str:
     if first["type"].endswith("_type") and "input" in first:
         given = first["input"]
         kind = "text" if isinstance(given, str) else type(given).__name__
-        fix = ("; write true or false" if first["type"] == "bool_type" else
-               "; write it without quotes" if isinstance(given, str) else "")
-        return (f"{source}: {key}: {msg.lower().removeprefix('input should be ')} is expected, "
-                f"got {kind} {given!r}{fix}")
+        fix = (
+            "; write true or false"
+            if first["type"] == "bool_type"
+            else "; write it without quotes"
+            if isinstance(given, str)
+            else ""
+        )
+        return (
+            f"{source}: {key}: {msg.lower().removeprefix('input should be ')} is expected, "
+            f"got {kind} {given!r}{fix}"
+        )
     if first["type"] in ("less_than_equal", "greater_than_equal", "greater_than", "less_than"):
         bound = msg.lower().removeprefix("input should be ")
         return f"{source}: {key} must be {bound} (got {first.get('input')!r})"
@@ -267,8 +306,12 @@ def _one_line(error: ValidationError, source: str) -> str:
 
 
 # How the library's own messages name a section, and what the config file calls it.
-_SECTION_NAMES = {"train.": "meta.", "PolicySpec.": "policy.", "CostSpec.": "costs.",
-                  "features.": "features."}
+_SECTION_NAMES = {
+    "train.": "meta.",
+    "PolicySpec.": "policy.",
+    "CostSpec.": "costs.",
+    "features.": "features.",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,9 +336,12 @@ def build_specs(config: StudyConfig) -> Specs:
         cost = (costs.commission_bps + costs.slippage_bps) / 1e4
     return Specs(
         features=features,
-        task=TaskSpec(min_support=s.min_window, max_support=s.max_window,
-                      min_query=min(s.readapt_every, config.task.max_query),
-                      **config.task.model_dump()),
+        task=TaskSpec(
+            min_support=s.min_window,
+            max_support=s.max_window,
+            min_query=min(s.readapt_every, config.task.max_query),
+            **config.task.model_dump(),
+        ),
         policy=PolicySpec(n_features=len(features.names), **config.policy.model_dump()),
         objective=ObjectiveSpec(risk=config.objective.risk, cost=cost),
         train=TrainConfig(seed=config.seed, **config.meta.model_dump()),

@@ -12,12 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from backtests.config import StudyConfig
-from feeds.errors import DataError
-from feeds.features import LABEL_DELAY, FeatureSpec
-from feeds.loaders import Frames, load_folder, load_sample, slice_period
-from feeds.synthetic import REGIMES_FILE, SyntheticMarketSpec, make_regime_market, read_regimes_csv
-from feeds.validate import require_bars, validate_bars
+from metabt.backtests.config import StudyConfig
+from metabt.feeds.errors import DataError
+from metabt.feeds.features import LABEL_DELAY, FeatureSpec
+from metabt.feeds.loaders import Frames, load_folder, load_sample, slice_period
+from metabt.feeds.synthetic import (
+    REGIMES_FILE,
+    SyntheticMarketSpec,
+    make_regime_market,
+    read_regimes_csv,
+)
+from metabt.feeds.validate import require_bars, validate_bars
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +51,40 @@ def _from_source(config: StudyConfig) -> tuple[Frames, dict[str, pd.Series] | No
     if data.source == "csv":
         folder = Path(str(data.path))
         frames = load_folder(folder, _symbols(config), **checks)
-        regimes = read_regimes_csv(folder, list(frames)) if (folder / REGIMES_FILE).is_file() \
-            else None
+        regimes = (
+            read_regimes_csv(folder, list(frames)) if (folder / REGIMES_FILE).is_file() else None
+        )
         return frames, regimes, str(folder)
     if data.source == "synthetic":
         syn = config.synthetic
-        market = make_regime_market(SyntheticMarketSpec(
-            n_assets=syn.n_assets, n_bars=syn.n_bars, start=str(syn.start),
-            mean_duration=syn.mean_duration, correlation=syn.correlation, seed=syn.seed))
+        market = make_regime_market(
+            SyntheticMarketSpec(
+                n_assets=syn.n_assets,
+                n_bars=syn.n_bars,
+                start=str(syn.start),
+                mean_duration=syn.mean_duration,
+                correlation=syn.correlation,
+                seed=syn.seed,
+            )
+        )
         frames = {s: validate_bars(f, f"synthetic:{s}") for s, f in market.frames.items()}
         wanted = _symbols(config)
         if wanted is not None:
             missing = [s for s in wanted if s not in frames]
             if missing:
-                raise DataError(f"synthetic market has no symbol {missing[0]!r}; "
-                                f"it has {', '.join(frames)}")
+                raise DataError(
+                    f"synthetic market has no symbol {missing[0]!r}; it has {', '.join(frames)}"
+                )
             frames = {s: frames[s] for s in wanted}
         regimes = {s: market.regimes[s].rename_axis("date") for s in frames}
         return frames, regimes, f"synthetic (seed {syn.seed})"
-    from feeds.yahoo import download_bars  # optional extra, imported only when asked for
+    from metabt.feeds.yahoo import download_bars  # optional extra, imported only when asked for
 
     symbols = _symbols(config)
     if symbols is None:
-        raise DataError("data.source = 'yfinance' needs an explicit symbol list "
-                        "(data.symbols or --symbols A,B)")
+        raise DataError(
+            "data.source = 'yfinance' needs an explicit symbol list (data.symbols or --symbols A,B)"
+        )
     raw = download_bars(symbols, data.start or "1990-01-01", data.end, cache_dir=data.cache_dir)
     frames = {s: validate_bars(f, f"yfinance:{s}", **checks) for s, f in raw.items()}
     return frames, None, "yfinance"
@@ -83,11 +98,15 @@ def check_period(frames: Frames, start: object, end: object, source: str) -> Non
         first, last = frame.index[0], frame.index[-1]
         span = f"its bars run {first.date()} .. {last.date()}"
         if start is not None and pd.Timestamp(start) < first.normalize() - _SLACK:
-            raise DataError(f"{source}:{symbol}: start {start} is before the first bar; {span}. "
-                            "Pass a --start inside that range (or fix data.start)")
+            raise DataError(
+                f"{source}:{symbol}: start {start} is before the first bar; {span}. "
+                "Pass a --start inside that range (or fix data.start)"
+            )
         if end is not None and pd.Timestamp(end) > last.normalize() + _SLACK:
-            raise DataError(f"{source}:{symbol}: end {end} is after the last bar; {span}. "
-                            "Pass an --end inside that range (or fix data.end)")
+            raise DataError(
+                f"{source}:{symbol}: end {end} is after the last bar; {span}. "
+                "Pass an --end inside that range (or fix data.end)"
+            )
 
 
 def load_study_data(config: StudyConfig) -> StudyData:
@@ -103,11 +122,18 @@ def load_study_data(config: StudyConfig) -> StudyData:
     need_train = warmup + config.strategy.max_window + 1 + config.task.max_query + LABEL_DELAY
     for symbol, frame in frames.items():
         name = f"{source}:{symbol}"
-        require_bars(frame.loc[frame.index < split], need_train, name,
-                     f"training before the split {data.split}")
-        require_bars(frame.loc[frame.index >= split], 20, name,
-                     f"a test period after the split {data.split}")
+        require_bars(
+            frame.loc[frame.index < split],
+            need_train,
+            name,
+            f"training before the split {data.split}",
+        )
+        require_bars(
+            frame.loc[frame.index >= split], 20, name, f"a test period after the split {data.split}"
+        )
     if regimes is not None:
-        regimes = {s: r.loc[frames[s].index.min():frames[s].index.max()] for s, r in regimes.items()}
+        regimes = {
+            s: r.loc[frames[s].index.min() : frames[s].index.max()] for s, r in regimes.items()
+        }
     log.info("loaded %d symbols from %s", len(frames), source)
     return StudyData(frames, regimes, source)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 ENV = "METABT_PROGRESS_EVERY"
-_LOGGERS = ("backtests", "feeds", "metamodels", "strategies")
+_LOGGERS = ("metabt",)  # every module logs under metabt.<folder>.<module>
 
 
 class _LastStep(logging.Handler):
@@ -47,8 +47,9 @@ class Heartbeat:
         Default: only when ``console`` is not a terminal (a terminal has live bars).
     """
 
-    def __init__(self, console: Console, every: float | None = None,
-                 enabled: bool | None = None) -> None:
+    def __init__(
+        self, console: Console, every: float | None = None, enabled: bool | None = None
+    ) -> None:
         self.console = console
         self.every = every if every is not None else float(os.environ.get(ENV, "30"))
         self.enabled = (not console.is_terminal) if enabled is None else enabled
@@ -60,8 +61,10 @@ class Heartbeat:
     def _beat(self) -> None:
         t0 = time.monotonic()
         while not self._stop.wait(self.every):
-            self.console.print(f"  ... still working, {time.monotonic() - t0:.0f} s: "
-                               f"{self._handler.text}", highlight=False)
+            self.console.print(
+                f"  ... still working, {time.monotonic() - t0:.0f} s: {self._handler.text}",
+                highlight=False,
+            )
 
     def __enter__(self) -> Self:
         if self.enabled and self.every > 0:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from feeds.errors import DataError
+from metabt.feeds.errors import DataError
 
 #: Files only a metabt run folder (backtest, demo or paper report) holds together.
 RUN_MARKERS = ("config.toml", "study.json")
@@ -51,8 +51,9 @@ def check_writable(path: Path, flag: str = "--out") -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{flag} {path}: cannot write in {base} ({exc.strerror}); pick a "
-                          "writable folder") from None
+        raise OutputError(
+            f"{flag} {path}: cannot write in {base} ({exc.strerror}); pick a writable folder"
+        ) from None
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -62,11 +63,15 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise OutputError(f"--out {out}: a file is in the way; pick a folder path")
     if out.is_dir() and any(out.iterdir()):
         if not is_run_folder(out):
-            raise OutputError(f"--out {out}: the folder exists and is not a metabt run folder; "
-                              "pick a new or empty folder (nothing was written)")
+            raise OutputError(
+                f"--out {out}: the folder exists and is not a metabt run folder; "
+                "pick a new or empty folder (nothing was written)"
+            )
         if not overwrite:
-            raise OutputError(f"--out {out}: holds an earlier run; pass --overwrite to replace "
-                              "it, or pick a new folder")
+            raise OutputError(
+                f"--out {out}: holds an earlier run; pass --overwrite to replace "
+                "it, or pick a new folder"
+            )
     check_writable(out)
 
 
@@ -81,8 +86,10 @@ def clear_run_folder(out: Path) -> Path:
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
         if not is_run_folder(out):
-            raise OutputError(f"{out}: the folder exists and is not a metabt run folder; "
-                              "pick a new or empty folder")
+            raise OutputError(
+                f"{out}: the folder exists and is not a metabt run folder; "
+                "pick a new or empty folder"
+            )
         for child in out.iterdir():
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)

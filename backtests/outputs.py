@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from backtests.config import StudyConfig, dump_config
-from backtests.data import StudyData
-from backtests.outdir import clear_run_folder
-from backtests.runner import Segment
-from metamodels.model_io import save_model
-from strategies.engine import BacktestResult
-from strategies.tuning import annualised_sharpe
+from metabt.backtests.config import StudyConfig, dump_config
+from metabt.backtests.data import StudyData
+from metabt.backtests.outdir import clear_run_folder
+from metabt.backtests.runner import Segment
+from metabt.metamodels.model_io import save_model
+from metabt.strategies.engine import BacktestResult
+from metabt.strategies.tuning import annualised_sharpe
 
 PERIODS_PER_YEAR = 252
 
@@ -52,8 +52,7 @@ def _events(result: BacktestResult) -> pd.DataFrame:
     return frame
 
 
-def _long(segments: list[Segment],
-          table: Callable[[BacktestResult], pd.DataFrame]) -> pd.DataFrame:
+def _long(segments: list[Segment], table: Callable[[BacktestResult], pd.DataFrame]) -> pd.DataFrame:
     """One table of every strategy's results (long format, test bars only)."""
     parts = []
     for seg in segments:
@@ -95,11 +94,20 @@ def seed_spread(segments: list[Segment]) -> dict:
     for name in segments[0].seed_results:
         per_seed = []
         for i in range(len(segments[0].seed_results[name])):
-            returns = pd.concat([seg.seed_results[name][i].returns.loc[
-                _in_segment_index(seg, seg.seed_results[name][i].returns)] for seg in segments])
+            returns = pd.concat(
+                [
+                    seg.seed_results[name][i].returns.loc[
+                        _in_segment_index(seg, seg.seed_results[name][i].returns)
+                    ]
+                    for seg in segments
+                ]
+            )
             per_seed.append(annualised_sharpe(returns))
-        out[name] = {"mean": float(np.mean(per_seed)), "sd": float(np.std(per_seed, ddof=1))
-                     if len(per_seed) > 1 else 0.0, "seeds": [float(x) for x in per_seed]}
+        out[name] = {
+            "mean": float(np.mean(per_seed)),
+            "sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+            "seeds": [float(x) for x in per_seed],
+        }
     return out
 
 
@@ -121,8 +129,9 @@ def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Se
     n_trials = {name: t.n_trials for name, t in first.tuning.items()}
     # Every meta variant trades the settings chosen for all of them on validation splits:
     # each setting validated counts as a trial for every variant (config.validated_settings).
-    n_trials.update({name: config.validated_settings for name in first.results
-                     if name not in n_trials})
+    n_trials.update(
+        {name: config.validated_settings for name in first.results if name not in n_trials}
+    )
     study = {
         "title": config.title,
         "periods_per_year": PERIODS_PER_YEAR,

@@ -1,12 +1,12 @@
 """Run one of the shipped studies from Python, the same way ``metabt backtest`` does.
 
-    python -m backtests.run_study synthetic            # or single_asset, basket, prediction
-    python -m backtests.run_study basket --out runs/basket
+    python -m metabt.backtests.run_study synthetic            # or single_asset, basket, prediction
+    python -m metabt.backtests.run_study basket --out runs/basket
 
 From a notebook::
 
-    from backtests.config import configs_dir, load_config
-    from backtests.study import run_study
+    from metabt.backtests.config import configs_dir, load_config
+    from metabt.backtests.study import run_study
     metrics = run_study(load_config(configs_dir() / "basket.toml"), Path("runs/basket"))
     metrics["meta_adaptive"]["sharpe"]
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from backtests.config import configs_dir, load_config
-from backtests.study import run_study
+from metabt.backtests.config import configs_dir, load_config
+from metabt.backtests.study import run_study
 
 STUDIES = ("synthetic", "single_asset", "basket", "prediction")
 

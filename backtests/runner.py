@@ -21,27 +21,32 @@ from joblib import Parallel, delayed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from backtests.config import Specs, StudyConfig, build_specs
-from backtests.data import StudyData
-from feeds.btfeed import make_feature_feed
-from feeds.errors import DataError
-from feeds.features import FeatureSpec
-from feeds.loaders import Frames, slice_period
-from metamodels.erm import erm_train, random_init
-from metamodels.model import MetaModel
-from metamodels.model_io import load_model
-from metamodels.trainer import meta_train
-from strategies.detectors import detect_changes
-from strategies.engine import BacktestResult, CostSpec, run_backtest
-from strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
-from strategies.regime_bound import RegimeBound, fit_regime_rules
-from strategies.static import DEFAULT_GRIDS, STATIC_STRATEGIES
-from strategies.tuning import TuningResult, tune_static
+from metabt.backtests.config import Specs, StudyConfig, build_specs
+from metabt.backtests.data import StudyData
+from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.errors import DataError
+from metabt.feeds.features import FeatureSpec
+from metabt.feeds.loaders import Frames, slice_period
+from metabt.metamodels.erm import erm_train, random_init
+from metabt.metamodels.model import MetaModel
+from metabt.metamodels.model_io import load_model
+from metabt.metamodels.trainer import meta_train
+from metabt.strategies.detectors import detect_changes
+from metabt.strategies.engine import BacktestResult, CostSpec, run_backtest
+from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from metabt.strategies.regime_bound import RegimeBound, fit_regime_rules
+from metabt.strategies.static import DEFAULT_GRIDS, STATIC_STRATEGIES
+from metabt.strategies.tuning import TuningResult, tune_static
 
 log = logging.getLogger(__name__)
 
-META_STRATEGIES = ("meta_adaptive", "meta_frozen", "meta_calendar", "meta_random_init",
-                   "erm_static")
+META_STRATEGIES = (
+    "meta_adaptive",
+    "meta_frozen",
+    "meta_calendar",
+    "meta_random_init",
+    "erm_static",
+)
 
 
 @dataclass
@@ -64,8 +69,9 @@ def parse_period(text: str) -> pd.DateOffset:
     if not match or int(match.group(1)) == 0:
         raise DataError(f"--refit-every {text!r}: use a number and a unit, e.g. 1y, 6m or 2w")
     n, unit = int(match.group(1)), match.group(2)
-    return {"y": pd.DateOffset(years=n), "m": pd.DateOffset(months=n),
-            "w": pd.DateOffset(weeks=n)}[unit]
+    return {"y": pd.DateOffset(years=n), "m": pd.DateOffset(months=n), "w": pd.DateOffset(weeks=n)}[
+        unit
+    ]
 
 
 def segment_splits(config: StudyConfig, last_bar: pd.Timestamp) -> list[pd.Timestamp]:
@@ -80,9 +86,15 @@ def segment_splits(config: StudyConfig, last_bar: pd.Timestamp) -> list[pd.Times
 
 def adaptive_policy(model: MetaModel, features: FeatureSpec) -> AdaptivePolicy:
     """The numpy view of a model that the strategy adapts and runs."""
-    return AdaptivePolicy(model.policy_spec, model.objective_spec, model.numpy_params(),
-                          model.numpy_inner_lr(), model.inner_steps, features.names,
-                          model.lr_length_power)
+    return AdaptivePolicy(
+        model.policy_spec,
+        model.objective_spec,
+        model.numpy_params(),
+        model.numpy_inner_lr(),
+        model.inner_steps,
+        features.names,
+        model.lr_length_power,
+    )
 
 
 Models = dict[str, list[MetaModel]]  # "meta" / "erm" / "random" -> one model per seed
@@ -93,29 +105,39 @@ def warmup_start(config: StudyConfig, split: pd.Timestamp) -> pd.Timestamp:
     return split - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
 
 
-def task_changes(frames: Frames, config: StudyConfig, regimes: dict[str, pd.Series] | None,
-                 split: pd.Timestamp) -> dict[str, list[pd.Timestamp]]:
+def task_changes(
+    frames: Frames, config: StudyConfig, regimes: dict[str, pd.Series] | None, split: pd.Timestamp
+) -> dict[str, list[pd.Timestamp]]:
     """Where training supports start: the true changes when known, else the detector's.
 
     Either way only bars before ``split`` are looked at; the detector runs causally.
     """
     if regimes is not None:
-        return {s: [t for t in changes if t < split] for s, changes in true_changes(regimes).items()}
+        return {
+            s: [t for t in changes if t < split] for s, changes in true_changes(regimes).items()
+        }
     train = slice_period(frames, None, split)
-    return {s: detect_changes(f, config.detector.name, **config.detector.settings)
-            for s, f in train.items()}
+    return {
+        s: detect_changes(f, config.detector.name, **config.detector.settings)
+        for s, f in train.items()
+    }
 
 
 def true_changes(regimes: dict[str, pd.Series]) -> dict[str, list[pd.Timestamp]]:
     """First date of every new true regime, per asset."""
-    return {s: list(r.index[1:][r.to_numpy()[1:] != r.to_numpy()[:-1]])
-            for s, r in regimes.items()}
+    return {s: list(r.index[1:][r.to_numpy()[1:] != r.to_numpy()[:-1]]) for s, r in regimes.items()}
 
 
-def train_meta(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Timestamp,
-               progress: bool = True, changes: dict | None = None,
-               seed: int | None = None, regimes: dict[str, pd.Series] | None = None
-               ) -> MetaModel:
+def train_meta(
+    frames: Frames,
+    config: StudyConfig,
+    specs: Specs,
+    split: pd.Timestamp,
+    progress: bool = True,
+    changes: dict | None = None,
+    seed: int | None = None,
+    regimes: dict[str, pd.Series] | None = None,
+) -> MetaModel:
     """Meta-train on the bars in ``[data.start, split)`` only.
 
     ``changes`` (else derived from ``regimes`` or the detector, see :func:`task_changes`)
@@ -125,20 +147,44 @@ def train_meta(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Time
         changes = task_changes(frames, config, regimes, split)
     train = slice_period(frames, config.data.start, split)
     train_config = specs.train if seed is None else dc_replace(specs.train, seed=seed)
-    return meta_train(train, specs.features, specs.task, specs.policy, specs.objective,
-                      train_config, config.data.start, split, progress=progress,
-                      changes=changes)
+    return meta_train(
+        train,
+        specs.features,
+        specs.task,
+        specs.policy,
+        specs.objective,
+        train_config,
+        config.data.start,
+        split,
+        progress=progress,
+        changes=changes,
+    )
 
 
-def _train_seed(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Timestamp,
-                changes: dict, seed: int, meta: MetaModel | None
-                ) -> tuple[MetaModel, MetaModel, MetaModel]:
+def _train_seed(
+    frames: Frames,
+    config: StudyConfig,
+    specs: Specs,
+    split: pd.Timestamp,
+    changes: dict,
+    seed: int,
+    meta: MetaModel | None,
+) -> tuple[MetaModel, MetaModel, MetaModel]:
     train_config = dc_replace(specs.train, seed=seed)
     if meta is None:
         meta = train_meta(frames, config, specs, split, False, changes, seed)
-    erm = erm_train(slice_period(frames, config.data.start, split), specs.features, specs.task,
-                    specs.policy, specs.objective, train_config, config.data.start, split,
-                    progress=False, changes=changes)
+    erm = erm_train(
+        slice_period(frames, config.data.start, split),
+        specs.features,
+        specs.task,
+        specs.policy,
+        specs.objective,
+        train_config,
+        config.data.start,
+        split,
+        progress=False,
+        changes=changes,
+    )
     # The random init is the very start point of meta-training (same seed), adapted
     # with the meta-model's step sizes: the ablation isolates what meta-learning added.
     rand = random_init(specs.policy, specs.objective, train_config, inner_lr=meta.inner_lr)
@@ -146,60 +192,88 @@ def _train_seed(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Tim
     return meta, erm, rand
 
 
-def train_models(frames: Frames, config: StudyConfig, specs: Specs, split: pd.Timestamp,
-                 model_path: Path | None, progress: bool, regimes: dict | None = None,
-                 n_jobs: int = 2, console: Console | None = None) -> Models:
+def train_models(
+    frames: Frames,
+    config: StudyConfig,
+    specs: Specs,
+    split: pd.Timestamp,
+    model_path: Path | None,
+    progress: bool,
+    regimes: dict | None = None,
+    n_jobs: int = 2,
+    console: Console | None = None,
+) -> Models:
     """Meta-learned, ERM and random-init models, one per seed, from bars before ``split`` only."""
     loaded = None
     if model_path is not None:
         loaded, last_bar = load_model(model_path)
         if last_bar >= split:
-            raise DataError(f"{model_path}: trained on bars up to {last_bar.date()}, on or after "
-                            f"the split {split.date()}; it has seen the test period. Re-train "
-                            "or move --split later")
+            raise DataError(
+                f"{model_path}: trained on bars up to {last_bar.date()}, on or after "
+                f"the split {split.date()}; it has seen the test period. Re-train "
+                "or move --split later"
+            )
         if loaded.feature_spec != specs.features:
-            raise DataError(f"{model_path}: its feature spec differs from the config's "
-                            "[features]; use the config it was trained with")
+            raise DataError(
+                f"{model_path}: its feature spec differs from the config's "
+                "[features]; use the config it was trained with"
+            )
     changes = task_changes(frames, config, regimes, split)
     # A loaded checkpoint is one model: the study then runs that one seed.
-    seeds = [config.seed] if loaded is not None else [config.seed + i
-                                                       for i in range(config.ensemble.seeds)]
+    seeds = (
+        [config.seed]
+        if loaded is not None
+        else [config.seed + i for i in range(config.ensemble.seeds)]
+    )
     if console is not None and progress:
-        console.print(f"  meta-training {len(seeds)} seed(s) x (meta, erm) on bars before "
-                      f"{split.date()} ({sum(map(len, changes.values()))} regime changes "
-                      "anchor the tasks) ...")
+        console.print(
+            f"  meta-training {len(seeds)} seed(s) x (meta, erm) on bars before "
+            f"{split.date()} ({sum(map(len, changes.values()))} regime changes "
+            "anchor the tasks) ..."
+        )
     trained = Parallel(n_jobs=min(n_jobs, len(seeds)))(
-        delayed(_train_seed)(frames, config, specs, split, changes, seed, loaded)
-        for seed in seeds)
-    return {"meta": [t[0] for t in trained], "erm": [t[1] for t in trained],
-            "random": [t[2] for t in trained]}
+        delayed(_train_seed)(frames, config, specs, split, changes, seed, loaded) for seed in seeds
+    )
+    return {
+        "meta": [t[0] for t in trained],
+        "erm": [t[1] for t in trained],
+        "random": [t[2] for t in trained],
+    }
 
 
 def strategy_params(config: StudyConfig) -> dict:
     """MetaAdaptiveStrategy params every meta variant shares (detector, windows, sizing)."""
     s = config.strategy
-    return {"detector": config.detector.name,
-            "detector_settings": dict(config.detector.settings),
-            "min_window": s.min_window, "max_window": s.max_window,
-            "readapt_every": s.readapt_every, "calendar_window": s.calendar_window,
-            "long_only": s.long_only, "vol_target": s.vol_target,
-            "gross_cap": s.gross_cap, "asset_weight": s.asset_weight,
-            "rebalance_threshold": s.rebalance_threshold}
+    return {
+        "detector": config.detector.name,
+        "detector_settings": dict(config.detector.settings),
+        "min_window": s.min_window,
+        "max_window": s.max_window,
+        "readapt_every": s.readapt_every,
+        "calendar_window": s.calendar_window,
+        "long_only": s.long_only,
+        "vol_target": s.vol_target,
+        "gross_cap": s.gross_cap,
+        "asset_weight": s.asset_weight,
+        "rebalance_threshold": s.rebalance_threshold,
+    }
 
 
 def _policies(models: list[MetaModel], specs: Specs) -> tuple[AdaptivePolicy, ...]:
     return tuple(adaptive_policy(m, specs.features) for m in models)
 
 
-def meta_adaptive_params(config: StudyConfig, meta: MetaModel | list[MetaModel],
-                         specs: Specs) -> dict:
+def meta_adaptive_params(
+    config: StudyConfig, meta: MetaModel | list[MetaModel], specs: Specs
+) -> dict:
     """Params of ``meta_adaptive`` itself: what a backtest and the paper loop both trade."""
     models = meta if isinstance(meta, list) else [meta]
     return {**strategy_params(config), "policy": _policies(models, specs), "trigger": "regime"}
 
 
-def meta_runs(config: StudyConfig, models: Models, specs: Specs,
-              regimes: dict[str, pd.Series] | None = None) -> dict[str, dict]:
+def meta_runs(
+    config: StudyConfig, models: Models, specs: Specs, regimes: dict[str, pd.Series] | None = None
+) -> dict[str, dict]:
     """Strategy params of the meta policy and its ablations (same sizing, same costs).
 
     Each trades the average position of its per-seed models. With known regimes
@@ -212,13 +286,20 @@ def meta_runs(config: StudyConfig, models: Models, specs: Specs,
         "meta_adaptive": meta_adaptive_params(config, models["meta"], specs),
         "meta_frozen": {**common, "policy": pol, "trigger": "never"},
         "meta_calendar": {**common, "policy": pol, "trigger": "calendar"},
-        "meta_random_init": {**common, "policy": _policies(models["random"], specs),
-                             "trigger": "regime"},
+        "meta_random_init": {
+            **common,
+            "policy": _policies(models["random"], specs),
+            "trigger": "regime",
+        },
         "erm_static": {**common, "policy": _policies(models["erm"], specs), "trigger": "never"},
     }
     if regimes is not None:
-        runs["meta_oracle"] = {**common, "policy": pol, "trigger": "oracle",
-                               "known_changes": true_changes(regimes)}
+        runs["meta_oracle"] = {
+            **common,
+            "policy": pol,
+            "trigger": "oracle",
+            "known_changes": true_changes(regimes),
+        }
     return runs
 
 
@@ -233,9 +314,15 @@ def per_seed_runs(runs: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def _run_one(frames: Frames, name: str, params: dict, costs: CostSpec, split: pd.Timestamp,
-             end: pd.Timestamp | None, features: FeatureSpec
-             ) -> tuple[str, BacktestResult, list[str]]:
+def _run_one(
+    frames: Frames,
+    name: str,
+    params: dict,
+    costs: CostSpec,
+    split: pd.Timestamp,
+    end: pd.Timestamp | None,
+    features: FeatureSpec,
+) -> tuple[str, BacktestResult, list[str]]:
     # Runs in a worker process: its warnings are returned so the caller can re-issue them.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -243,35 +330,55 @@ def _run_one(frames: Frames, name: str, params: dict, costs: CostSpec, split: pd
             cls = RegimeBound if name == "regime_bound" else STATIC_STRATEGIES[name]
             result = run_backtest(frames, cls, params, costs, trade_start=split, end=end)
         else:
-            result = run_backtest(frames, MetaAdaptiveStrategy, params, costs, trade_start=split,
-                                  end=end,
-                                  feed_factory=lambda s, f: make_feature_feed(s, f, features))
+            result = run_backtest(
+                frames,
+                MetaAdaptiveStrategy,
+                params,
+                costs,
+                trade_start=split,
+                end=end,
+                feed_factory=lambda s, f: make_feature_feed(s, f, features),
+            )
     return name, result, [str(w.message) for w in caught]
 
 
-def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
-                end: pd.Timestamp | None, model_path: Path | None = None, n_jobs: int = 2,
-                progress: bool = True, console: Console | None = None) -> Segment:
+def run_segment(
+    data: StudyData,
+    config: StudyConfig,
+    split: pd.Timestamp,
+    end: pd.Timestamp | None,
+    model_path: Path | None = None,
+    n_jobs: int = 2,
+    progress: bool = True,
+    console: Console | None = None,
+) -> Segment:
     """Train on ``[start, split)``, then trade every strategy on ``[split, end)``."""
     console = console or Console(stderr=True)
     specs = build_specs(config)
-    console.print(f"[bold]segment[/bold] train < {split.date()}, test {split.date()} .. "
-                  f"{'end' if end is None else end.date()}")
-    models = train_models(data.frames, config, specs, split, model_path, progress,
-                          data.regimes, n_jobs, console)
+    console.print(
+        f"[bold]segment[/bold] train < {split.date()}, test {split.date()} .. "
+        f"{'end' if end is None else end.date()}"
+    )
+    models = train_models(
+        data.frames, config, specs, split, model_path, progress, data.regimes, n_jobs, console
+    )
     train_frames = slice_period(data.frames, None, split)
     first_bar = min(f.index[0] for f in train_frames.values())
     # Every config is scored from the same day, once the slowest one is warm.
-    start = max(pd.Timestamp(config.data.start or first_bar), first_bar) + \
-        pd.tseries.offsets.BDay(config.strategy.warmup_bars)
+    start = max(pd.Timestamp(config.data.start or first_bar), first_bar) + pd.tseries.offsets.BDay(
+        config.strategy.warmup_bars
+    )
     tuning: dict[str, TuningResult] = {}
     for name in config.comparators.names:
         grid = config.comparators.grids.get(name, DEFAULT_GRIDS[name])
-        tuning[name] = tune_static(train_frames, name, grid, specs.costs, start, split,
-                                   n_jobs=n_jobs)
-        console.print(f"  tuned {name} on the training period: {tuning[name].best_params} "
-                      f"(in-sample Sharpe {tuning[name].best_score:.2f}, "
-                      f"{tuning[name].n_trials} configs)")
+        tuning[name] = tune_static(
+            train_frames, name, grid, specs.costs, start, split, n_jobs=n_jobs
+        )
+        console.print(
+            f"  tuned {name} on the training period: {tuning[name].best_params} "
+            f"(in-sample Sharpe {tuning[name].best_score:.2f}, "
+            f"{tuning[name].n_trials} configs)"
+        )
     # The test run is fed `warmup_bars` of history before the split so indicators,
     # detectors and the first adaptation window are warm; nothing before the split is traded.
     test_frames = slice_period(data.frames, warmup_start(config, split), end)
@@ -279,17 +386,27 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
     jobs = {**runs, **{name: t.best_params for name, t in tuning.items()}}
     if data.regimes is not None:
         rules = fit_regime_rules(train_frames, data.regimes, split, specs.features)
-        jobs["regime_bound"] = {"rules": rules, "regimes": data.regimes,
-                                "vol_target": config.strategy.vol_target}
+        jobs["regime_bound"] = {
+            "rules": rules,
+            "regimes": data.regimes,
+            "vol_target": config.strategy.vol_target,
+        }
     if config.ensemble.per_seed_runs:
         jobs.update(per_seed_runs(runs))
     done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
         delayed(_run_one)(test_frames, name, params, specs.costs, split, end, specs.features)
-        for name, params in jobs.items())
+        for name, params in jobs.items()
+    )
     results = {}
-    with Progress(TextColumn("  test period"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  disable=not progress) as bar:
+    with Progress(
+        TextColumn("  test period"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("", total=len(jobs))
         finished = []
         for item in done:
@@ -303,5 +420,12 @@ def run_segment(data: StudyData, config: StudyConfig, split: pd.Timestamp,
         results[name] = result
         for note in notes:
             warnings.warn(f"{name} (test period): {note}", stacklevel=2)
-    return Segment(split, end, models["meta"][0], results, tuning,
-                   {name: t.best_score for name, t in tuning.items()}, seed_results)
+    return Segment(
+        split,
+        end,
+        models["meta"][0],
+        results,
+        tuning,
+        {name: t.best_score for name, t in tuning.items()},
+        seed_results,
+    )

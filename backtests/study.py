@@ -15,13 +15,13 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from backtests.config import StudyConfig
-from backtests.data import StudyData, load_study_data
-from backtests.outputs import write_run
-from backtests.runner import Segment, run_segment, segment_splits
-from feeds.features import FeatureSpec, compute_labels
-from reports.build import build_reports
-from strategies.regime_bound import fit_regime_rules
+from metabt.backtests.config import StudyConfig
+from metabt.backtests.data import StudyData, load_study_data
+from metabt.backtests.outputs import write_run
+from metabt.backtests.runner import Segment, run_segment, segment_splits
+from metabt.feeds.features import FeatureSpec, compute_labels
+from metabt.reports.build import build_reports
+from metabt.strategies.regime_bound import fit_regime_rules
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,12 @@ log = logging.getLogger(__name__)
 DETECTION_HORIZON = 30
 
 
-def detection_stats(data: StudyData, adaptations: pd.DataFrame, split: pd.Timestamp,
-                    rules: dict[int, tuple[float, float]] | None = None) -> dict:
+def detection_stats(
+    data: StudyData,
+    adaptations: pd.DataFrame,
+    split: pd.Timestamp,
+    rules: dict[int, tuple[float, float]] | None = None,
+) -> dict:
     """Delay and false alarms of the regime trigger against the true changes (synthetic only).
 
     A true change counts only if it alters the best position rule (the sign of its
@@ -39,18 +43,21 @@ def detection_stats(data: StudyData, adaptations: pd.DataFrame, split: pd.Timest
     ``DETECTION_HORIZON`` bars after it. False alarms are alarms with no true change
     of any kind in the ``DETECTION_HORIZON`` bars before them, per 1,000 such bars.
     """
-    alarms = adaptations.loc[(adaptations["strategy"] == "meta_adaptive")
-                             & (adaptations["trigger"] == "alarm")]
+    alarms = adaptations.loc[
+        (adaptations["strategy"] == "meta_adaptive") & (adaptations["trigger"] == "alarm")
+    ]
     delays, n_changes, false_alarms, quiet_bars = [], 0, 0, 0
     for symbol, frame in data.frames.items():
         dates = frame.index[frame.index >= split]
         regime = data.regimes[symbol].reindex(dates).to_numpy()
         moved = np.flatnonzero(regime[1:] != regime[:-1]) + 1
-        alarm_idx = np.searchsorted(dates, pd.to_datetime(
-            alarms.loc[alarms["asset"] == symbol, "date"]).to_numpy())
+        alarm_idx = np.searchsorted(
+            dates, pd.to_datetime(alarms.loc[alarms["asset"] == symbol, "date"]).to_numpy()
+        )
         for t in moved:
             if rules is not None and np.sign(rules.get(int(regime[t]), (0, 0))[1]) == np.sign(
-                    rules.get(int(regime[t - 1]), (0, 0))[1]):
+                rules.get(int(regime[t - 1]), (0, 0))[1]
+            ):
                 continue
             n_changes += 1
             after = alarm_idx[(alarm_idx >= t) & (alarm_idx < t + DETECTION_HORIZON)]
@@ -58,13 +65,16 @@ def detection_stats(data: StudyData, adaptations: pd.DataFrame, split: pd.Timest
                 delays.append(int(after[0] - t))
         recent = np.zeros(len(dates), bool)
         for t in moved:
-            recent[t:t + DETECTION_HORIZON] = True
+            recent[t : t + DETECTION_HORIZON] = True
         quiet_bars += int((~recent).sum())
         false_alarms += int(sum(1 for a in alarm_idx if a < len(dates) and not recent[a]))
-    return {"true_changes": n_changes, "detected": len(delays),
-            "mean_delay_bars": float(np.mean(delays)) if delays else None,
-            "false_alarms_per_1000_bars": 1000.0 * false_alarms / max(quiet_bars, 1),
-            "horizon_bars": DETECTION_HORIZON}
+    return {
+        "true_changes": n_changes,
+        "detected": len(delays),
+        "mean_delay_bars": float(np.mean(delays)) if delays else None,
+        "false_alarms_per_1000_bars": 1000.0 * false_alarms / max(quiet_bars, 1),
+        "horizon_bars": DETECTION_HORIZON,
+    }
 
 
 def prediction_stats(data: StudyData, positions: pd.DataFrame, features: FeatureSpec) -> dict:
@@ -74,21 +84,35 @@ def prediction_stats(data: StudyData, positions: pd.DataFrame, features: Feature
     open-to-open return it actually earns); bars with a zero position do not
     count towards accuracy.
     """
-    labels = pd.concat({s: compute_labels(f, features) for s, f in data.frames.items()},
-                       names=["asset", "date"]).rename("outcome").reset_index()
+    labels = (
+        pd.concat(
+            {s: compute_labels(f, features) for s, f in data.frames.items()},
+            names=["asset", "date"],
+        )
+        .rename("outcome")
+        .reset_index()
+    )
     merged = positions.merge(labels, on=["asset", "date"]).dropna(subset=["outcome"])
     out = {}
     for name, frame in merged.groupby("strategy"):
         active = frame.loc[frame["weight"] != 0]
-        hit = float((np.sign(active["weight"]) == np.sign(active["outcome"])).mean()) \
-            if len(active) else None
-        ics = [g["weight"].corr(g["outcome"], method="spearman")
-               for _, g in frame.groupby("date") if g["weight"].nunique() > 1]
+        hit = (
+            float((np.sign(active["weight"]) == np.sign(active["outcome"])).mean())
+            if len(active)
+            else None
+        )
+        ics = [
+            g["weight"].corr(g["outcome"], method="spearman")
+            for _, g in frame.groupby("date")
+            if g["weight"].nunique() > 1
+        ]
         ts_ic = frame["weight"].corr(frame["outcome"], method="spearman")
-        out[str(name)] = {"direction_accuracy": hit,
-                          "ic_time_series": None if pd.isna(ts_ic) else float(ts_ic),
-                          "ic_cross_section": float(np.nanmean(ics)) if ics else None,
-                          "n_bars": len(frame)}
+        out[str(name)] = {
+            "direction_accuracy": hit,
+            "ic_time_series": None if pd.isna(ts_ic) else float(ts_ic),
+            "ic_cross_section": float(np.nanmean(ics)) if ics else None,
+            "n_bars": len(frame),
+        }
     return out
 
 
@@ -101,13 +125,23 @@ def _prediction_table(stats: dict) -> Table:
         return "n/a" if value is None else f"{value:.3f}"
 
     for name, row in stats.items():
-        table.add_row(name, fmt(row["direction_accuracy"]), fmt(row["ic_time_series"]),
-                      fmt(row["ic_cross_section"]))
+        table.add_row(
+            name,
+            fmt(row["direction_accuracy"]),
+            fmt(row["ic_time_series"]),
+            fmt(row["ic_cross_section"]),
+        )
     return table
 
 
-def run_study(config: StudyConfig, out: Path, model_path: Path | None = None, n_jobs: int = 2,
-              progress: bool = True, console: Console | None = None) -> dict:
+def run_study(
+    config: StudyConfig,
+    out: Path,
+    model_path: Path | None = None,
+    n_jobs: int = 2,
+    progress: bool = True,
+    console: Console | None = None,
+) -> dict:
     """Run every segment of ``config``, write the run folder and its reports.
 
     Returns the metrics of every strategy (as in ``metrics.json``).
@@ -119,14 +153,24 @@ def run_study(config: StudyConfig, out: Path, model_path: Path | None = None, n_
     segments: list[Segment] = []
     for i, split in enumerate(splits):
         end = splits[i + 1] if i + 1 < len(splits) else None
-        segments.append(run_segment(data, config, split, end,
-                                    model_path=model_path if i == 0 else None,
-                                    n_jobs=n_jobs, progress=progress, console=console))
+        segments.append(
+            run_segment(
+                data,
+                config,
+                split,
+                end,
+                model_path=model_path if i == 0 else None,
+                n_jobs=n_jobs,
+                progress=progress,
+                console=console,
+            )
+        )
     write_run(out, config, data, segments)
     if data.regimes is not None:
         adaptations = pd.read_csv(out / "adaptations.csv", parse_dates=["date"])
-        rules = fit_regime_rules(data.frames, data.regimes, splits[0],
-                                 FeatureSpec(**config.features.model_dump()))
+        rules = fit_regime_rules(
+            data.frames, data.regimes, splits[0], FeatureSpec(**config.features.model_dump())
+        )
         stats = detection_stats(data, adaptations, splits[0], rules)
         (out / "detection.json").write_text(json.dumps(stats, indent=2) + "\n")
     if config.study == "prediction":

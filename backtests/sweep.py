@@ -22,12 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from backtests.config import ConfigError, StudyConfig, parse_config
-from feeds.errors import DataError
-from feeds.loaders import list_symbols, parse_symbols, sample_data_dir
-from feeds.synthetic import REGIMES_FILE
-from reports.metrics import METRIC_KEYS
-from reports.runfolder import ordered_strategies
+from metabt.backtests.config import ConfigError, StudyConfig, parse_config
+from metabt.feeds.errors import DataError
+from metabt.feeds.loaders import list_symbols, parse_symbols, sample_data_dir
+from metabt.feeds.synthetic import REGIMES_FILE
+from metabt.reports.metrics import METRIC_KEYS
+from metabt.reports.runfolder import ordered_strategies
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,8 +57,13 @@ class SweepRun:
 
     def record(self) -> dict[str, Any]:
         """What ``sweep_run.json`` holds: enough to tell which run a folder is."""
-        return {"hash": self.hash, "universe": self.universe, "seed": self.seed,
-                "point": self.point, "data_files": self.data_files}
+        return {
+            "hash": self.hash,
+            "universe": self.universe,
+            "seed": self.seed,
+            "point": self.point,
+            "data_files": self.data_files,
+        }
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -122,16 +127,19 @@ def parse_universes(items: list[str], path: Path | None) -> dict[str, list[str] 
         universes["+".join(symbols) if symbols else "all"] = symbols or "all"
     if path is not None:
         if not path.is_file():
-            raise SweepError(f"{path}: no such universes file; write NAME = [\"SYM\", ...] lines")
+            raise SweepError(f'{path}: no such universes file; write NAME = ["SYM", ...] lines')
         try:
             raw = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SweepError(f"{path}: not valid TOML ({exc})") from None
         for name, symbols in raw.items():
-            if not (isinstance(symbols, list) and symbols
-                    and all(isinstance(s, str) for s in symbols)):
-                raise SweepError(f"{path}: {name} must be a non-empty list of symbols, "
-                                 f"e.g. {name} = [\"SPY\", \"TLT\"]")
+            if not (
+                isinstance(symbols, list) and symbols and all(isinstance(s, str) for s in symbols)
+            ):
+                raise SweepError(
+                    f"{path}: {name} must be a non-empty list of symbols, "
+                    f'e.g. {name} = ["SPY", "TLT"]'
+                )
             universes[name] = parse_symbols(",".join(symbols)) or "all"
     return universes
 
@@ -164,8 +172,10 @@ def data_files(config: StudyConfig) -> list[Path]:
     files = [folder / f"{s}.csv" for s in symbols]
     for path in files:
         if not path.is_file():
-            raise DataError(f"{path}: no such file; symbols in {folder}: "
-                            f"{', '.join(list_symbols(folder)[:12]) or 'none'}")
+            raise DataError(
+                f"{path}: no such file; symbols in {folder}: "
+                f"{', '.join(list_symbols(folder)[:12]) or 'none'}"
+            )
     regimes = folder / REGIMES_FILE
     return files + ([regimes] if regimes.is_file() else [])
 
@@ -183,15 +193,23 @@ def run_hash(config: StudyConfig, overrides: dict[str, Any], files: dict[str, st
     if resolved["data"]["source"] == "csv":
         # The files' contents are hashed; moving the data folder must not re-run the sweep.
         resolved["data"]["path"] = None
-    payload = {"config": resolved, "overrides": overrides, "data": files,
-               "metabt": metabt_version()}
+    payload = {
+        "config": resolved,
+        "overrides": overrides,
+        "data": files,
+        "metabt": metabt_version(),
+    }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def expand(config: StudyConfig, seeds: list[int], grid: dict[str, list[Any]],
-           walk_forward: list[str | None], universes: dict[str, list[str] | str]
-           ) -> list[SweepRun]:
+def expand(
+    config: StudyConfig,
+    seeds: list[int],
+    grid: dict[str, list[Any]],
+    walk_forward: list[str | None],
+    universes: dict[str, list[str] | str],
+) -> list[SweepRun]:
     """Every run of the product universes x walk-forward x grid points x seeds, in that order."""
     axes = dict(grid)
     if walk_forward != [None]:
@@ -211,11 +229,13 @@ def expand(config: StudyConfig, seeds: list[int], grid: dict[str, list[Any]],
             if path not in digests:
                 digests[path] = _sha256(path)
             files[path.name] = digests[path]
-        runs.append(SweepRun(run_hash(run_config, overrides, files), name, seed, point,
-                             run_config, files))
+        runs.append(
+            SweepRun(run_hash(run_config, overrides, files), name, seed, point, run_config, files)
+        )
     if len({r.hash for r in runs}) < len(runs):
-        raise SweepError("two points of the sweep are the same run; a --grid or --universe "
-                         "value is repeated")
+        raise SweepError(
+            "two points of the sweep are the same run; a --grid or --universe value is repeated"
+        )
     return runs
 
 
@@ -241,15 +261,26 @@ def sweep_table(out: Path, runs: list[SweepRun], failures: dict[str, str]) -> pd
     keys = list(dict.fromkeys(k for r in runs for k in r.point))
     rows = []
     for run in runs:
-        ident = {"run": run.hash, "universe": run.universe, "seed": run.seed,
-                 **{k: _cell(run.point.get(k)) for k in keys}}
+        ident = {
+            "run": run.hash,
+            "universe": run.universe,
+            "seed": run.seed,
+            **{k: _cell(run.point.get(k)) for k in keys},
+        }
         if not is_finished(out, run):
             error = failures.get(run.hash, "did not finish (interrupted); run the sweep again")
             rows.append({**ident, "strategy": "", "status": "failed", "error": error})
             continue
         metrics = json.loads((run_dir(out, run) / "metrics.json").read_text())
         for name in ordered_strategies(list(metrics)):
-            rows.append({**ident, "strategy": name, "status": "ok", "error": "",
-                         **{k: metrics[name].get(k) for k in METRIC_KEYS}})
+            rows.append(
+                {
+                    **ident,
+                    "strategy": name,
+                    "status": "ok",
+                    "error": "",
+                    **{k: metrics[name].get(k) for k in METRIC_KEYS},
+                }
+            )
     columns = [*ID_COLUMNS, *keys, "strategy", "status", "error", *METRIC_KEYS]
     return pd.DataFrame(rows, columns=columns)

@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from backtests.sweep import RECORD_FILE, SweepError, SweepRun, is_finished, sweep_table
+from metabt.backtests.sweep import RECORD_FILE, SweepError, SweepRun, is_finished, sweep_table
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def run_one(task: dict, out: str) -> str:
     Calls the same function as ``metabt backtest`` (one worker process, one core,
     so ``n_jobs=1``), in a temporary folder renamed into place at the end.
     """
-    from backtests.cli import run_to_folder
-    from backtests.config import parse_config
+    from metabt.backtests.cli import run_to_folder
+    from metabt.backtests.config import parse_config
 
     runs = Path(out) / "runs"
     final = runs / task["hash"]
@@ -63,8 +63,7 @@ def run_one(task: dict, out: str) -> str:
     start = time.perf_counter()
     try:
         tmp.mkdir(parents=True)  # at once, so an interrupted run is visible as partial
-        run_to_folder(config, tmp, console=Console(file=io.StringIO()), n_jobs=1,
-                      progress=False)
+        run_to_folder(config, tmp, console=Console(file=io.StringIO()), n_jobs=1, progress=False)
         record = {**task["record"], "seconds": round(time.perf_counter() - start, 2)}
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         try:
@@ -96,20 +95,27 @@ def _error_of(future) -> str:
 
 
 def _client(cluster: str | None, workers: int):
-    """A ``distributed.Client`` and, locally, the ``LocalCluster`` it owns (closed by the caller)."""
+    """A ``distributed.Client`` and, locally, the ``LocalCluster`` it owns (caller closes)."""
     from distributed import Client, LocalCluster
 
     if cluster is None:
         # One thread per worker process: a worker holds one study at a time.
-        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                             dashboard_address=None, silence_logs=logging.ERROR)
+        local = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
         return Client(local), local
     try:
         return Client(cluster, timeout=CONNECT_TIMEOUT), None
     except (OSError, TimeoutError, ValueError) as exc:
-        raise SweepError(f"--cluster {cluster}: no Dask scheduler answered ({_one_line(exc)}); "
-                         "start one with `dask scheduler` and `dask worker ADDRESS`, "
-                         "or drop --cluster to run locally") from None
+        raise SweepError(
+            f"--cluster {cluster}: no Dask scheduler answered ({_one_line(exc)}); "
+            "start one with `dask scheduler` and `dask worker ADDRESS`, "
+            "or drop --cluster to run locally"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -118,20 +124,34 @@ def _scheduler_lost(cluster: str | None):
     try:
         yield
     except OSError as exc:
-        raise SweepError(f"{cluster or 'local cluster'}: lost the Dask scheduler "
-                         f"({_one_line(exc)}); finished runs are kept, run the sweep again "
-                         "to resume") from None
+        raise SweepError(
+            f"{cluster or 'local cluster'}: lost the Dask scheduler "
+            f"({_one_line(exc)}); finished runs are kept, run the sweep again "
+            "to resume"
+        ) from None
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("done {task.fields[done]}  failed {task.fields[failed]}  "
-                               "running {task.fields[running]}"),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "done {task.fields[done]}  failed {task.fields[failed]}  running {task.fields[running]}"
+        ),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
-def execute(runs: list[SweepRun], out: Path, cluster: str | None = None, workers: int = 2,
-            console: Console | None = None) -> Outcome:
+def execute(
+    runs: list[SweepRun],
+    out: Path,
+    cluster: str | None = None,
+    workers: int = 2,
+    console: Console | None = None,
+) -> Outcome:
     """Run every unfinished run of ``runs`` on Dask; return what ran and what failed.
 
     Parameters
@@ -159,10 +179,17 @@ def execute(runs: list[SweepRun], out: Path, cluster: str | None = None, workers
     start = time.perf_counter()
     client, local = _client(cluster, workers)
     try:
-        futures = {client.submit(run_one, {"hash": r.hash, "record": r.record(),
-                                           "config": r.config.model_dump(mode="json")},
-                                 str(out.resolve()), key=f"metabt-run-{r.hash}", pure=False,
-                                 retries=1): r for r in todo}
+        futures = {
+            client.submit(
+                run_one,
+                {"hash": r.hash, "record": r.record(), "config": r.config.model_dump(mode="json")},
+                str(out.resolve()),
+                key=f"metabt-run-{r.hash}",
+                pure=False,
+                retries=1,
+            ): r
+            for r in todo
+        }
         pending = set(futures)
         with _progress(console) as bar, _scheduler_lost(cluster):
             task = bar.add_task("", total=len(todo), done=0, failed=0, running=0)
@@ -181,8 +208,13 @@ def execute(runs: list[SweepRun], out: Path, cluster: str | None = None, workers
                         log.warning("run %s failed: %s", run.hash, outcome.failed[run.hash])
                 keys = {f.key for f in pending}
                 running = sum(len(keys.intersection(v)) for v in client.processing().values())
-                bar.update(task, completed=len(todo) - len(pending), done=len(outcome.ran),
-                           failed=len(outcome.failed), running=running)
+                bar.update(
+                    task,
+                    completed=len(todo) - len(pending),
+                    done=len(outcome.ran),
+                    failed=len(outcome.failed),
+                    running=running,
+                )
     finally:
         client.close()
         if local is not None:
@@ -192,10 +224,15 @@ def execute(runs: list[SweepRun], out: Path, cluster: str | None = None, workers
     return outcome
 
 
-def run_sweep(runs: list[SweepRun], out: Path, cluster: str | None = None, workers: int = 2,
-              console: Console | None = None) -> Outcome:
-    """Run the sweep, then write ``sweep.csv``, ``robustness.md`` and ``robustness.png`` in ``out``."""
-    from reports.robustness import write_robustness
+def run_sweep(
+    runs: list[SweepRun],
+    out: Path,
+    cluster: str | None = None,
+    workers: int = 2,
+    console: Console | None = None,
+) -> Outcome:
+    """Run the sweep; write ``sweep.csv``, ``robustness.md`` and ``robustness.png`` in ``out``."""
+    from metabt.reports.robustness import write_robustness
 
     console = console or Console(stderr=True)
     outcome = execute(runs, out, cluster, workers, console)

@@ -12,7 +12,7 @@ from functools import cache
 import backtrader as bt
 import pandas as pd
 
-from feeds.features import FeatureSpec, compute_features, trailing_vol
+from metabt.feeds.features import FeatureSpec, compute_features, trailing_vol
 
 VOL_LINE = "vol"
 
@@ -70,8 +70,9 @@ def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     return out
 
 
-def make_feature_feed(symbol: str, frame: pd.DataFrame, spec: FeatureSpec,
-                      **kwargs: object) -> bt.feeds.PandasData:
+def make_feature_feed(
+    symbol: str, frame: pd.DataFrame, spec: FeatureSpec, **kwargs: object
+) -> bt.feeds.PandasData:
     """A Backtrader data feed of ``frame`` with the features of ``spec`` as lines."""
     cls = feature_feed_class(spec.names)
     return cls(dataname=feature_frame(frame, spec), name=symbol, **kwargs)

@@ -63,34 +63,46 @@ class FeatureSpec:
                 raise ValueError(f"features.{name} must be > 0, got {getattr(self, name)}")
         object.__setattr__(self, "horizons", tuple(int(h) for h in self.horizons))
         object.__setattr__(self, "macd", tuple((int(f), int(s)) for f, s in self.macd))
-        object.__setattr__(self, "autocorr_windows",
-                           tuple(int(w) for w in self.autocorr_windows))
+        object.__setattr__(self, "autocorr_windows", tuple(int(w) for w in self.autocorr_windows))
         if any(h < 2 for h in self.horizons):
-            raise ValueError(f"features.horizons must be >= 2 bars (ret_1 is a lag), "
-                             f"got {list(self.horizons)}")
+            raise ValueError(
+                f"features.horizons must be >= 2 bars (ret_1 is a lag), got {list(self.horizons)}"
+            )
         if any(not 1 <= f < s for f, s in self.macd):
-            raise ValueError(f"features.macd pairs must be [fast, slow] with 1 <= fast < slow, "
-                             f"got {[list(p) for p in self.macd]}")
+            raise ValueError(
+                f"features.macd pairs must be [fast, slow] with 1 <= fast < slow, "
+                f"got {[list(p) for p in self.macd]}"
+            )
         if any(w < 3 for w in self.autocorr_windows):
-            raise ValueError(f"features.autocorr_windows must be >= 3 bars, "
-                             f"got {list(self.autocorr_windows)}")
+            raise ValueError(
+                f"features.autocorr_windows must be >= 3 bars, got {list(self.autocorr_windows)}"
+            )
 
     @property
     def names(self) -> tuple[str, ...]:
         lags = tuple(f"ret_{k}" for k in range(1, self.lags + 1))
-        extra = (tuple(f"mom_{h}" for h in self.horizons)
-                 + tuple(f"macd_{f}_{s}" for f, s in self.macd)
-                 + tuple(f"ac_{w}" for w in self.autocorr_windows)
-                 + (("log_vol",) if self.vol_level else ()))
+        extra = (
+            tuple(f"mom_{h}" for h in self.horizons)
+            + tuple(f"macd_{f}_{s}" for f, s in self.macd)
+            + tuple(f"ac_{w}" for w in self.autocorr_windows)
+            + (("log_vol",) if self.vol_level else ())
+        )
         return lags + ("vol_ratio", "trend", "range_z", "volume_z") + extra
 
     @property
     def warmup(self) -> int:
         """Bars before the first row where every feature is defined and settled."""
         slowest_ewm = max([2 * np.ceil(self.vol_halflife)] + [2 * s for _, s in self.macd])
-        return int(max(self.lags + 1, self.trend_window, self.volume_window + 1, slowest_ewm,
-                       max(self.horizons, default=0) + 1,
-                       max(self.autocorr_windows, default=0) + 2))
+        return int(
+            max(
+                self.lags + 1,
+                self.trend_window,
+                self.volume_window + 1,
+                slowest_ewm,
+                max(self.horizons, default=0) + 1,
+                max(self.autocorr_windows, default=0) + 2,
+            )
+        )
 
 
 def log_returns(frame: pd.DataFrame) -> pd.Series:
@@ -127,7 +139,9 @@ def compute_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     cols["range_z"] = _rolling_z(np.log(frame["high"] / frame["low"]), spec.volume_window)
     cols["volume_z"] = _rolling_z(np.log1p(frame["volume"]), spec.volume_window)
     for h in spec.horizons:
-        cols[f"mom_{h}"] = (r.rolling(h, min_periods=h).sum() / (vol * np.sqrt(h))).clip(-CLIP, CLIP)
+        cols[f"mom_{h}"] = (r.rolling(h, min_periods=h).sum() / (vol * np.sqrt(h))).clip(
+            -CLIP, CLIP
+        )
     close = frame["close"]
     for fast, slow in spec.macd:
         gap = close.ewm(span=fast, adjust=False).mean() - close.ewm(span=slow, adjust=False).mean()
@@ -141,8 +155,9 @@ def compute_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     return out
 
 
-def label_from_opens(open_next: np.ndarray | float, open_after: np.ndarray | float,
-                     vol: np.ndarray | float) -> np.ndarray | float:
+def label_from_opens(
+    open_next: np.ndarray | float, open_after: np.ndarray | float, vol: np.ndarray | float
+) -> np.ndarray | float:
     """Vol-scaled return of a position held from one open to the next."""
     return (np.asarray(open_after) / np.asarray(open_next) - 1.0) / np.asarray(vol)
 
@@ -154,6 +169,7 @@ def compute_labels(frame: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
     checks that every label used is known at the decision time.
     """
     opens = frame["open"]
-    y = label_from_opens(opens.shift(-1).to_numpy(), opens.shift(-2).to_numpy(),
-                         trailing_vol(frame, spec).to_numpy())
+    y = label_from_opens(
+        opens.shift(-1).to_numpy(), opens.shift(-2).to_numpy(), trailing_vol(frame, spec).to_numpy()
+    )
     return pd.Series(y, index=frame.index, name="label")

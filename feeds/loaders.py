@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from feeds.errors import DataError
-from feeds.synthetic import REGIMES_FILE
-from feeds.validate import validate_bars, validate_symbol
+from metabt.feeds.errors import DataError
+from metabt.feeds.synthetic import REGIMES_FILE
+from metabt.feeds.validate import validate_bars, validate_symbol
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,18 @@ _THOUSANDS = re.compile(r"\d{3}(\.\d*)?")
 
 def sample_data_dir() -> Path:
     """Folder of the real daily bars shipped with metabt (see its README.md)."""
-    return Path(str(resources.files("feeds") / "sample_data"))
+    return Path(str(resources.files("metabt.feeds") / "sample_data"))
 
 
 def _decode(path: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; "
-                        "save the file as UTF-8 (or plain ASCII) and re-run") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; "
+            "save the file as UTF-8 (or plain ASCII) and re-run"
+        ) from None
 
 
 def _check_layout(path: Path, text: str) -> None:
@@ -48,25 +50,37 @@ def _check_layout(path: Path, text: str) -> None:
     lines = text.splitlines()
     header = lines[0] if lines else ""
     if ";" in header and "," not in header:
-        raise DataError(f"{path}: line 1: fields are separated by ';', not ','; save it as a "
-                        "comma-separated file (df.to_csv(path)) and re-run")
+        raise DataError(
+            f"{path}: line 1: fields are separated by ';', not ','; save it as a "
+            "comma-separated file (df.to_csv(path)) and re-run"
+        )
     if "\t" in header and "," not in header:
-        raise DataError(f"{path}: line 1: fields are separated by tabs, not ','; save it as a "
-                        "comma-separated file (df.to_csv(path)) and re-run")
+        raise DataError(
+            f"{path}: line 1: fields are separated by tabs, not ','; save it as a "
+            "comma-separated file (df.to_csv(path)) and re-run"
+        )
     width = len(next(csv.reader([header]))) if header else 0
     for number, row in enumerate(csv.reader(lines[1:]), start=2):
         if row and len(row) != width:
             cells = [c.strip() for c in row]
-            split_number = any(_LEAD.fullmatch(a) and _THOUSANDS.fullmatch(b)
-                               for a, b in itertools.pairwise(cells[1:]))
-            hint = ("an unquoted thousands separator (write 1234.5, not 1,234.5)?"
-                    if len(row) > width and split_number else "a stray or missing comma?")
-            raise DataError(f"{path}: line {number}: {len(row)} fields but the header has "
-                            f"{width}; {hint} Fix that line and re-run")
+            split_number = any(
+                _LEAD.fullmatch(a) and _THOUSANDS.fullmatch(b)
+                for a, b in itertools.pairwise(cells[1:])
+            )
+            hint = (
+                "an unquoted thousands separator (write 1234.5, not 1,234.5)?"
+                if len(row) > width and split_number
+                else "a stray or missing comma?"
+            )
+            raise DataError(
+                f"{path}: line {number}: {len(row)} fields but the header has "
+                f"{width}; {hint} Fix that line and re-run"
+            )
 
 
-def load_csv(path: str | Path, *, allow_jumps: bool = False,
-             allow_gaps: bool = False) -> pd.DataFrame:
+def load_csv(
+    path: str | Path, *, allow_jumps: bool = False, allow_gaps: bool = False
+) -> pd.DataFrame:
     """Read and validate one ``SYMBOL.csv`` in Yahoo layout.
 
     ``allow_jumps`` and ``allow_gaps`` are passed to
@@ -80,29 +94,35 @@ def load_csv(path: str | Path, *, allow_jumps: bool = False,
     """
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a CSV file; move it out of the data folder "
-                        "or name the file you meant")
+        raise DataError(
+            f"{path}: is a folder, not a CSV file; move it out of the data folder "
+            "or name the file you meant"
+        )
     if path.exists() and not path.is_file():
         # A FIFO or a device would block or stream forever instead of being read.
         raise DataError(f"{path}: not a regular file; point at a CSV file")
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path or --data folder")
     if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty; expected a header "
-                        "Date,Open,High,Low,Close,Adj Close,Volume and rows")
+        raise DataError(
+            f"{path}: the file is empty; expected a header "
+            "Date,Open,High,Low,Close,Adj Close,Volume and rows"
+        )
     text = _decode(path, path.read_bytes())
     _check_layout(path, text)
     try:
         # Read as text so validation sees exactly what is written (an empty
         # cell stays '' instead of silently becoming NaN).
-        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
-                          skipinitialspace=True)
+        raw = pd.read_csv(
+            io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True
+        )
     except pd.errors.ParserError as exc:
         first = str(exc).strip().splitlines()[0]
         raise DataError(f"{path}: not a readable CSV ({first}); expected Yahoo layout") from None
     raw.columns = [str(c).strip() for c in raw.columns]
-    return validate_bars(raw, str(path), line_offset=2, allow_jumps=allow_jumps,
-                         allow_gaps=allow_gaps)
+    return validate_bars(
+        raw, str(path), line_offset=2, allow_jumps=allow_jumps, allow_gaps=allow_gaps
+    )
 
 
 def list_symbols(folder: Path) -> list[str]:
@@ -123,16 +143,18 @@ def folder_problems(folder: Path, symbols: list[str]) -> dict[Path, str]:
         if other != symbol and (symbol in symbols or other in symbols):
             problems[folder / f"{symbol}.csv"] = (
                 f"{folder}: {other}.csv and {symbol}.csv differ only in case; the same market "
-                "would count twice: keep one")
+                "would count twice: keep one"
+            )
     root = folder.resolve()
     for symbol in symbols:
         path = folder / f"{symbol}.csv"
         if path.is_symlink() and not path.resolve().is_relative_to(root):
-            problems[path] = (f"{path}: a symlink to {path.resolve()}, outside the data folder "
-                              f"{folder}; copy the file into the folder instead")
+            problems[path] = (
+                f"{path}: a symlink to {path.resolve()}, outside the data folder "
+                f"{folder}; copy the file into the folder instead"
+            )
         elif path.is_dir():
-            problems[path] = (f"{path}: is a folder, not a CSV file; move it out of the data "
-                              "folder")
+            problems[path] = f"{path}: is a folder, not a CSV file; move it out of the data folder"
     return problems
 
 
@@ -158,8 +180,7 @@ def parse_symbols(text: str | None) -> list[str] | None:
     if not any(items):
         raise DataError(f"--symbols {text!r} names no symbol; pass A,B or 'all'")
     if not all(items):
-        raise DataError(f"--symbols {text!r} has an empty item; write A,B without empty "
-                        "entries")
+        raise DataError(f"--symbols {text!r} has an empty item; write A,B without empty entries")
     return check_symbol_list(items, "--symbols")
 
 
@@ -171,13 +192,20 @@ def check_symbol_list(symbols: list[str], where: str) -> list[str]:
         first = seen.get(symbol.upper())
         seen[symbol.upper()] = symbol
         if first is not None:
-            raise DataError(f"{where}: {symbol!r} is named twice (as {first!r} and {symbol!r}); "
-                            "name each symbol once")
+            raise DataError(
+                f"{where}: {symbol!r} is named twice (as {first!r} and {symbol!r}); "
+                "name each symbol once"
+            )
     return symbols
 
 
-def load_folder(folder: str | Path, symbols: list[str] | None = None, *,
-                allow_jumps: bool = False, allow_gaps: bool = False) -> Frames:
+def load_folder(
+    folder: str | Path,
+    symbols: list[str] | None = None,
+    *,
+    allow_jumps: bool = False,
+    allow_gaps: bool = False,
+) -> Frames:
     """Load ``SYMBOL.csv`` files from ``folder`` (all of them when ``symbols`` is None)."""
     folder = Path(folder)
     if not folder.is_dir():

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from feeds.errors import DataError
+from metabt.feeds.errors import DataError
 
 #: No traded instrument is quoted above this; 1e308 and friends are bad prints.
 MAX_PRICE = 1e9
@@ -38,8 +38,10 @@ def check_limits(cols: dict[str, np.ndarray], where: Where) -> None:
         bad = values > limit
         if bad.any():
             pos = int(np.argmax(bad))
-            raise DataError(f"{where(pos)}: {name} is {values[pos]:g}, above {limit:g}; no market "
-                            "trades there, it is a bad print: fix or delete that row")
+            raise DataError(
+                f"{where(pos)}: {name} is {values[pos]:g}, above {limit:g}; no market "
+                "trades there, it is a bad print: fix or delete that row"
+            )
 
 
 def check_one_bar_per_day(dates: pd.DatetimeIndex, where: Where) -> None:
@@ -48,9 +50,11 @@ def check_one_bar_per_day(dates: pd.DatetimeIndex, where: Where) -> None:
     dup = days.duplicated()
     if dup.any():
         pos = int(np.argmax(dup))
-        raise DataError(f"{where(pos)}: a second bar on {days[pos].date()} (intraday data?); "
-                        "metabt works on daily bars: resample to one bar per day "
-                        "(df.resample('1D').agg(...)) and re-run")
+        raise DataError(
+            f"{where(pos)}: a second bar on {days[pos].date()} (intraday data?); "
+            "metabt works on daily bars: resample to one bar per day "
+            "(df.resample('1D').agg(...)) and re-run"
+        )
 
 
 def check_jumps(ohlc: np.ndarray, where: Where, allow: bool) -> None:
@@ -81,9 +85,11 @@ def check_jumps(ohlc: np.ndarray, where: Where, allow: bool) -> None:
         i = int(np.argmax(bad))
         worst = ratio[i][np.argmax(np.abs(np.log(ratio[i])))]
         move = f"x{worst:,.0f}" if worst > 1 else f"/{1.0 / worst:,.0f}"
-        raise DataError(f"{where(i + 1)}: the bar moves {move} from the previous close "
-                        f"{close[i]:g} and comes back (a bad print?); fix that row, or pass "
-                        "--allow-jumps if the move is genuine")
+        raise DataError(
+            f"{where(i + 1)}: the bar moves {move} from the previous close "
+            f"{close[i]:g} and comes back (a bad print?); fix that row, or pass "
+            "--allow-jumps if the move is genuine"
+        )
 
 
 def check_gaps(dates: pd.DatetimeIndex, where: Where, source: str, allow: bool) -> None:
@@ -96,12 +102,18 @@ def check_gaps(dates: pd.DatetimeIndex, where: Where, source: str, allow: bool) 
     if not wide.size:
         return
     i = int(wide[0])
-    what = (f"{days[i]} calendar days between the bars of {dates[i].date()} and "
-            f"{dates[i + 1].date()}")
+    what = (
+        f"{days[i]} calendar days between the bars of {dates[i].date()} and {dates[i + 1].date()}"
+    )
     if not allow:
-        raise DataError(f"{where(i + 1)}: {what}, more than {MAX_GAP_DAYS}; the gap would "
-                        "count as one daily return. Fill the missing bars, cut the file, or "
-                        "pass --allow-gaps to accept it")
+        raise DataError(
+            f"{where(i + 1)}: {what}, more than {MAX_GAP_DAYS}; the gap would "
+            "count as one daily return. Fill the missing bars, cut the file, or "
+            "pass --allow-gaps to accept it"
+        )
     more = f" (and {wide.size - 1} more)" if wide.size > 1 else ""
-    warnings.warn(f"{source}: {what}{more} accepted by --allow-gaps; each gap counts as one "
-                  "daily return", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"{source}: {what}{more} accepted by --allow-gaps; each gap counts as one daily return",
+        UserWarning,
+        stacklevel=3,
+    )

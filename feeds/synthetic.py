@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feeds.errors import DataError
+from metabt.feeds.errors import DataError
 
 YAHOO_COLUMNS: tuple[str, ...] = ("Open", "High", "Low", "Close", "Adj Close", "Volume")
 REGIMES_FILE = "regimes.csv"
@@ -143,8 +143,9 @@ class SyntheticMarket:
     def change_points(self, symbol: str) -> list[pd.Timestamp]:
         """Dates of the first bar of every regime after the first one."""
         if symbol not in self.regimes:
-            raise DataError(f"synthetic market: unknown symbol {symbol!r}; "
-                            f"choose one of {sorted(self.regimes)}")
+            raise DataError(
+                f"synthetic market: unknown symbol {symbol!r}; choose one of {sorted(self.regimes)}"
+            )
         ids = self.regimes[symbol].to_numpy()
         starts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
         return list(self.regimes[symbol].index[starts])
@@ -152,6 +153,7 @@ class SyntheticMarket:
 
 def _check_spec(spec: SyntheticMarketSpec) -> None:
     """Raise one clear DataError naming the bad field of a spec."""
+
     def bad(key: str, what: str) -> DataError:
         return DataError(f"SyntheticMarketSpec.{key}: {what}")
 
@@ -189,8 +191,9 @@ def _check_spec(spec: SyntheticMarketSpec) -> None:
             raise bad("schedule", f"unknown regime {name!r}; choose one of {names}")
 
 
-def _markov_path(n_bars: int, n_regimes: int, mean_duration: float,
-                 rng: np.random.Generator) -> np.ndarray:
+def _markov_path(
+    n_bars: int, n_regimes: int, mean_duration: float, rng: np.random.Generator
+) -> np.ndarray:
     """Regime ids of one asset: stay with prob 1 - 1/mean_duration, else jump elsewhere."""
     leave = rng.random(n_bars) < 1.0 / mean_duration
     # A jump adds 1..n-1 modulo n, so it always lands on a different regime and
@@ -212,8 +215,13 @@ def _scheduled_path(spec: SyntheticMarketSpec) -> np.ndarray:
     return ids
 
 
-def _simulate_asset(ids: np.ndarray, shocks: np.ndarray, spec: SyntheticMarketSpec,
-                    rng: np.random.Generator, index: pd.DatetimeIndex) -> pd.DataFrame:
+def _simulate_asset(
+    ids: np.ndarray,
+    shocks: np.ndarray,
+    spec: SyntheticMarketSpec,
+    rng: np.random.Generator,
+    index: pd.DatetimeIndex,
+) -> pd.DataFrame:
     """Bars of one asset given its regime path and standardised return shocks."""
     regimes = spec.regimes
     mu = np.array([r.drift for r in regimes])[ids]
@@ -239,16 +247,21 @@ def _simulate_asset(ids: np.ndarray, shocks: np.ndarray, spec: SyntheticMarketSp
     low = np.minimum(open_, close) * np.exp(-0.5 * vol * np.abs(rng.standard_normal(n)))
     # Volume rises with volatility and with the size of the day's move, as it does
     # in real markets, so it carries some (not perfect) regime information.
-    volume = 1e6 * (vol / 0.01) ** 0.8 * np.exp(
-        0.3 * rng.standard_normal(n) + 10.0 * np.abs(ret - mu))
+    volume = (
+        1e6 * (vol / 0.01) ** 0.8 * np.exp(0.3 * rng.standard_normal(n) + 10.0 * np.abs(ret - mu))
+    )
 
     # Rounding is monotone, so it keeps High >= max(Open, Close) >= ... >= Low;
     # four decimals also make the CSV text round-trip exactly.
-    prices = {name: np.round(col, 4) for name, col in
-              (("Open", open_), ("High", high), ("Low", low), ("Close", close))}
+    prices = {
+        name: np.round(col, 4)
+        for name, col in (("Open", open_), ("High", high), ("Low", low), ("Close", close))
+    }
     if min(p.min() for p in prices.values()) <= 0.0:
-        raise DataError("synthetic market: a price rounded to 0; raise start_price "
-                        "or lower the regimes' drift/vol")
+        raise DataError(
+            "synthetic market: a price rounded to 0; raise start_price "
+            "or lower the regimes' drift/vol"
+        )
     frame = pd.DataFrame(prices, index=index)
     frame["Adj Close"] = frame["Close"]
     frame["Volume"] = np.round(volume).astype(np.int64)
@@ -290,8 +303,9 @@ def make_regime_market(spec: SyntheticMarketSpec | None = None) -> SyntheticMark
         shocks = load * factor + np.sqrt(1.0 - spec.correlation) * rng.standard_normal(spec.n_bars)
         frames[symbol] = _simulate_asset(ids, shocks, spec, rng, index)
         regimes[symbol] = pd.Series(ids, index=index, name="regime")
-    return SyntheticMarket(spec=spec, frames=frames, regimes=regimes,
-                           regime_names=tuple(r.name for r in spec.regimes))
+    return SyntheticMarket(
+        spec=spec, frames=frames, regimes=regimes, regime_names=tuple(r.name for r in spec.regimes)
+    )
 
 
 def write_csv_folder(market: SyntheticMarket, folder: str | Path) -> Path:
@@ -311,26 +325,33 @@ def write_csv_folder(market: SyntheticMarket, folder: str | Path) -> Path:
     for symbol, frame in market.frames.items():
         frame.to_csv(folder / f"{symbol}.csv", index_label="Date", date_format="%Y-%m-%d")
         ids = market.regimes[symbol]
-        rows.append(pd.DataFrame({
-            "date": ids.index.strftime("%Y-%m-%d"),
-            "symbol": symbol,
-            "regime": ids.to_numpy(),
-            "regime_name": np.asarray(market.regime_names, dtype=object)[ids.to_numpy()],
-        }))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "date": ids.index.strftime("%Y-%m-%d"),
+                    "symbol": symbol,
+                    "regime": ids.to_numpy(),
+                    "regime_name": np.asarray(market.regime_names, dtype=object)[ids.to_numpy()],
+                }
+            )
+        )
     pd.concat(rows, ignore_index=True).to_csv(folder / REGIMES_FILE, index=False)
     return folder
 
 
-def read_regimes_csv(folder: str | Path,
-                     symbols: Sequence[str] | None = None) -> dict[str, pd.Series]:
+def read_regimes_csv(
+    folder: str | Path, symbols: Sequence[str] | None = None
+) -> dict[str, pd.Series]:
     """Read the true regime ids written by :func:`write_csv_folder`.
 
     Returns a ``date``-indexed integer Series per symbol (all symbols by default).
     """
     path = Path(folder) / REGIMES_FILE
     if not path.is_file():
-        raise DataError(f"{path}: no regimes file; write the folder with "
-                        "feeds.synthetic.write_csv_folder")
+        raise DataError(
+            f"{path}: no regimes file; write the folder with "
+            "metabt.feeds.synthetic.write_csv_folder"
+        )
     table = pd.read_csv(path, parse_dates=["date"])
     missing = {"date", "symbol", "regime"} - set(table.columns)
     if missing:
@@ -341,6 +362,9 @@ def read_regimes_csv(folder: str | Path,
         part = table[table["symbol"] == symbol]
         if part.empty:
             raise DataError(f"{path}: no rows for symbol {symbol!r}")
-        out[symbol] = pd.Series(part["regime"].to_numpy(dtype=np.int64),
-                                index=pd.DatetimeIndex(part["date"], name="date"), name="regime")
+        out[symbol] = pd.Series(
+            part["regime"].to_numpy(dtype=np.int64),
+            index=pd.DatetimeIndex(part["date"], name="date"),
+            name="regime",
+        )
     return out

@@ -26,8 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from feeds.errors import DataError
-from feeds.features import LABEL_DELAY, FeatureSpec, compute_features, compute_labels, trailing_vol
+from metabt.feeds.errors import DataError
+from metabt.feeds.features import (
+    LABEL_DELAY,
+    FeatureSpec,
+    compute_features,
+    compute_labels,
+    trailing_vol,
+)
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,15 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_support <= self.max_support:
-            raise ValueError("task windows need 2 <= min_support <= max_support, got "
-                             f"{self.min_support}, {self.max_support}")
+            raise ValueError(
+                "task windows need 2 <= min_support <= max_support, got "
+                f"{self.min_support}, {self.max_support}"
+            )
         if not 1 <= self.min_query <= self.max_query:
-            raise ValueError("task windows need 1 <= min_query <= max_query, got "
-                             f"{self.min_query}, {self.max_query}")
+            raise ValueError(
+                "task windows need 1 <= min_query <= max_query, got "
+                f"{self.min_query}, {self.max_query}"
+            )
         if not 0.0 <= self.change_share <= 1.0:
             raise ValueError(f"task.change_share must be in [0, 1], got {self.change_share}")
 
@@ -88,10 +98,19 @@ class TaskBatch:
 
         def take(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[idx]
-        return TaskBatch(self.support_x[idx], self.support_y[idx], self.query_x[idx],
-                         self.query_y[idx], tuple(self.assets[i] for i in idx), self.anchors[idx],
-                         take(self.support_inv_vol), take(self.support_mask),
-                         take(self.query_inv_vol), take(self.query_mask))
+
+        return TaskBatch(
+            self.support_x[idx],
+            self.support_y[idx],
+            self.query_x[idx],
+            self.query_y[idx],
+            tuple(self.assets[i] for i in idx),
+            self.anchors[idx],
+            take(self.support_inv_vol),
+            take(self.support_mask),
+            take(self.query_inv_vol),
+            take(self.query_mask),
+        )
 
     def window(self, b: int) -> dict[str, np.ndarray]:
         """Task ``b`` without its padding: ``support_x, support_y, support_inv_vol, query_*``."""
@@ -121,9 +140,15 @@ class TaskSampler:
         ``task_spec.change_share`` of sampled supports start at one of them.
     """
 
-    def __init__(self, frames: dict[str, pd.DataFrame], feature_spec: FeatureSpec,
-                 task_spec: TaskSpec, start: object = None, end: object = None,
-                 changes: Mapping[str, Sequence[object]] | None = None) -> None:
+    def __init__(
+        self,
+        frames: dict[str, pd.DataFrame],
+        feature_spec: FeatureSpec,
+        task_spec: TaskSpec,
+        start: object = None,
+        end: object = None,
+        changes: Mapping[str, Sequence[object]] | None = None,
+    ) -> None:
         self.feature_spec, self.task_spec = feature_spec, task_spec
         self.n_features = len(feature_spec.names)
         s, q = task_spec.max_support, task_spec.max_query
@@ -179,25 +204,36 @@ class TaskSampler:
         s, q = self.task_spec.max_support, self.task_spec.max_query
         b = len(rows)
         f = self.n_features
-        sx, sy, sa, sm = (np.zeros((b, s, f), np.float32), np.zeros((b, s), np.float32),
-                          np.ones((b, s), np.float32), np.zeros((b, s), np.float32))
-        qx, qy, qa, qm = (np.zeros((b, q, f), np.float32), np.zeros((b, q), np.float32),
-                          np.ones((b, q), np.float32), np.zeros((b, q), np.float32))
+        sx, sy, sa, sm = (
+            np.zeros((b, s, f), np.float32),
+            np.zeros((b, s), np.float32),
+            np.ones((b, s), np.float32),
+            np.zeros((b, s), np.float32),
+        )
+        qx, qy, qa, qm = (
+            np.zeros((b, q, f), np.float32),
+            np.zeros((b, q), np.float32),
+            np.ones((b, q), np.float32),
+            np.zeros((b, q), np.float32),
+        )
         assets, when = [], []
         for i, ((asset, t), n, m) in enumerate(zip(rows, n_support, n_query)):
             sup, qry = slice(t - n - 1, t - 1), slice(t, t + m)
             for out, src, span, width in ((sx, self._x, sup, n), (qx, self._x, qry, m)):
-                out[i, out.shape[1] - width:] = src[asset][span]
-            for (y_out, a_out, m_out), span, width in (((sy, sa, sm), sup, n),
-                                                       ((qy, qa, qm), qry, m)):
+                out[i, out.shape[1] - width :] = src[asset][span]
+            for (y_out, a_out, m_out), span, width in (
+                ((sy, sa, sm), sup, n),
+                ((qy, qa, qm), qry, m),
+            ):
                 pad = y_out.shape[1] - width
                 y_out[i, pad:] = self._y[asset][span]
                 a_out[i, pad:] = self._a[asset][span]
                 m_out[i, pad:] = 1.0
             assets.append(self._symbols[asset])
             when.append(self._dates[asset][t])
-        return TaskBatch(sx, sy, qx, qy, tuple(assets), np.array(when, dtype="datetime64[ns]"),
-                         sa, sm, qa, qm)
+        return TaskBatch(
+            sx, sy, qx, qy, tuple(assets), np.array(when, dtype="datetime64[ns]"), sa, sm, qa, qm
+        )
 
     def sample(self, n_tasks: int, rng: np.random.Generator) -> TaskBatch:
         """``n_tasks`` tasks with random lengths; a share anchored at regime changes."""
@@ -220,12 +256,14 @@ class TaskSampler:
         """Every ``stride``-th anchor with full-length windows, deterministic (for tests)."""
         rows = self.anchors[:: max(1, int(stride))]
         spec = self.task_spec
-        return self._build(rows, np.full(len(rows), spec.max_support),
-                           np.full(len(rows), spec.max_query))
+        return self._build(
+            rows, np.full(len(rows), spec.max_support), np.full(len(rows), spec.max_query)
+        )
 
 
-def random_task_batch(n_tasks: int, support: int, query: int, n_features: int,
-                      seed: int = 0, variable: bool = False) -> TaskBatch:
+def random_task_batch(
+    n_tasks: int, support: int, query: int, n_features: int, seed: int = 0, variable: bool = False
+) -> TaskBatch:
     """Gaussian tasks of the right shapes, for tests and the benchmark.
 
     ``variable=True`` gives each task its own support and query length (left
@@ -243,7 +281,12 @@ def random_task_batch(n_tasks: int, support: int, query: int, n_features: int,
             mask = (np.arange(width)[None, :] >= (width - lengths)[:, None]).astype(np.float32)
             extra[f"{side}_mask"] = mask
             extra[f"{side}_inv_vol"] = rng.uniform(40, 160, (n_tasks, width)).astype(np.float32)
-    return TaskBatch(arr(n_tasks, support, n_features), arr(n_tasks, support),
-                     arr(n_tasks, query, n_features), arr(n_tasks, query),
-                     tuple(f"A{i}" for i in range(n_tasks)),
-                     np.full(n_tasks, np.datetime64("2000-01-03", "ns")), **extra)
+    return TaskBatch(
+        arr(n_tasks, support, n_features),
+        arr(n_tasks, support),
+        arr(n_tasks, query, n_features),
+        arr(n_tasks, query),
+        tuple(f"A{i}" for i in range(n_tasks)),
+        np.full(n_tasks, np.datetime64("2000-01-03", "ns")),
+        **extra,
+    )

@@ -15,8 +15,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from feeds.errors import DataError
-from feeds.plausible import check_gaps, check_jumps, check_limits, check_one_bar_per_day
+from metabt.feeds.errors import DataError
+from metabt.feeds.plausible import check_gaps, check_jumps, check_limits, check_one_bar_per_day
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def _parse_dates(raw: pd.Series, source: str, line_offset: int | None) -> pd.Dat
     if has_tz.any() and not has_tz.all():
         pos = int(np.argmax(has_tz.to_numpy() != has_tz.iloc[0]))
         raise DataError(
-            f"{_where(source, pos, line_offset, text.iloc[pos])}: mixed time zones (some dates carry "
-            "an offset, others do not); write every date the same way, e.g. YYYY-MM-DD"
+            f"{_where(source, pos, line_offset, text.iloc[pos])}: mixed time zones (some dates "
+            "carry an offset, others do not); write every date the same way, e.g. YYYY-MM-DD"
         )
     parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=bool(has_tz.all()))
     if parsed.isna().any():
@@ -99,16 +99,19 @@ def _parse_dates(raw: pd.Series, source: str, line_offset: int | None) -> pd.Dat
     return pd.DatetimeIndex(parsed)
 
 
-def _parse_numbers(raw: pd.Series, name: str, source: str, line_offset: int | None,
-                   dates: pd.DatetimeIndex) -> np.ndarray:
+def _parse_numbers(
+    raw: pd.Series, name: str, source: str, line_offset: int | None, dates: pd.DatetimeIndex
+) -> np.ndarray:
     values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(values)
     if bad.any():
         pos = int(np.argmax(bad))
         cell = raw.iloc[pos]
-        fix = ("write numbers without a thousands separator (1234.5, not 1,234.5)"
-               if isinstance(cell, str) and "," in cell
-               else "fix or delete that row (e.g. df.dropna())")
+        fix = (
+            "write numbers without a thousands separator (1234.5, not 1,234.5)"
+            if isinstance(cell, str) and "," in cell
+            else "fix or delete that row (e.g. df.dropna())"
+        )
         raise DataError(
             f"{_where(source, pos, line_offset, dates[pos].date())}: {name} is {cell!r}, "
             f"not a finite number; {fix} and re-run"
@@ -116,8 +119,14 @@ def _parse_numbers(raw: pd.Series, name: str, source: str, line_offset: int | No
     return values
 
 
-def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None, *,
-                  allow_jumps: bool = False, allow_gaps: bool = False) -> pd.DataFrame:
+def validate_bars(
+    raw: pd.DataFrame,
+    source: str,
+    line_offset: int | None = None,
+    *,
+    allow_jumps: bool = False,
+    allow_gaps: bool = False,
+) -> pd.DataFrame:
     """Check raw Yahoo-layout bars and return the canonical frame.
 
     Parameters
@@ -170,8 +179,10 @@ def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None
         return _where(source, pos, line_offset, dates[pos].date())
 
     check_one_bar_per_day(dates, where)
-    cols = {name: _parse_numbers(raw[name], name, source, line_offset, dates)
-            for name in PRICE_COLUMNS + ("Volume",) + tuple(c for c in OPTIONAL_COLUMNS if c in raw)}
+    cols = {
+        name: _parse_numbers(raw[name], name, source, line_offset, dates)
+        for name in PRICE_COLUMNS + ("Volume",) + tuple(c for c in OPTIONAL_COLUMNS if c in raw)
+    }
     for name in PRICE_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in raw):
         bad = cols[name] <= 0
         if bad.any():
@@ -189,21 +200,29 @@ def validate_bars(raw: pd.DataFrame, source: str, line_offset: int | None = None
     check_limits(cols, where)
     o, h, lo, c = (cols[k] for k in PRICE_COLUMNS)
     slack = _OHLC_RTOL * np.maximum(o, c)
-    for bad, what in ((h < np.maximum(o, c) - slack, "High is below max(Open, Close)"),
-                      (lo > np.minimum(o, c) + slack, "Low is above min(Open, Close)")):
+    for bad, what in (
+        (h < np.maximum(o, c) - slack, "High is below max(Open, Close)"),
+        (lo > np.minimum(o, c) + slack, "Low is above min(Open, Close)"),
+    ):
         if bad.any():
             pos = int(np.argmax(bad))
             raise DataError(
                 f"{_where(source, pos, line_offset, dates[pos].date())}: {what} "
-                f"(O={o[pos]:g} H={h[pos]:g} L={lo[pos]:g} C={c[pos]:g}); fix that bar at the source"
+                f"(O={o[pos]:g} H={h[pos]:g} L={lo[pos]:g} C={c[pos]:g}); "
+                "fix that bar at the source"
             )
     factor = cols["Adj Close"] / c if "Adj Close" in cols else np.ones_like(c)
     # On the adjusted prices: those are what is traded (and a bad Adj Close shows there).
     check_jumps(np.column_stack([o, h, lo, c]) * factor[:, None], where, allow_jumps)
     check_gaps(dates, where, source, allow_gaps)
     frame = pd.DataFrame(
-        {"open": o * factor, "high": h * factor, "low": lo * factor, "close": c * factor,
-         "volume": cols["Volume"]},
+        {
+            "open": o * factor,
+            "high": h * factor,
+            "low": lo * factor,
+            "close": c * factor,
+            "volume": cols["Volume"],
+        },
         index=pd.DatetimeIndex(dates, name="date"),
     )
     return frame

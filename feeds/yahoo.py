@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from feeds.errors import DataError
-from feeds.validate import validate_symbol
+from metabt.feeds.errors import DataError
+from metabt.feeds.validate import validate_symbol
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,19 @@ def cache_path(cache_dir: str | Path, symbol: str, interval: str, auto_adjust: b
 
 def _check_interval(interval: str) -> None:
     if interval not in _PERIODS:
-        raise DataError(f"interval {interval!r} is not supported; use one of {sorted(_PERIODS)} "
-                        "(metabt trades daily or longer bars)")
+        raise DataError(
+            f"interval {interval!r} is not supported; use one of {sorted(_PERIODS)} "
+            "(metabt trades daily or longer bars)"
+        )
 
 
 def _import_yfinance():
     try:
         return importlib.import_module("yfinance")
     except ImportError:
-        raise DataError(f"yfinance is not installed: {INSTALL_HINT}, "
-                        "or use --data DIR with SYMBOL.csv files") from None
+        raise DataError(
+            f"yfinance is not installed: {INSTALL_HINT}, or use --data DIR with SYMBOL.csv files"
+        ) from None
 
 
 def _utc_today() -> date:
@@ -108,8 +111,10 @@ def _to_yahoo_layout(raw: pd.DataFrame, symbol: str, auto_adjust: bool) -> pd.Da
         frame["Adj Close"] = frame["Close"]
     missing = [c for c in YAHOO_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataError(f"yfinance:{symbol}: answer lacks column(s) {missing} "
-                        f"(got {list(frame.columns)}); use --data DIR with SYMBOL.csv files")
+        raise DataError(
+            f"yfinance:{symbol}: answer lacks column(s) {missing} "
+            f"(got {list(frame.columns)}); use --data DIR with SYMBOL.csv files"
+        )
     index = pd.DatetimeIndex(frame.index)
     if index.tz is not None:
         # The exchange-local calendar date is the bar's date; drop the zone, keep the date.
@@ -122,8 +127,12 @@ def _drop_unclosed(frame: pd.DataFrame, interval: str, today: date, symbol: str)
     ends = frame.index + _PERIODS[interval]
     closed = ends <= pd.Timestamp(today)
     if not closed.all():
-        log.info("yfinance:%s: dropped %d bar(s) not closed before %s UTC",
-                 symbol, int((~closed).sum()), today)
+        log.info(
+            "yfinance:%s: dropped %d bar(s) not closed before %s UTC",
+            symbol,
+            int((~closed).sum()),
+            today,
+        )
     return frame.loc[closed]
 
 
@@ -158,24 +167,47 @@ def _write_cache(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _fetch(yf, symbol: str, start: pd.Timestamp, end: pd.Timestamp, interval: str,
-           auto_adjust: bool, cache: Path) -> pd.DataFrame:
-    hint = (f"check the network, or use --data DIR with SYMBOL.csv files, "
-            f"or a cache at {cache} that covers {start.date()}..{end.date()}")
+def _fetch(
+    yf,
+    symbol: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    interval: str,
+    auto_adjust: bool,
+    cache: Path,
+) -> pd.DataFrame:
+    hint = (
+        f"check the network, or use --data DIR with SYMBOL.csv files, "
+        f"or a cache at {cache} that covers {start.date()}..{end.date()}"
+    )
     try:
         raw = yf.download(
-            symbol, start=start.strftime("%Y-%m-%d"), end=end.strftime("%Y-%m-%d"),
-            interval=interval, auto_adjust=auto_adjust, back_adjust=False, actions=False,
-            repair=False, keepna=False, prepost=False, rounding=False, ignore_tz=True,
-            group_by="column", multi_level_index=False, threads=False, progress=False,
+            symbol,
+            start=start.strftime("%Y-%m-%d"),
+            end=end.strftime("%Y-%m-%d"),
+            interval=interval,
+            auto_adjust=auto_adjust,
+            back_adjust=False,
+            actions=False,
+            repair=False,
+            keepna=False,
+            prepost=False,
+            rounding=False,
+            ignore_tz=True,
+            group_by="column",
+            multi_level_index=False,
+            threads=False,
+            progress=False,
             timeout=30,
         )
     except Exception as exc:  # network, rate limit, Yahoo format change: all one answer for users
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"yfinance:{symbol}: download failed ({first}); {hint}") from exc
     if raw is None or raw.empty:
-        raise DataError(f"yfinance:{symbol}: empty answer for {start.date()}..{end.date()} "
-                        f"(offline, unknown symbol or no bars in range); {hint}")
+        raise DataError(
+            f"yfinance:{symbol}: empty answer for {start.date()}..{end.date()} "
+            f"(offline, unknown symbol or no bars in range); {hint}"
+        )
     return _to_yahoo_layout(raw, symbol, auto_adjust)
 
 
@@ -225,18 +257,27 @@ def download_bars(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     today = today or _utc_today()
     req_start = pd.Timestamp(start).normalize()
-    req_end = min(pd.Timestamp(end).normalize() if end is not None else pd.Timestamp(today),
-                  pd.Timestamp(today))
+    req_end = min(
+        pd.Timestamp(end).normalize() if end is not None else pd.Timestamp(today),
+        pd.Timestamp(today),
+    )
     if req_start >= req_end:
-        raise DataError(f"empty date range {req_start.date()}..{req_end.date()}: start must be "
-                        "before end and before today")
+        raise DataError(
+            f"empty date range {req_start.date()}..{req_end.date()}: start must be "
+            "before end and before today"
+        )
     out: dict[str, pd.DataFrame] = {}
     for symbol in symbols:
         path = cache_path(cache_dir, symbol, interval, auto_adjust)
         cached = _read_cache(path)
         have = _cached_range(cached) if cached is not None else None
-        if (cached is not None and have is not None and not refresh
-                and have[0] <= req_start and req_end <= have[1]):
+        if (
+            cached is not None
+            and have is not None
+            and not refresh
+            and have[0] <= req_start
+            and req_end <= have[1]
+        ):
             log.debug("yfinance:%s: cache hit %s", symbol, path)
             frame = cached
         else:
@@ -247,15 +288,23 @@ def download_bars(
             hi = max(req_end, have[1]) if have else req_end
             log.info("yfinance:%s: downloading %s..%s (%s)", symbol, lo.date(), hi.date(), interval)
             yf = _import_yfinance()
-            frame = _drop_unclosed(_fetch(yf, symbol, lo, hi, interval, auto_adjust, path),
-                                   interval, today, symbol)
-            frame.attrs = {"symbol": symbol, "start": str(lo.date()), "end": str(hi.date()),
-                           "interval": interval, "auto_adjust": bool(auto_adjust)}
+            frame = _drop_unclosed(
+                _fetch(yf, symbol, lo, hi, interval, auto_adjust, path), interval, today, symbol
+            )
+            frame.attrs = {
+                "symbol": symbol,
+                "start": str(lo.date()),
+                "end": str(hi.date()),
+                "interval": interval,
+                "auto_adjust": bool(auto_adjust),
+            }
             _write_cache(frame, path)
         part = frame.loc[(frame.index >= req_start) & (frame.index < req_end)].copy()
         part.attrs = {}
         if part.empty:
-            raise DataError(f"yfinance:{symbol}: no bars in {req_start.date()}..{req_end.date()}; "
-                            "pick another range or use --data DIR with SYMBOL.csv files")
+            raise DataError(
+                f"yfinance:{symbol}: no bars in {req_start.date()}..{req_end.date()}; "
+                "pick another range or use --data DIR with SYMBOL.csv files"
+            )
         out[symbol] = part
     return out

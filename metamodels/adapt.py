@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from metamodels.objective import ObjectiveSpec, trading_loss
-from metamodels.policy import Params, PolicySpec, positions
+from metabt.metamodels.objective import ObjectiveSpec, trading_loss
+from metabt.metamodels.policy import Params, PolicySpec, positions
 
 LearningRate = float | torch.Tensor | dict[str, torch.Tensor]
 
@@ -18,21 +18,27 @@ LearningRate = float | torch.Tensor | dict[str, torch.Tensor]
 Tensor = torch.Tensor
 
 
-def support_loss(params: Params, x: Tensor, y: Tensor, policy_spec: PolicySpec,
-                 objective_spec: ObjectiveSpec, inv_vol: Tensor | None = None,
-                 mask: Tensor | None = None) -> Tensor:
+def support_loss(
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    inv_vol: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
     """Summed trading loss of every window in ``x`` (a scalar).
 
     Summing (not averaging) over tasks keeps each task's gradient exact when
     every task carries its own copy of the weights: task ``b``'s loss depends
     only on weights ``[b]``.
     """
-    return trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol,
-                        mask).sum()
+    return trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol, mask).sum()
 
 
-def lr_for(lr: LearningRate, name: str, lr_scale: Tensor | None = None,
-           ndim: int = 0) -> float | Tensor:
+def lr_for(
+    lr: LearningRate, name: str, lr_scale: Tensor | None = None, ndim: int = 0
+) -> float | Tensor:
     """The step size of parameter ``name``: shared, or Meta-SGD's per-parameter tensor.
 
     ``lr_scale`` (``(B,)``, one factor per task, e.g. from the support length)
@@ -44,10 +50,19 @@ def lr_for(lr: LearningRate, name: str, lr_scale: Tensor | None = None,
     return rate * lr_scale.reshape(-1, *([1] * (ndim - 1)))
 
 
-def adapt(params: Params, x: Tensor, y: Tensor, steps: int, lr: LearningRate,
-          policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
-          create_graph: bool = False, inv_vol: Tensor | None = None,
-          mask: Tensor | None = None, lr_scale: Tensor | None = None) -> Params:
+def adapt(
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    lr: LearningRate,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    create_graph: bool = False,
+    inv_vol: Tensor | None = None,
+    mask: Tensor | None = None,
+    lr_scale: Tensor | None = None,
+) -> Params:
     """Adapt ``params`` to one support window (or a batch of them) by plain SGD.
 
     Parameters
@@ -85,20 +100,25 @@ def adapt(params: Params, x: Tensor, y: Tensor, steps: int, lr: LearningRate,
     with torch.enable_grad():
         if create_graph:
             # Leaves that are plain data still need a grad slot for the inner step.
-            cur = {k: v if v.requires_grad else v.detach().requires_grad_(True)
-                   for k, v in params.items()}
+            cur = {
+                k: v if v.requires_grad else v.detach().requires_grad_(True)
+                for k, v in params.items()
+            }
         else:
             cur = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         for _ in range(steps):
             loss = support_loss(cur, x, y, policy_spec, objective_spec, inv_vol, mask)
             grads = torch.autograd.grad(loss, [cur[k] for k in names], create_graph=create_graph)
             if create_graph:
-                cur = {k: cur[k] - lr_for(lr, k, lr_scale, g.dim()) * g
-                       for k, g in zip(names, grads)}
+                cur = {
+                    k: cur[k] - lr_for(lr, k, lr_scale, g.dim()) * g for k, g in zip(names, grads)
+                }
             else:
                 with torch.no_grad():
-                    cur = {k: cur[k] - lr_for(lr, k, lr_scale, g.dim()) * g
-                           for k, g in zip(names, grads)}
+                    cur = {
+                        k: cur[k] - lr_for(lr, k, lr_scale, g.dim()) * g
+                        for k, g in zip(names, grads)
+                    }
                 cur = {k: v.requires_grad_(True) for k, v in cur.items()}
     if not create_graph:
         cur = {k: v.detach() for k, v in cur.items()}
@@ -114,8 +134,14 @@ def expand_tasks(params: Params, n_tasks: int) -> Params:
     return {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in params.items()}
 
 
-def query_loss(params: Params, x: Tensor, y: Tensor, policy_spec: PolicySpec,
-               objective_spec: ObjectiveSpec, inv_vol: Tensor | None = None,
-               mask: Tensor | None = None) -> Tensor:
+def query_loss(
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    inv_vol: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
     """Per-task trading loss on query windows, ``(B,)`` (or a scalar for one window)."""
     return trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol, mask)

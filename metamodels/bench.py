@@ -21,12 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from feeds.tasks import random_task_batch
-from metamodels.adapt import adapt
-from metamodels.fast_adapt import fast_adapt
-from metamodels.learners import FOMAML, MAML, TorchTasks
-from metamodels.objective import ObjectiveSpec, trading_loss
-from metamodels.policy import Params, PolicySpec, init_params, numpy_positions, positions, to_numpy
+from metabt.feeds.tasks import random_task_batch
+from metabt.metamodels.adapt import adapt
+from metabt.metamodels.fast_adapt import fast_adapt
+from metabt.metamodels.learners import FOMAML, MAML, TorchTasks
+from metabt.metamodels.objective import ObjectiveSpec, trading_loss
+from metabt.metamodels.policy import (
+    Params,
+    PolicySpec,
+    init_params,
+    numpy_positions,
+    positions,
+    to_numpy,
+)
 
 TARGETS = {"speedup_vs_higher": 100.0, "speedup_vs_loop": 30.0, "adapt_p50_ms": 0.25}
 
@@ -46,8 +53,14 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _higher_step(theta: Params, tasks: TorchTasks, steps: int, lr: float, spec: PolicySpec,
-                 objective: ObjectiveSpec) -> Callable[[], dict[str, torch.Tensor]]:
+def _higher_step(
+    theta: Params,
+    tasks: TorchTasks,
+    steps: int,
+    lr: float,
+    spec: PolicySpec,
+    objective: ObjectiveSpec,
+) -> Callable[[], dict[str, torch.Tensor]]:
     """A second-order MAML meta-step written the usual ``higher`` way (raises ImportError)."""
     import higher  # dev extra; imported lazily so the package never needs it
 
@@ -81,16 +94,23 @@ def _higher_step(theta: Params, tasks: TorchTasks, steps: int, lr: float, spec: 
     return step
 
 
-def _funcvmap_step(theta: Params, tasks: TorchTasks, steps: int, lr: float, spec: PolicySpec,
-                   objective: ObjectiveSpec) -> Callable[[], dict[str, torch.Tensor]]:
+def _funcvmap_step(
+    theta: Params,
+    tasks: TorchTasks,
+    steps: int,
+    lr: float,
+    spec: PolicySpec,
+    objective: ObjectiveSpec,
+) -> Callable[[], dict[str, torch.Tensor]]:
     """The torch.func tutorial's MAML: ``vmap`` over tasks of an inner loop of ``grad`` calls."""
     from torch.func import grad, vmap
 
     def inner_loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return trading_loss(positions(p, x, spec), y, objective)
 
-    def task_loss(p: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                  qy: torch.Tensor) -> torch.Tensor:
+    def task_loss(
+        p: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+    ) -> torch.Tensor:
         for _ in range(steps):
             g = grad(inner_loss)(p, sx, sy)
             p = {k: p[k] - lr * g[k] for k in p}
@@ -103,10 +123,19 @@ def _funcvmap_step(theta: Params, tasks: TorchTasks, steps: int, lr: float, spec
     return step
 
 
-def run_bench(n_tasks: int = 64, inner_steps: int = 5, repeats: int = 5, seed: int = 0,
-              support: int = 60, query: int = 20, n_features: int = 14, hidden: int = 16,
-              inner_lr: float = 0.1, with_higher: bool = True,
-              threads: int | None = 1) -> dict[str, Any]:
+def run_bench(
+    n_tasks: int = 64,
+    inner_steps: int = 5,
+    repeats: int = 5,
+    seed: int = 0,
+    support: int = 60,
+    query: int = 20,
+    n_features: int = 14,
+    hidden: int = 16,
+    inner_lr: float = 0.1,
+    with_higher: bool = True,
+    threads: int | None = 1,
+) -> dict[str, Any]:
     """Measure the meta-learning core; returns one flat dict of figures (JSON-ready).
 
     Parameters
@@ -143,27 +172,56 @@ def run_bench(n_tasks: int = 64, inner_steps: int = 5, repeats: int = 5, seed: i
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        return _run(n_tasks, inner_steps, repeats, seed, support, query, n_features, hidden,
-                    inner_lr, with_higher)
+        return _run(
+            n_tasks,
+            inner_steps,
+            repeats,
+            seed,
+            support,
+            query,
+            n_features,
+            hidden,
+            inner_lr,
+            with_higher,
+        )
     finally:
         torch.set_num_threads(before)
 
 
-def _run(n_tasks: int, inner_steps: int, repeats: int, seed: int, support: int, query: int,
-         n_features: int, hidden: int, inner_lr: float, with_higher: bool) -> dict[str, Any]:
+def _run(
+    n_tasks: int,
+    inner_steps: int,
+    repeats: int,
+    seed: int,
+    support: int,
+    query: int,
+    n_features: int,
+    hidden: int,
+    inner_lr: float,
+    with_higher: bool,
+) -> dict[str, Any]:
     spec, objective = PolicySpec(n_features, (hidden,)), ObjectiveSpec()
     tasks = TorchTasks.from_batch(random_task_batch(n_tasks, support, query, n_features, seed))
     theta = {k: v.requires_grad_(True) for k, v in init_params(spec, seed).items()}
     kw = {"inner_lr": inner_lr, "inner_steps": inner_steps}
-    out: dict[str, Any] = {"n_tasks": n_tasks, "inner_steps": inner_steps, "support": support,
-                           "query": query, "network": "-".join(map(str, spec.widths)),
-                           "torch_threads": torch.get_num_threads(), "repeats": repeats}
+    out: dict[str, Any] = {
+        "n_tasks": n_tasks,
+        "inner_steps": inner_steps,
+        "support": support,
+        "query": query,
+        "network": "-".join(map(str, spec.widths)),
+        "torch_threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
 
     def meta_step(learner: MAML) -> Callable[[], dict[str, torch.Tensor]]:
         return lambda: learner.meta_grads(theta, tasks, spec, objective)[1]
 
-    engines = {"vmap": meta_step(MAML(**kw)), "loop": meta_step(MAML(engine="loop", **kw)),
-               "funcvmap": _funcvmap_step(theta, tasks, inner_steps, inner_lr, spec, objective)}
+    engines = {
+        "vmap": meta_step(MAML(**kw)),
+        "loop": meta_step(MAML(engine="loop", **kw)),
+        "funcvmap": _funcvmap_step(theta, tasks, inner_steps, inner_lr, spec, objective),
+    }
     reference = engines["vmap"]()
     for name, fn in engines.items():
         ms = float(np.median(_times_ms(fn, repeats if name != "loop" else max(1, repeats // 2))))
@@ -188,23 +246,33 @@ def _run(n_tasks: int, inner_steps: int, repeats: int, seed: int, support: int, 
             # A higher release that no longer fits this torch must not kill the bench.
             out["higher_error"] = f"higher failed: {type(exc).__name__}: {exc}"
     out["speedup_vs_loop"] = out["maml_loop_ms"] / out["maml_vmap_ms"]
-    out["speedup_vs_higher"] = (None if out["maml_higher_ms"] is None
-                                else out["maml_higher_ms"] / out["maml_vmap_ms"])
+    out["speedup_vs_higher"] = (
+        None if out["maml_higher_ms"] is None else out["maml_higher_ms"] / out["maml_vmap_ms"]
+    )
 
     # Trading time: one adaptation on the last `support` bars of one task.
     np_params = to_numpy(theta)
     x, y = tasks.support_x[0].double().numpy(), tasks.support_y[0].double().numpy()
-    t_np = _times_ms(lambda: fast_adapt(np_params, x, y, inner_steps, inner_lr, spec, objective),
-                     max(200, 400 * repeats), warmup=20)
+    t_np = _times_ms(
+        lambda: fast_adapt(np_params, x, y, inner_steps, inner_lr, spec, objective),
+        max(200, 400 * repeats),
+        warmup=20,
+    )
     out["adapt_p50_ms"], out["adapt_p95_ms"] = (float(v) for v in np.percentile(t_np, [50, 95]))
     x32, y32 = tasks.support_x[0], tasks.support_y[0]
-    t_torch = _times_ms(lambda: adapt(theta, x32, y32, inner_steps, inner_lr, spec, objective),
-                        max(20, 40 * repeats), warmup=5)
+    t_torch = _times_ms(
+        lambda: adapt(theta, x32, y32, inner_steps, inner_lr, spec, objective),
+        max(20, 40 * repeats),
+        warmup=5,
+    )
     out["adapt_torch_p50_ms"] = float(np.percentile(t_torch, 50))
 
     bar_np, bar_t = x[-1], x32[-1:].detach()
-    out["infer_numpy_us"] = 1e3 * float(np.median(_times_ms(
-        lambda: numpy_positions(np_params, bar_np, spec), 2000 * repeats, warmup=50)))
+    out["infer_numpy_us"] = 1e3 * float(
+        np.median(
+            _times_ms(lambda: numpy_positions(np_params, bar_np, spec), 2000 * repeats, warmup=50)
+        )
+    )
     frozen = {k: v.detach() for k, v in theta.items()}
 
     def torch_bar() -> None:
@@ -218,14 +286,23 @@ def _run(n_tasks: int, inner_steps: int, repeats: int, seed: int, support: int, 
 
 def format_bench(result: dict[str, Any]) -> str:
     """Human-readable summary of :func:`run_bench` (one figure per line)."""
+
     def ms(key: str) -> str:
         value = result.get(key)
         return "n/a" if value is None else f"{value:9.2f} ms"
 
-    lines = [(f"network {result['network']}, {result['n_tasks']} tasks x {result['inner_steps']} "
-             f"inner steps, {result['torch_threads']} torch threads")]
-    for name, label in (("vmap", "batched (ours)"), ("funcvmap", "torch.func vmap"),
-                        ("loop", "autograd loop"), ("higher", "higher")):
+    lines = [
+        (
+            f"network {result['network']}, {result['n_tasks']} tasks x {result['inner_steps']} "
+            f"inner steps, {result['torch_threads']} torch threads"
+        )
+    ]
+    for name, label in (
+        ("vmap", "batched (ours)"),
+        ("funcvmap", "torch.func vmap"),
+        ("loop", "autograd loop"),
+        ("higher", "higher"),
+    ):
         tps = result.get(f"maml_{name}_tasks_per_s")
         rate = "" if tps is None else f"  {tps:9.0f} tasks/s"
         lines.append(f"MAML meta-step  {label:16s} {ms(f'maml_{name}_ms')}{rate}")
@@ -235,10 +312,16 @@ def format_bench(result: dict[str, Any]) -> str:
     for key in ("speedup_vs_loop", "speedup_vs_higher"):
         value = result.get(key)
         target = TARGETS[key]
-        lines.append(f"{key:17s} {'n/a' if value is None else f'{value:8.1f}x'}  (target >= {target:.0f}x)")
-    lines.append(f"adaptation numpy  p50 {result['adapt_p50_ms']:.3f} ms  p95 "
-                 f"{result['adapt_p95_ms']:.3f} ms  (target p50 <= {TARGETS['adapt_p50_ms']} ms); "
-                 f"torch p50 {result['adapt_torch_p50_ms']:.2f} ms")
-    lines.append(f"per-bar inference numpy {result['infer_numpy_us']:.1f} us, torch "
-                 f"{result['infer_torch_us']:.1f} us")
+        lines.append(
+            f"{key:17s} {'n/a' if value is None else f'{value:8.1f}x'}  (target >= {target:.0f}x)"
+        )
+    lines.append(
+        f"adaptation numpy  p50 {result['adapt_p50_ms']:.3f} ms  p95 "
+        f"{result['adapt_p95_ms']:.3f} ms  (target p50 <= {TARGETS['adapt_p50_ms']} ms); "
+        f"torch p50 {result['adapt_torch_p50_ms']:.2f} ms"
+    )
+    lines.append(
+        f"per-bar inference numpy {result['infer_numpy_us']:.1f} us, torch "
+        f"{result['infer_torch_us']:.1f} us"
+    )
     return "\n".join(lines)

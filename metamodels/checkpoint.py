@@ -37,7 +37,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from metamodels.checkpoint_meta import (
+from metabt.metamodels.checkpoint_meta import (
     FORMAT,
     FORMAT_VERSION,
     INNER_LR_PREFIX,
@@ -89,7 +89,9 @@ def split_inner_lrs(
         ``lrs`` is keyed by the parameter name it belongs to (the prefix removed).
     """
     params = {n: t for n, t in tensors.items() if not n.startswith(INNER_LR_PREFIX)}
-    lrs = {n[len(INNER_LR_PREFIX):]: t for n, t in tensors.items() if n.startswith(INNER_LR_PREFIX)}
+    lrs = {
+        n[len(INNER_LR_PREFIX) :]: t for n, t in tensors.items() if n.startswith(INNER_LR_PREFIX)
+    }
     return params, lrs
 
 
@@ -120,8 +122,9 @@ def save_checkpoint(
     path = Path(path)
     where = f"checkpoint metadata for {path}"
     if not isinstance(metadata, (dict, CheckpointMeta)):
-        raise CheckpointError(f"{where}: metadata must be a dict or CheckpointMeta, "
-                              f"not {type(metadata).__name__}")
+        raise CheckpointError(
+            f"{where}: metadata must be a dict or CheckpointMeta, not {type(metadata).__name__}"
+        )
     clean = _prepare_tensors(tensors, where)
     blob = safetensors.torch.save(clean, metadata={"format": "pt"})
     fields = metadata.model_dump() if isinstance(metadata, CheckpointMeta) else dict(metadata)
@@ -136,8 +139,10 @@ def save_checkpoint(
     try:
         text = json.dumps(meta.model_dump(mode="json"), indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: not JSON-serialisable ({exc}); use plain "
-                              "str/int/float/bool/list/dict values, no NaN") from None
+        raise CheckpointError(
+            f"{where}: not JSON-serialisable ({exc}); use plain "
+            "str/int/float/bool/list/dict values, no NaN"
+        ) from None
     _check_target(path)
     _write_folder_atomically(path, {WEIGHTS_FILE: blob, SIDECAR_FILE: (text + "\n").encode()})
     logger.info("saved checkpoint %s (%d tensors, sha256 %s)", path, len(clean), meta.sha256[:12])
@@ -164,31 +169,39 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     meta = _read_sidecar(folder / SIDECAR_FILE)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
-        raise CheckpointError(f"{weights}: weights file missing; the checkpoint is incomplete, "
-                              "copy the whole folder or save it again")
+        raise CheckpointError(
+            f"{weights}: weights file missing; the checkpoint is incomplete, "
+            "copy the whole folder or save it again"
+        )
     data = weights.read_bytes()
     _check_safetensors_layout(data, weights)
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta.sha256:
-        raise CheckpointError(f"{weights}: sha256 {digest[:12]}... does not match the sidecar's "
-                              f"{meta.sha256[:12]}...; the file was modified or truncated after "
-                              "saving, use an intact copy")
+        raise CheckpointError(
+            f"{weights}: sha256 {digest[:12]}... does not match the sidecar's "
+            f"{meta.sha256[:12]}...; the file was modified or truncated after "
+            "saving, use an intact copy"
+        )
     try:
         tensors = safetensors.torch.load(data)
     except SafetensorError as exc:
-        raise CheckpointError(f"{weights}: unreadable safetensors file ({exc}); "
-                              "use an intact copy") from None
+        raise CheckpointError(
+            f"{weights}: unreadable safetensors file ({exc}); use an intact copy"
+        ) from None
     _check_table(tensors, meta, weights)
     for name, t in tensors.items():
         bad = int((~torch.isfinite(t)).sum())
         if bad:
-            raise CheckpointError(f"{weights}: tensor '{name}' holds {bad} NaN/inf values; the "
-                                  "training run diverged, retrain or use an earlier checkpoint")
+            raise CheckpointError(
+                f"{weights}: tensor '{name}' holds {bad} NaN/inf values; the "
+                "training run diverged, retrain or use an earlier checkpoint"
+            )
     logger.info("loaded checkpoint %s (%s, %d tensors)", folder, meta.algorithm, len(tensors))
     return tensors, meta
 
 
 # --- saving -----------------------------------------------------------------------------------
+
 
 def _prepare_tensors(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     if not isinstance(tensors, dict) or not tensors:
@@ -196,16 +209,19 @@ def _prepare_tensors(tensors: dict[str, torch.Tensor], where: str) -> dict[str, 
     clean = {}
     for name, t in tensors.items():
         if not isinstance(name, str) or not name or name == "__metadata__":
-            raise CheckpointError(f"{where}: tensor name {name!r} is not allowed; use a "
-                                  "non-empty string")
+            raise CheckpointError(
+                f"{where}: tensor name {name!r} is not allowed; use a non-empty string"
+            )
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"{where}: '{name}' is a {type(t).__name__}, not a torch.Tensor")
         if t.dtype != torch.float32:
-            raise CheckpointError(f"{where}: '{name}' is {t.dtype}; checkpoints hold float32, "
-                                  "convert with .float()")
+            raise CheckpointError(
+                f"{where}: '{name}' is {t.dtype}; checkpoints hold float32, convert with .float()"
+            )
         if not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{where}: '{name}' holds NaN/inf; refusing to save "
-                                  "diverged weights")
+            raise CheckpointError(
+                f"{where}: '{name}' holds NaN/inf; refusing to save diverged weights"
+            )
         # clone: safetensors refuses tensors sharing storage (e.g. tied or sliced weights)
         clean[name] = t.detach().to("cpu").contiguous().clone()
     return clean
@@ -216,8 +232,10 @@ def _check_target(path: Path) -> None:
         return
     entries = {p.name for p in path.iterdir()} if path.is_dir() else None
     if entries is None or not entries <= {WEIGHTS_FILE, SIDECAR_FILE}:
-        raise CheckpointError(f"{path} exists and is not a metabt checkpoint folder; refusing to "
-                              "replace it, choose another path or remove it yourself")
+        raise CheckpointError(
+            f"{path} exists and is not a metabt checkpoint folder; refusing to "
+            "replace it, choose another path or remove it yourself"
+        )
 
 
 def _write_synced(file: Path, data: bytes) -> None:
@@ -274,13 +292,16 @@ def _write_folder_atomically(path: Path, files: dict[str, bytes]) -> None:
 
 # --- loading ----------------------------------------------------------------------------------
 
+
 def _looks_pickled(head: bytes) -> bool:
     return head.startswith(_PICKLE_MAGIC)
 
 
 def _pickle_refusal(file: Path) -> CheckpointError:
-    return CheckpointError(f"{file}: this looks like a pickle/torch.save file; metabt only loads "
-                           "safetensors checkpoints (it never unpickles: that can run code)")
+    return CheckpointError(
+        f"{file}: this looks like a pickle/torch.save file; metabt only loads "
+        "safetensors checkpoints (it never unpickles: that can run code)"
+    )
 
 
 def _resolve_folder(path: Path) -> Path:
@@ -290,16 +311,24 @@ def _resolve_folder(path: Path) -> Path:
         with open(path, "rb") as fh:
             if _looks_pickled(fh.read(4)):
                 raise _pickle_refusal(path)
-        raise CheckpointError(f"{path} is a file; a metabt checkpoint is a folder holding "
-                              f"{WEIGHTS_FILE} and {SIDECAR_FILE}, pass that folder")
+        raise CheckpointError(
+            f"{path} is a file; a metabt checkpoint is a folder holding "
+            f"{WEIGHTS_FILE} and {SIDECAR_FILE}, pass that folder"
+        )
     if path.is_dir():
         return path
-    backups = sorted(path.parent.glob(f".{path.name}{_BACKUP_TAG}*"), key=lambda p: p.stat().st_mtime)
+    backups = sorted(
+        path.parent.glob(f".{path.name}{_BACKUP_TAG}*"), key=lambda p: p.stat().st_mtime
+    )
     if backups:
-        raise CheckpointError(f"checkpoint {path} not found, but an interrupted save left the "
-                              f"previous one at {backups[-1]}; rename that folder to {path}")
-    raise CheckpointError(f"checkpoint {path} not found; pass the folder written by "
-                          f"save_checkpoint (it holds {WEIGHTS_FILE} and {SIDECAR_FILE})")
+        raise CheckpointError(
+            f"checkpoint {path} not found, but an interrupted save left the "
+            f"previous one at {backups[-1]}; rename that folder to {path}"
+        )
+    raise CheckpointError(
+        f"checkpoint {path} not found; pass the folder written by "
+        f"save_checkpoint (it holds {WEIGHTS_FILE} and {SIDECAR_FILE})"
+    )
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -317,26 +346,39 @@ def _reject_constant(name: str) -> None:
 
 def _read_sidecar(file: Path) -> CheckpointMeta:
     if not file.is_file():
-        raise CheckpointError(f"{file}: sidecar missing; a checkpoint folder holds {WEIGHTS_FILE} "
-                              f"and {SIDECAR_FILE} written together by save_checkpoint")
+        raise CheckpointError(
+            f"{file}: sidecar missing; a checkpoint folder holds {WEIGHTS_FILE} "
+            f"and {SIDECAR_FILE} written together by save_checkpoint"
+        )
     try:
-        raw = json.loads(file.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicates,
-                         parse_constant=_reject_constant)
+        raw = json.loads(
+            file.read_bytes().decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+        )
     except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{file}: not valid JSON ({exc}); restore the sidecar from an "
-                              "intact copy of the checkpoint") from None
+        raise CheckpointError(
+            f"{file}: not valid JSON ({exc}); restore the sidecar from an "
+            "intact copy of the checkpoint"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(f"{file}: not a metabt checkpoint sidecar (format {got!r}, "
-                              f"expected {FORMAT!r}); pass a folder written by save_checkpoint")
+        raise CheckpointError(
+            f"{file}: not a metabt checkpoint sidecar (format {got!r}, "
+            f"expected {FORMAT!r}); pass a folder written by save_checkpoint"
+        )
     version = raw.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
-        raise CheckpointError(f"{file}: format_version {version} is newer than this metabt reads "
-                              f"({FORMAT_VERSION}); upgrade metabt")
+        raise CheckpointError(
+            f"{file}: format_version {version} is newer than this metabt reads "
+            f"({FORMAT_VERSION}); upgrade metabt"
+        )
     if isinstance(version, int) and version < FORMAT_VERSION:
-        raise CheckpointError(f"{file}: format_version {version} predates variable-length "
-                              f"adaptation windows (this metabt reads {FORMAT_VERSION}); re-train "
-                              "the model with `metabt train`")
+        raise CheckpointError(
+            f"{file}: format_version {version} predates variable-length "
+            f"adaptation windows (this metabt reads {FORMAT_VERSION}); re-train "
+            "the model with `metabt train`"
+        )
     return _validate_meta(raw, str(file), fix="re-save the checkpoint with save_checkpoint")
 
 
@@ -345,19 +387,24 @@ def _check_safetensors_layout(data: bytes, file: Path) -> None:
     if _looks_pickled(data[:4]):
         raise _pickle_refusal(file)
     if len(data) < 8:
-        raise CheckpointError(f"{file}: truncated ({len(data)} bytes), not a safetensors file; "
-                              "use an intact copy")
+        raise CheckpointError(
+            f"{file}: truncated ({len(data)} bytes), not a safetensors file; use an intact copy"
+        )
     (size,) = struct.unpack("<Q", data[:8])
     if size < 2 or size > _MAX_HEADER or 8 + size > len(data):
-        raise CheckpointError(f"{file}: not a safetensors file or truncated (header length {size}, "
-                              f"file {len(data)} bytes); metabt only loads safetensors checkpoints")
+        raise CheckpointError(
+            f"{file}: not a safetensors file or truncated (header length {size}, "
+            f"file {len(data)} bytes); metabt only loads safetensors checkpoints"
+        )
     try:
-        header = json.loads(data[8:8 + size].decode("utf-8"))
+        header = json.loads(data[8 : 8 + size].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         header = None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{file}: safetensors header is not a JSON object; the file is "
-                              "corrupt or not safetensors, use an intact copy")
+        raise CheckpointError(
+            f"{file}: safetensors header is not a JSON object; the file is "
+            "corrupt or not safetensors, use an intact copy"
+        )
 
 
 def _check_table(tensors: dict[str, torch.Tensor], meta: CheckpointMeta, file: Path) -> None:
@@ -374,5 +421,7 @@ def _check_table(tensors: dict[str, torch.Tensor], meta: CheckpointMeta, file: P
             problems.append(f"tensor '{name}' is {t.dtype}, sidecar says {want.dtype}")
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(f"{file}: {problems[0]}{more}; weights and sidecar do not belong "
-                              "together, use the pair saved together")
+        raise CheckpointError(
+            f"{file}: {problems[0]}{more}; weights and sidecar do not belong "
+            "together, use the pair saved together"
+        )

@@ -125,9 +125,11 @@ class CheckpointMeta(_Strict):
         if self.inner.per_parameter_lr and not lrs:
             raise ValueError(f"inner.per_parameter_lr is true but no '{INNER_LR_PREFIX}*' tensors")
         if not self.inner.per_parameter_lr and lrs:
-            raise ValueError(f"tensor '{lrs[0]}' is an inner LR but inner.per_parameter_lr is false")
+            raise ValueError(
+                f"tensor '{lrs[0]}' is an inner LR but inner.per_parameter_lr is false"
+            )
         for name in lrs:
-            param = self.tensors.get(name[len(INNER_LR_PREFIX):])
+            param = self.tensors.get(name[len(INNER_LR_PREFIX) :])
             if param is None:
                 raise ValueError(f"tensor '{name}' has no matching parameter tensor")
             try:

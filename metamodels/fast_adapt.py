@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from metamodels.objective import ObjectiveSpec, numpy_trading_loss
-from metamodels.policy import NumpyParams, PolicySpec, numpy_positions, squash_numpy
+from metabt.metamodels.objective import ObjectiveSpec, numpy_trading_loss
+from metabt.metamodels.policy import NumpyParams, PolicySpec, numpy_positions, squash_numpy
 
 NumpyLR = float | dict[str, np.ndarray]
 
@@ -30,9 +30,15 @@ NumpyLR = float | dict[str, np.ndarray]
 def _pack(params: NumpyParams, n_layers: int) -> list[np.ndarray]:
     """Weights with the bias as an extra input row, ``(in + 1, out)``: one matmul per
     layer and one for its gradient (a separate ``sum(0)`` costs as much as the matmul)."""
-    return [np.vstack([np.asarray(params[f"w{i}"], dtype=np.float64),
-                       np.asarray(params[f"b{i}"], dtype=np.float64)[None, :]])
-            for i in range(n_layers)]
+    return [
+        np.vstack(
+            [
+                np.asarray(params[f"w{i}"], dtype=np.float64),
+                np.asarray(params[f"b{i}"], dtype=np.float64)[None, :],
+            ]
+        )
+        for i in range(n_layers)
+    ]
 
 
 def _unpack(packed: list[np.ndarray]) -> NumpyParams:
@@ -49,9 +55,15 @@ def _with_ones(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _packed_grads(packed: list[np.ndarray], acts: list[np.ndarray], y: np.ndarray,
-                  inv_vol: np.ndarray | None, policy_spec: PolicySpec,
-                  objective_spec: ObjectiveSpec, want_loss: bool) -> tuple[float, list[np.ndarray]]:
+def _packed_grads(
+    packed: list[np.ndarray],
+    acts: list[np.ndarray],
+    y: np.ndarray,
+    inv_vol: np.ndarray | None,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    want_loss: bool,
+) -> tuple[float, list[np.ndarray]]:
     """Loss (if asked) and gradients of packed weights. ``acts[i]`` is layer i's
     input with a trailing ones column; ``acts[0]`` holds the features and hidden
     activations are written into ``acts[1:]`` in place."""
@@ -92,17 +104,23 @@ def _packed_grads(packed: list[np.ndarray], acts: list[np.ndarray], y: np.ndarra
 
 def _activations(x: np.ndarray, policy_spec: PolicySpec) -> list[np.ndarray]:
     n = x.shape[0]
-    return [_with_ones(np.asarray(x, dtype=np.float64))] + [np.ones((n, h + 1))
-                                                           for h in policy_spec.hidden]
+    return [_with_ones(np.asarray(x, dtype=np.float64))] + [
+        np.ones((n, h + 1)) for h in policy_spec.hidden
+    ]
 
 
 def _vec(a: np.ndarray | None) -> np.ndarray | None:
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
-def loss_and_grad(params: NumpyParams, x: np.ndarray, y: np.ndarray, policy_spec: PolicySpec,
-                  objective_spec: ObjectiveSpec,
-                  inv_vol: np.ndarray | None = None) -> tuple[float, NumpyParams]:
+def loss_and_grad(
+    params: NumpyParams,
+    x: np.ndarray,
+    y: np.ndarray,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    inv_vol: np.ndarray | None = None,
+) -> tuple[float, NumpyParams]:
     """Trading loss of one window and its gradient with respect to every parameter.
 
     Parameters
@@ -121,15 +139,28 @@ def loss_and_grad(params: NumpyParams, x: np.ndarray, y: np.ndarray, policy_spec
         float64, same keys and shapes as ``params``.
     """
     packed = _pack(params, policy_spec.n_layers)
-    loss, grads = _packed_grads(packed, _activations(x, policy_spec),
-                                np.asarray(y, dtype=np.float64), _vec(inv_vol), policy_spec,
-                                objective_spec, want_loss=True)
+    loss, grads = _packed_grads(
+        packed,
+        _activations(x, policy_spec),
+        np.asarray(y, dtype=np.float64),
+        _vec(inv_vol),
+        policy_spec,
+        objective_spec,
+        want_loss=True,
+    )
     return loss, _unpack(grads)
 
 
-def fast_adapt(params: NumpyParams, x: np.ndarray, y: np.ndarray, steps: int, lr: NumpyLR,
-               policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
-               inv_vol: np.ndarray | None = None) -> NumpyParams:
+def fast_adapt(
+    params: NumpyParams,
+    x: np.ndarray,
+    y: np.ndarray,
+    steps: int,
+    lr: NumpyLR,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    inv_vol: np.ndarray | None = None,
+) -> NumpyParams:
     """Numpy twin of :func:`metamodels.adapt.adapt` for one support window.
 
     Parameters
@@ -155,23 +186,37 @@ def fast_adapt(params: NumpyParams, x: np.ndarray, y: np.ndarray, steps: int, lr
     n_layers = policy_spec.n_layers
     packed = _pack(params, n_layers)
     if isinstance(lr, dict):
-        rates: list = [_pack({"w0": np.broadcast_to(lr[f"w{i}"], packed[i][:-1].shape),
-                        "b0": np.broadcast_to(lr[f"b{i}"], packed[i][-1].shape)}, 1)[0]
-                 for i in range(n_layers)]
+        rates: list = [
+            _pack(
+                {
+                    "w0": np.broadcast_to(lr[f"w{i}"], packed[i][:-1].shape),
+                    "b0": np.broadcast_to(lr[f"b{i}"], packed[i][-1].shape),
+                },
+                1,
+            )[0]
+            for i in range(n_layers)
+        ]
     else:
         rates = [float(lr)] * n_layers
     acts = _activations(x, policy_spec)
     y, inv_vol = np.asarray(y, dtype=np.float64), _vec(inv_vol)
     for _ in range(steps):
-        _, grads = _packed_grads(packed, acts, y, inv_vol, policy_spec, objective_spec,
-                                 want_loss=False)
+        _, grads = _packed_grads(
+            packed, acts, y, inv_vol, policy_spec, objective_spec, want_loss=False
+        )
         for wa, g, rate in zip(packed, grads, rates):
             wa -= rate * g
     return _unpack(packed)
 
 
-def window_loss(params: NumpyParams, x: np.ndarray, y: np.ndarray, policy_spec: PolicySpec,
-                objective_spec: ObjectiveSpec, inv_vol: np.ndarray | None = None) -> float:
+def window_loss(
+    params: NumpyParams,
+    x: np.ndarray,
+    y: np.ndarray,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    inv_vol: np.ndarray | None = None,
+) -> float:
     """Trading loss of ``params`` on one window (e.g. before/after an adaptation)."""
     pos = numpy_positions(params, np.asarray(x, dtype=np.float64), policy_spec)
     return float(numpy_trading_loss(pos, y, objective_spec, inv_vol))

@@ -32,9 +32,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from metamodels.adapt import LearningRate, adapt, expand_tasks, query_loss
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import Params, PolicySpec
+from metabt.metamodels.adapt import LearningRate, adapt, expand_tasks, query_loss
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import Params, PolicySpec
 
 LOG_LR = "log_lr"  # key of a learned scalar inner step size (its log)
 # Key of the learned exponent k of the step size's dependence on the support
@@ -46,7 +46,7 @@ ENGINES = ("batched", "loop")
 
 
 class TorchTasks(NamedTuple):
-    """A task batch as float32 tensors: support ``(B, S, F)``/``(B, S)``, query ``(B, Q, F)``/``(B, Q)``.
+    """Float32 task batch: support ``(B, S, F)``/``(B, S)``, query ``(B, Q, F)``/``(B, Q)``.
 
     The optional ``*_inv_vol`` (``1 / vol`` per bar) and ``*_mask`` (1 = a real
     bar, 0 = left padding) have the shape of the labels.
@@ -64,9 +64,11 @@ class TorchTasks(NamedTuple):
     @classmethod
     def from_batch(cls, batch: object) -> TorchTasks:
         """Convert a ``feeds.tasks.TaskBatch`` (or anything with its arrays)."""
+
         def tensor(name: str) -> torch.Tensor | None:
             value = getattr(batch, name, None)
             return None if value is None else torch.as_tensor(np.asarray(value, dtype=np.float32))
+
         return cls(*(tensor(name) for name in cls._fields))
 
     def __len__(self) -> int:  # number of tasks, like TaskBatch
@@ -81,14 +83,23 @@ class TorchTasks(NamedTuple):
     def task(self, b: int) -> TorchTasks:
         """Task ``b`` alone, unbatched and with its padding removed (the loop engine's view)."""
         n_s = int(self.support_lengths()[b])
-        n_q = (int(self.query_mask[b].sum()) if self.query_mask is not None
-               else self.query_y.shape[-1])
+        n_q = (
+            int(self.query_mask[b].sum()) if self.query_mask is not None else self.query_y.shape[-1]
+        )
 
         def cut(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
-            return None if t is None else t[b, t.shape[1] - n:]
-        return TorchTasks(cut(self.support_x, n_s), cut(self.support_y, n_s),
-                          cut(self.query_x, n_q), cut(self.query_y, n_q),
-                          cut(self.support_inv_vol, n_s), None, cut(self.query_inv_vol, n_q), None)
+            return None if t is None else t[b, t.shape[1] - n :]
+
+        return TorchTasks(
+            cut(self.support_x, n_s),
+            cut(self.support_y, n_s),
+            cut(self.query_x, n_q),
+            cut(self.query_y, n_q),
+            cut(self.support_inv_vol, n_s),
+            None,
+            cut(self.query_inv_vol, n_q),
+            None,
+        )
 
 
 @dataclass(frozen=True)
@@ -161,41 +172,89 @@ class MetaLearner:
             return {k: v.detach().clone() for k, v in lr.items()}
         return float(lr)
 
-    def meta_grads(self, meta: Params, tasks: TorchTasks, policy_spec: PolicySpec,
-                   objective_spec: ObjectiveSpec) -> tuple[float, Params]:
+    def meta_grads(
+        self,
+        meta: Params,
+        tasks: TorchTasks,
+        policy_spec: PolicySpec,
+        objective_spec: ObjectiveSpec,
+    ) -> tuple[float, Params]:
         """Mean query loss after adaptation, and d(meta-loss)/d(meta) for every key of ``meta``."""
         raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------
-    def _adapt_all(self, params: Params, lr: LearningRate, tasks: TorchTasks,
-                   policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
-                   create_graph: bool, lr_scale: torch.Tensor | None = None) -> list[Params]:
+    def _adapt_all(
+        self,
+        params: Params,
+        lr: LearningRate,
+        tasks: TorchTasks,
+        policy_spec: PolicySpec,
+        objective_spec: ObjectiveSpec,
+        create_graph: bool,
+        lr_scale: torch.Tensor | None = None,
+    ) -> list[Params]:
         """Adapted weights: one ``(B, ...)`` dict (batched) or B unbatched dicts (loop)."""
         if self.engine == "batched":
-            return [adapt(expand_tasks(params, len(tasks)), tasks.support_x, tasks.support_y,
-                          self.inner_steps, lr, policy_spec, objective_spec,
-                          create_graph=create_graph, inv_vol=tasks.support_inv_vol,
-                          mask=tasks.support_mask, lr_scale=lr_scale)]
+            return [
+                adapt(
+                    expand_tasks(params, len(tasks)),
+                    tasks.support_x,
+                    tasks.support_y,
+                    self.inner_steps,
+                    lr,
+                    policy_spec,
+                    objective_spec,
+                    create_graph=create_graph,
+                    inv_vol=tasks.support_inv_vol,
+                    mask=tasks.support_mask,
+                    lr_scale=lr_scale,
+                )
+            ]
         out = []
         for b in range(len(tasks)):
             one = tasks.task(b)
-            out.append(adapt(params, one.support_x, one.support_y, self.inner_steps, lr,
-                             policy_spec, objective_spec, create_graph=create_graph,
-                             inv_vol=one.support_inv_vol,
-                             lr_scale=None if lr_scale is None else lr_scale[b:b + 1]))
+            out.append(
+                adapt(
+                    params,
+                    one.support_x,
+                    one.support_y,
+                    self.inner_steps,
+                    lr,
+                    policy_spec,
+                    objective_spec,
+                    create_graph=create_graph,
+                    inv_vol=one.support_inv_vol,
+                    lr_scale=None if lr_scale is None else lr_scale[b : b + 1],
+                )
+            )
         return out
 
-    def _query_losses(self, adapted: list[Params], tasks: TorchTasks, policy_spec: PolicySpec,
-                      objective_spec: ObjectiveSpec) -> torch.Tensor:
+    def _query_losses(
+        self,
+        adapted: list[Params],
+        tasks: TorchTasks,
+        policy_spec: PolicySpec,
+        objective_spec: ObjectiveSpec,
+    ) -> torch.Tensor:
         """Per-task query losses ``(B,)`` at the adapted weights."""
         if len(adapted) == 1 and adapted[0]["w0"].dim() == 3:
-            return query_loss(adapted[0], tasks.query_x, tasks.query_y, policy_spec,
-                              objective_spec, tasks.query_inv_vol, tasks.query_mask)
+            return query_loss(
+                adapted[0],
+                tasks.query_x,
+                tasks.query_y,
+                policy_spec,
+                objective_spec,
+                tasks.query_inv_vol,
+                tasks.query_mask,
+            )
         losses = []
         for b, p in enumerate(adapted):
             one = tasks.task(b)
-            losses.append(query_loss(p, one.query_x, one.query_y, policy_spec, objective_spec,
-                                     one.query_inv_vol))
+            losses.append(
+                query_loss(
+                    p, one.query_x, one.query_y, policy_spec, objective_spec, one.query_inv_vol
+                )
+            )
         return torch.stack(losses)
 
 
@@ -209,11 +268,17 @@ def _grads_or_zeros(loss: torch.Tensor, meta: Params) -> Params:
 class MAML(MetaLearner):
     """Second-order MAML: differentiate the query loss through the inner steps."""
 
-    def meta_grads(self, meta: Params, tasks: TorchTasks, policy_spec: PolicySpec,
-                   objective_spec: ObjectiveSpec) -> tuple[float, Params]:
+    def meta_grads(
+        self,
+        meta: Params,
+        tasks: TorchTasks,
+        policy_spec: PolicySpec,
+        objective_spec: ObjectiveSpec,
+    ) -> tuple[float, Params]:
         params, lr = self.split(meta)
-        adapted = self._adapt_all(params, lr, tasks, policy_spec, objective_spec, True,
-                                  self.lr_scale(meta, tasks))
+        adapted = self._adapt_all(
+            params, lr, tasks, policy_spec, objective_spec, True, self.lr_scale(meta, tasks)
+        )
         loss = self._query_losses(adapted, tasks, policy_spec, objective_spec).mean()
         return float(loss.detach()), _grads_or_zeros(loss, meta)
 
@@ -229,8 +294,13 @@ class FOMAML(MetaLearner):
     of ``s_b = (n_b / ref) ** k`` gets the same product times ``log(n_b / ref)``.
     """
 
-    def meta_grads(self, meta: Params, tasks: TorchTasks, policy_spec: PolicySpec,
-                   objective_spec: ObjectiveSpec) -> tuple[float, Params]:
+    def meta_grads(
+        self,
+        meta: Params,
+        tasks: TorchTasks,
+        policy_spec: PolicySpec,
+        objective_spec: ObjectiveSpec,
+    ) -> tuple[float, Params]:
         params, lr = self.split(meta)
         theta = {k: v.detach() for k, v in params.items()}
         step = float(lr.detach()) if isinstance(lr, torch.Tensor) else float(lr)
@@ -269,11 +339,18 @@ class Reptile(MetaLearner):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.learn_inner_lr:
-            raise ValueError("Reptile has no gradient for the inner step size; "
-                             "set learn_inner_lr = false or use maml / fomaml / metasgd")
+            raise ValueError(
+                "Reptile has no gradient for the inner step size; "
+                "set learn_inner_lr = false or use maml / fomaml / metasgd"
+            )
 
-    def meta_grads(self, meta: Params, tasks: TorchTasks, policy_spec: PolicySpec,
-                   objective_spec: ObjectiveSpec) -> tuple[float, Params]:
+    def meta_grads(
+        self,
+        meta: Params,
+        tasks: TorchTasks,
+        policy_spec: PolicySpec,
+        objective_spec: ObjectiveSpec,
+    ) -> tuple[float, Params]:
         theta = {k: v.detach() for k, v in meta.items()}
         adapted = self._adapt_all(theta, self.inner_lr, tasks, policy_spec, objective_spec, False)
         with torch.no_grad():

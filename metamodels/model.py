@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from metamodels.adapt import adapt, expand_tasks, query_loss
-from metamodels.fast_adapt import NumpyLR, fast_adapt
-from metamodels.learners import LR_LENGTH_REF, TorchTasks
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import NumpyParams, Params, PolicySpec, numpy_positions, to_numpy
+from metabt.metamodels.adapt import adapt, expand_tasks, query_loss
+from metabt.metamodels.fast_adapt import NumpyLR, fast_adapt
+from metabt.metamodels.learners import LR_LENGTH_REF, TorchTasks
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import NumpyParams, Params, PolicySpec, numpy_positions, to_numpy
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd")
 # A learned inner step size is the default where the algorithm has a gradient for it.
@@ -89,8 +89,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"train.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        for name in ("meta_steps", "tasks_per_step", "val_tasks", "eval_every", "patience",
-                     "threads"):
+        for name in (
+            "meta_steps",
+            "tasks_per_step",
+            "val_tasks",
+            "eval_every",
+            "patience",
+            "threads",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.inner_steps < 0:
@@ -104,11 +110,15 @@ class TrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.learn_inner_lr is True and self.algorithm == "reptile":
-            raise ValueError("train.learn_inner_lr = true is impossible for reptile (no gradient "
-                             "for the step size); leave it unset or use maml / fomaml / metasgd")
+            raise ValueError(
+                "train.learn_inner_lr = true is impossible for reptile (no gradient "
+                "for the step size); leave it unset or use maml / fomaml / metasgd"
+            )
         if self.learn_inner_lr is False and self.algorithm == "metasgd":
-            raise ValueError("train.learn_inner_lr = false turns metasgd into maml; "
-                             "use algorithm = \"maml\" instead")
+            raise ValueError(
+                "train.learn_inner_lr = false turns metasgd into maml; "
+                'use algorithm = "maml" instead'
+            )
 
     @property
     def learns_inner_lr(self) -> bool:
@@ -175,18 +185,25 @@ class MetaModel:
             return to_numpy(self.inner_lr)
         return float(self.inner_lr)
 
-    def adapt_numpy(self, x: np.ndarray, y: np.ndarray, steps: int | None = None,
-                    params: NumpyParams | None = None) -> NumpyParams:
+    def adapt_numpy(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        steps: int | None = None,
+        params: NumpyParams | None = None,
+    ) -> NumpyParams:
         """Adapt (from ``params``, default the stored init) on one support window."""
         start = self.numpy_params() if params is None else params
         steps = self.inner_steps if steps is None else steps
-        return fast_adapt(start, x, y, steps, self.numpy_inner_lr(), self.policy_spec,
-                          self.objective_spec)
+        return fast_adapt(
+            start, x, y, steps, self.numpy_inner_lr(), self.policy_spec, self.objective_spec
+        )
 
     def positions_numpy(self, x: np.ndarray, params: NumpyParams | None = None) -> np.ndarray:
         """Positions for features ``x`` (``(F,)`` or ``(n, F)``) with ``params`` or the init."""
-        return numpy_positions(self.numpy_params() if params is None else params, x,
-                               self.policy_spec)
+        return numpy_positions(
+            self.numpy_params() if params is None else params, x, self.policy_spec
+        )
 
 
 def length_scale(n: Any, power: float) -> Any:
@@ -194,9 +211,15 @@ def length_scale(n: Any, power: float) -> Any:
     return (n / LR_LENGTH_REF) ** power
 
 
-def adapted_query_losses(params: Params, inner_lr: float | dict[str, torch.Tensor], tasks: Any,
-                         steps: int, policy_spec: PolicySpec, objective_spec: ObjectiveSpec,
-                         lr_length_power: float = 0.0) -> np.ndarray:
+def adapted_query_losses(
+    params: Params,
+    inner_lr: float | dict[str, torch.Tensor],
+    tasks: Any,
+    steps: int,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    lr_length_power: float = 0.0,
+) -> np.ndarray:
     """Query loss of every task after adapting ``params`` on its support window.
 
     ``tasks`` is a ``TaskBatch`` (numpy) or :class:`metamodels.learners.TorchTasks`;
@@ -206,16 +229,42 @@ def adapted_query_losses(params: Params, inner_lr: float | dict[str, torch.Tenso
     t = tasks if isinstance(tasks, TorchTasks) else TorchTasks.from_batch(tasks)
     theta = {k: v.detach() for k, v in params.items()}
     scale = length_scale(t.support_lengths(), lr_length_power) if lr_length_power else None
-    phi = adapt(expand_tasks(theta, len(t)), t.support_x, t.support_y, steps, inner_lr,
-                policy_spec, objective_spec, inv_vol=t.support_inv_vol, mask=t.support_mask,
-                lr_scale=scale)
+    phi = adapt(
+        expand_tasks(theta, len(t)),
+        t.support_x,
+        t.support_y,
+        steps,
+        inner_lr,
+        policy_spec,
+        objective_spec,
+        inv_vol=t.support_inv_vol,
+        mask=t.support_mask,
+        lr_scale=scale,
+    )
     with torch.no_grad():
-        return query_loss(phi, t.query_x, t.query_y, policy_spec, objective_spec,
-                          t.query_inv_vol, t.query_mask).double().numpy()
+        return (
+            query_loss(
+                phi,
+                t.query_x,
+                t.query_y,
+                policy_spec,
+                objective_spec,
+                t.query_inv_vol,
+                t.query_mask,
+            )
+            .double()
+            .numpy()
+        )
 
 
 def evaluate(model: MetaModel, tasks: Any, steps: int | None = None) -> np.ndarray:
     """Per-task query loss of ``model`` after ``steps`` adaptation steps (default: its own)."""
-    return adapted_query_losses(model.params, model.inner_lr, tasks,
-                                model.inner_steps if steps is None else steps,
-                                model.policy_spec, model.objective_spec, model.lr_length_power)
+    return adapted_query_losses(
+        model.params,
+        model.inner_lr,
+        tasks,
+        model.inner_steps if steps is None else steps,
+        model.policy_spec,
+        model.objective_spec,
+        model.lr_length_power,
+    )

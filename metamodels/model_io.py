@@ -15,38 +15,41 @@ from typing import Any
 import pandas as pd
 import torch
 
-from feeds.features import FeatureSpec
-from feeds.tasks import TaskSpec
-from metamodels.checkpoint import (
+from metabt.feeds.features import FeatureSpec
+from metabt.feeds.tasks import TaskSpec
+from metabt.metamodels.checkpoint import (
     INNER_LR_PREFIX,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
     split_inner_lrs,
 )
-from metamodels.model import MetaModel
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import PolicySpec, check_params
+from metabt.metamodels.model import MetaModel
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec, check_params
 
 
 def _spec(cls: type, fields: dict[str, Any], path: Path, key: str) -> Any:
     try:
         return cls(**fields)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: sidecar key {key!r} does not describe a valid "
-                              f"{cls.__name__} ({exc}); re-train or fix model.json") from None
+        raise CheckpointError(
+            f"{path}: sidecar key {key!r} does not describe a valid "
+            f"{cls.__name__} ({exc}); re-train or fix model.json"
+        ) from None
 
 
 def save_model(model: MetaModel, path: str | Path, config: dict[str, Any]) -> Path:
     """Write ``model`` (weights, inner LRs, specs, training period) to a checkpoint folder."""
     if model.train_period is None or model.feature_spec is None or model.task_spec is None:
-        raise ValueError("only a model trained on frames (with feature/task specs and a "
-                         "training period) can be saved")
+        raise ValueError(
+            "only a model trained on frames (with feature/task specs and a "
+            "training period) can be saved"
+        )
     tensors = {k: v.detach().float() for k, v in model.params.items()}
     per_parameter = isinstance(model.inner_lr, dict)
     if per_parameter:
-        tensors.update({INNER_LR_PREFIX + k: v.detach().float()
-                        for k, v in model.inner_lr.items()})  # type: ignore[union-attr]
+        tensors.update({INNER_LR_PREFIX + k: v.detach().float() for k, v in model.inner_lr.items()})  # type: ignore[union-attr]
     # The sidecar's period is inclusive: the last bar seen, including validation.
     last = model.val_period[1] if model.val_period else model.train_period[1]
     end = (pd.Timestamp(last) - pd.Timedelta(days=1)).date().isoformat()
@@ -57,10 +60,12 @@ def save_model(model: MetaModel, path: str | Path, config: dict[str, Any]) -> Pa
         "features": dataclasses.asdict(model.feature_spec),
         "task": dataclasses.asdict(model.task_spec),
         "objective": dataclasses.asdict(model.objective_spec),
-        "inner": {"steps": model.inner_steps,
-                  "lr": None if per_parameter else float(model.inner_lr),  # type: ignore[arg-type]
-                  "per_parameter_lr": per_parameter,
-                  "length_power": float(model.lr_length_power)},
+        "inner": {
+            "steps": model.inner_steps,
+            "lr": None if per_parameter else float(model.inner_lr),  # type: ignore[arg-type]
+            "per_parameter_lr": per_parameter,
+            "length_power": float(model.lr_length_power),
+        },
         "training_period": {"start": model.train_period[0], "end": end},
         "config": config,
     }
@@ -79,27 +84,34 @@ def load_model(path: str | Path) -> tuple[MetaModel, pd.Timestamp]:
     path = Path(path)
     tensors, meta = load_checkpoint(path)
     params, lrs = split_inner_lrs(tensors)
-    policy_spec = _spec(PolicySpec, {**meta.policy, "hidden": tuple(meta.policy.get("hidden", ()))},
-                        path, "policy")
+    policy_spec = _spec(
+        PolicySpec, {**meta.policy, "hidden": tuple(meta.policy.get("hidden", ()))}, path, "policy"
+    )
     try:
         check_params(params, policy_spec)
     except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}; the weights do not match the sidecar's policy") \
-            from None
+        raise CheckpointError(
+            f"{path}: {exc}; the weights do not match the sidecar's policy"
+        ) from None
     feature_spec = _spec(FeatureSpec, meta.features, path, "features")
     if len(feature_spec.names) != policy_spec.n_features:
-        raise CheckpointError(f"{path}: the feature spec gives {len(feature_spec.names)} features "
-                              f"but the policy takes {policy_spec.n_features}")
-    inner_lr: float | dict[str, torch.Tensor] = lrs if meta.inner.per_parameter_lr \
-        else float(meta.inner.lr)  # type: ignore[arg-type]
+        raise CheckpointError(
+            f"{path}: the feature spec gives {len(feature_spec.names)} features "
+            f"but the policy takes {policy_spec.n_features}"
+        )
+    inner_lr: float | dict[str, torch.Tensor] = (
+        lrs if meta.inner.per_parameter_lr else float(meta.inner.lr)
+    )  # type: ignore[arg-type]
     model = MetaModel(
-        params=params, inner_lr=inner_lr, inner_steps=meta.inner.steps, algorithm=meta.algorithm,
+        params=params,
+        inner_lr=inner_lr,
+        inner_steps=meta.inner.steps,
+        algorithm=meta.algorithm,
         lr_length_power=meta.inner.length_power,
         policy_spec=policy_spec,
         objective_spec=_spec(ObjectiveSpec, meta.objective, path, "objective"),
         feature_spec=feature_spec,
         task_spec=_spec(TaskSpec, meta.task.model_dump(), path, "task"),
-        train_period=(meta.training_period.start.isoformat(),
-                      meta.training_period.end.isoformat()),
+        train_period=(meta.training_period.start.isoformat(), meta.training_period.end.isoformat()),
     )
     return model, pd.Timestamp(meta.training_period.end)

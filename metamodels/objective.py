@@ -7,7 +7,8 @@ The strategy holds, per asset, the weight ``w_t = p_t * target_vol / vol_t``
 ``vol_t``) the traded return is ``w_t * y_t * vol_t = target_vol * p_t * y_t``,
 so in units of ``target_vol`` the loss to *minimise* is::
 
-    loss = -mean(p * y) + risk * mean((p * y) ** 2) + cost * mean(|p_t / vol_t - p_{t-1} / vol_{t-1}|)
+    loss = -mean(p * y) + risk * mean((p * y) ** 2)
+           + cost * mean(|p_t / vol_t - p_{t-1} / vol_{t-1}|)
 
 ``cost`` is in return units per unit of weight traded (commission plus slippage,
 0.001 = 10 bp): divided by a day's vol it becomes ~0.04 of a volatile day and
@@ -53,9 +54,13 @@ class ObjectiveSpec:
                 raise ValueError(f"ObjectiveSpec.{name} must be a finite number >= 0, got {value}")
 
 
-def trading_loss(pos: torch.Tensor, y: torch.Tensor, spec: ObjectiveSpec,
-                 inv_vol: torch.Tensor | None = None,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
+def trading_loss(
+    pos: torch.Tensor,
+    y: torch.Tensor,
+    spec: ObjectiveSpec,
+    inv_vol: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Loss of positions ``pos`` against labels ``y`` over the last axis.
 
     Parameters
@@ -91,8 +96,9 @@ def trading_loss(pos: torch.Tensor, y: torch.Tensor, spec: ObjectiveSpec,
     return loss
 
 
-def numpy_trading_loss(pos: np.ndarray, y: np.ndarray, spec: ObjectiveSpec,
-                       inv_vol: np.ndarray | None = None) -> np.ndarray:
+def numpy_trading_loss(
+    pos: np.ndarray, y: np.ndarray, spec: ObjectiveSpec, inv_vol: np.ndarray | None = None
+) -> np.ndarray:
     """Numpy twin of :func:`trading_loss` on unpadded windows."""
     pos = np.asarray(pos, dtype=np.float64)
     pnl = pos * np.asarray(y, dtype=np.float64)

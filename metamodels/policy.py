@@ -73,8 +73,10 @@ class PolicySpec:
         if self.overlay_tilt < 0:
             raise ValueError(f"PolicySpec.overlay_tilt must be >= 0, got {self.overlay_tilt}")
         if self.overlay_min > self.overlay_max:
-            raise ValueError("PolicySpec.overlay_min must be <= overlay_max, got "
-                             f"{self.overlay_min} > {self.overlay_max}")
+            raise ValueError(
+                "PolicySpec.overlay_min must be <= overlay_max, got "
+                f"{self.overlay_min} > {self.overlay_max}"
+            )
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -104,11 +106,12 @@ def check_params(params: dict, spec: PolicySpec) -> None:
     """
     shapes = param_shapes(spec)
     if set(params) != set(shapes):
-        raise ValueError(f"policy parameters {sorted(params)} do not match the spec's "
-                         f"{sorted(shapes)}")
+        raise ValueError(
+            f"policy parameters {sorted(params)} do not match the spec's {sorted(shapes)}"
+        )
     for name, shape in shapes.items():
         got = tuple(params[name].shape)
-        if got[len(got) - len(shape):] != shape:
+        if got[len(got) - len(shape) :] != shape:
             raise ValueError(f"policy parameter {name!r} has shape {got}, expected {shape}")
 
 
@@ -132,8 +135,9 @@ def _squash_torch(z: torch.Tensor, spec: PolicySpec) -> torch.Tensor:
         return t
     if spec.mode == "long_only":
         return 0.5 * (1.0 + t)
-    return torch.clamp(spec.overlay_base + spec.overlay_tilt * t,
-                       spec.overlay_min, spec.overlay_max)
+    return torch.clamp(
+        spec.overlay_base + spec.overlay_tilt * t, spec.overlay_min, spec.overlay_max
+    )
 
 
 def positions(params: Params, x: torch.Tensor, spec: PolicySpec) -> torch.Tensor:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from reports.comparison import compare, print_comparison, to_markdown
-from reports.metrics import Metrics, compute_metrics, write_metrics
-from reports.plots import plot_equity
-from reports.runfolder import SUBJECT, load_run, ordered_strategies
-from reports.tearsheet import write_tearsheet
+from metabt.reports.comparison import compare, print_comparison, to_markdown
+from metabt.reports.metrics import Metrics, compute_metrics, write_metrics
+from metabt.reports.plots import plot_equity
+from metabt.reports.runfolder import SUBJECT, load_run, ordered_strategies
+from metabt.reports.tearsheet import write_tearsheet
 
 log = logging.getLogger(__name__)
 

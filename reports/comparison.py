@@ -16,9 +16,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from reports.metrics import Metrics
-from reports.runfolder import CEILING, STATIC_COMPARATORS, SUBJECT, Study, ordered_strategies
-from reports.significance import (
+from metabt.reports.metrics import Metrics
+from metabt.reports.runfolder import CEILING, STATIC_COMPARATORS, SUBJECT, Study, ordered_strategies
+from metabt.reports.significance import (
     SharpeDiffCI,
     deflated_sharpe_ratio,
     probabilistic_sharpe_ratio,
@@ -128,7 +128,10 @@ def _verdict(
     pairs: Mapping[str, SharpeDiffCI],
 ) -> str:
     if subject is None:
-        return f"No verdict: {SUBJECT} is not in returns.csv, so this run has no meta strategy to judge."
+        return (
+            f"No verdict: {SUBJECT} is not in returns.csv, "
+            "so this run has no meta strategy to judge."
+        )
     if best is None:
         return (
             f"No verdict: returns.csv holds no static comparator ({', '.join(STATIC_COMPARATORS)})."
@@ -141,16 +144,19 @@ def _verdict(
     cagr = f"; CAGR {_fmt(metrics[subject]['cagr'], 'pct')} vs {_fmt(metrics[best]['cagr'], 'pct')}"
     # The headline comparator is picked in-sample; still say plainly when another static
     # strategy did better on the test period, so a "WON" never hides a loss.
-    better = [n for n in STATIC_COMPARATORS if n != best and n in pairs
-              and math.isfinite(pairs[n].diff) and pairs[n].diff < 0]
+    better = [
+        n
+        for n in STATIC_COMPARATORS
+        if n != best and n in pairs and math.isfinite(pairs[n].diff) and pairs[n].diff < 0
+    ]
     also = "".join(
         f" It LOST to {n} on the test period: Sharpe {_fmt(mine)} vs "
         f"{_fmt(metrics[n]['sharpe'])}, {_ci_text(pairs[n])} ({_significance(pairs[n])})."
-        for n in better)
+        for n in better
+    )
     return (
         f"{subject} {outcome} {best} ({basis}): Sharpe {_fmt(mine)} vs {_fmt(theirs)}, "
-        f"difference {_fmt(ci.diff, 'signed')}, {_ci_text(ci)} ({_significance(ci)}){cagr}."
-        + also
+        f"difference {_fmt(ci.diff, 'signed')}, {_ci_text(ci)} ({_significance(ci)}){cagr}." + also
     )
 
 
@@ -198,11 +204,19 @@ def _ceiling_shares(metrics: Metrics) -> str:
     bound = metrics.get(CEILING, {}).get("sharpe")
     if bound is None or not math.isfinite(bound) or bound <= 0:
         return ""
-    shares = [f"{n} {100 * m['sharpe'] / bound:.0f}%" for n, m in metrics.items()
-              if n != CEILING and n not in STATIC_COMPARATORS and m.get("sharpe") is not None
-              and math.isfinite(m["sharpe"])]
-    return (f" Share of the ceiling {CEILING} (Sharpe {_fmt(bound)}, told the true regime): "
-            + ", ".join(shares) + ".")
+    shares = [
+        f"{n} {100 * m['sharpe'] / bound:.0f}%"
+        for n, m in metrics.items()
+        if n != CEILING
+        and n not in STATIC_COMPARATORS
+        and m.get("sharpe") is not None
+        and math.isfinite(m["sharpe"])
+    ]
+    return (
+        f" Share of the ceiling {CEILING} (Sharpe {_fmt(bound)}, told the true regime): "
+        + ", ".join(shares)
+        + "."
+    )
 
 
 def compare(
@@ -356,8 +370,8 @@ def to_markdown(c: Comparison) -> str:
 def _notes(c: Comparison) -> list[str]:
     notes = [
         (
-            f"- Sharpe, Sortino, CAGR, volatility, max drawdown and Calmar: QuantStats on the daily "
-            f"returns in returns.csv, rf = 0, {c.study.periods_per_year} periods per year. "
+            "- Sharpe, Sortino, CAGR, volatility, max drawdown and Calmar: QuantStats on the "
+            f"daily returns in returns.csv, rf = 0, {c.study.periods_per_year} periods per year. "
             "Turnover: sum of |change in target weight| over assets, per year."
         ),
         f"- Best static comparator: {c.best_static or 'none'} ({c.best_static_basis}).",
@@ -374,8 +388,9 @@ def _notes(c: Comparison) -> list[str]:
     if c.pairs:
         ci = next(iter(c.pairs.values()))
         notes.append(
-            f"- Intervals: both return series resampled on the same days (arch StationaryBootstrap, "
-            f"expected block {ci.block_length} bars, {ci.reps} resamples, seed {ci.seed}), "
+            "- Intervals: both return series resampled on the same days "
+            f"(arch StationaryBootstrap, expected block {ci.block_length} bars, "
+            f"{ci.reps} resamples, seed {ci.seed}), "
             "percentile interval. Significant means the interval excludes 0."
         )
     return notes

@@ -79,7 +79,7 @@ def pbo_cscv(returns: np.ndarray, n_blocks: int = DEFAULT_BLOCKS) -> PBOResult:
     if n_trials < 2 or blocks == 0:
         return PBOResult(math.nan, n_trials, blocks, 0, np.empty(0))
     size = n_bars // blocks
-    x = x[n_bars - size * blocks:].reshape(blocks, size, n_trials)
+    x = x[n_bars - size * blocks :].reshape(blocks, size, n_trials)
     total, squares = x.sum(axis=1), (x**2).sum(axis=1)  # blocks x trials
     chosen = np.array(list(itertools.combinations(range(blocks), blocks // 2)))
     mask = np.zeros((len(chosen), blocks))
@@ -90,8 +90,9 @@ def pbo_cscv(returns: np.ndarray, n_blocks: int = DEFAULT_BLOCKS) -> PBOResult:
     best = np.argmax(is_sharpe, axis=1)
     best_oos = oos_sharpe[np.arange(len(chosen)), best]
     # Rank 1 = worst out of sample; ties count half, so identical trials sit at the median.
-    rank = (oos_sharpe < best_oos[:, None]).sum(axis=1) + \
-        0.5 * ((oos_sharpe == best_oos[:, None]).sum(axis=1) + 1)
+    rank = (oos_sharpe < best_oos[:, None]).sum(axis=1) + 0.5 * (
+        (oos_sharpe == best_oos[:, None]).sum(axis=1) + 1
+    )
     w = rank / (n_trials + 1)
     logits = np.log(w / (1 - w))
     return PBOResult(float(np.mean(logits <= 0)), n_trials, blocks, len(chosen), logits)

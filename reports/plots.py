@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from reports.runfolder import SUBJECT, ordered_strategies
+from metabt.reports.runfolder import SUBJECT, ordered_strategies
 
 # Fixed colour and line per strategy so figures from different runs compare at a
 # glance: the subject bold, ablations solid/dashed, static comparators dotted.
@@ -128,8 +128,12 @@ def plot_equity(
         ax.set_ylabel("growth of 1")
     ax.grid(True, which="major", alpha=0.3)
     # Long study titles wrap instead of running off the canvas.
-    ax.set_title(textwrap.fill(title or "Equity curves", width=110), loc="left", fontsize=12,
-                 fontweight="bold")
+    ax.set_title(
+        textwrap.fill(title or "Equity curves", width=110),
+        loc="left",
+        fontsize=12,
+        fontweight="bold",
+    )
 
     for k, (when, asset) in enumerate(changes):
         for axis in (ax, ev):
@@ -190,8 +194,7 @@ def plot_equity(
                 fontsize=9,
                 color="#555555",
             )
-        ev.set_title(f"{subject}: detected regime changes ({len(events)})", loc="left",
-                     fontsize=9)
+        ev.set_title(f"{subject}: detected regime changes ({len(events)})", loc="left", fontsize=9)
         ev.grid(True, axis="x", alpha=0.3)
     fig.savefig(path, dpi=110)
     return Path(path)

@@ -19,11 +19,11 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reports.comparison import ABLATIONS, pick_best_static
-from reports.metrics import METRIC_KEYS
-from reports.pbo import pbo_cscv
-from reports.runfolder import SUBJECT, ordered_strategies, read_returns, read_study
-from reports.significance import deflated_sharpe_ratio
+from metabt.reports.comparison import ABLATIONS, pick_best_static
+from metabt.reports.metrics import METRIC_KEYS
+from metabt.reports.pbo import pbo_cscv
+from metabt.reports.runfolder import SUBJECT, ordered_strategies, read_returns, read_study
+from metabt.reports.significance import deflated_sharpe_ratio
 
 #: Strategies whose result moves with the seed and the grid: PBO is computed for these.
 LEARNED = (SUBJECT, *ABLATIONS)
@@ -67,8 +67,13 @@ def _beats(ok: pd.DataFrame, runs_dir: Path, keys: list[str]) -> pd.DataFrame:
                 pair = sharpe[[SUBJECT, name]].dropna()
                 wins[name] = list(pair[SUBJECT] > pair[name])
         label = dict(zip(group_keys, group if isinstance(group, tuple) else (group,)))
-        rows.append({**label, "seeds": len(sharpe),
-                     **{f"beats {k}": (np.mean(v) if v else math.nan) for k, v in wins.items()}})
+        rows.append(
+            {
+                **label,
+                "seeds": len(sharpe),
+                **{f"beats {k}": (np.mean(v) if v else math.nan) for k, v in wins.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -88,11 +93,21 @@ def _summary(ok: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
         n_trials = len(frame) * study.n_trials.get(name, 1)
         per_period = s / math.sqrt(study.periods_per_year)
         spread = float(per_period.std(ddof=1)) if len(s) > 1 else None
-        rows.append({"strategy": name, "runs": len(s), "median": s.median(),
-                     "q25": s.quantile(0.25), "q75": s.quantile(0.75), "min": s.min(),
-                     "max": s.max(), "share > 0": float((s > 0).mean()),
-                     "best run": best["run"], "trials": n_trials,
-                     "DSR of best": deflated_sharpe_ratio(returns, n_trials, spread)})
+        rows.append(
+            {
+                "strategy": name,
+                "runs": len(s),
+                "median": s.median(),
+                "q25": s.quantile(0.25),
+                "q75": s.quantile(0.75),
+                "min": s.min(),
+                "max": s.max(),
+                "share > 0": float((s > 0).mean()),
+                "best run": best["run"],
+                "trials": n_trials,
+                "DSR of best": deflated_sharpe_ratio(returns, n_trials, spread),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -108,9 +123,17 @@ def _pbo(ok: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
                 continue
             matrix = pd.DataFrame(cols).dropna()
             result = pbo_cscv(matrix.to_numpy())
-            rows.append({"universe": universe, "strategy": name, "trials": result.n_trials,
-                         "bars": len(matrix), "blocks": result.n_blocks,
-                         "splits": result.n_splits, "PBO": result.pbo})
+            rows.append(
+                {
+                    "universe": universe,
+                    "strategy": name,
+                    "trials": result.n_trials,
+                    "bars": len(matrix),
+                    "blocks": result.n_blocks,
+                    "splits": result.n_splits,
+                    "PBO": result.pbo,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -119,15 +142,21 @@ def robustness(table: pd.DataFrame, runs_dir: Path) -> Robustness:
     ok = table.loc[table["status"] == "ok"]
     failed = table.loc[table["status"] != "ok", ["run", "universe", "seed", "error"]]
     keys = _grid_keys(table)
-    sharpe = {name: ok.loc[ok["strategy"] == name, "sharpe"].dropna().astype(float).tolist()
-              for name in ordered_strategies(list(ok["strategy"].unique()))}
+    sharpe = {
+        name: ok.loc[ok["strategy"] == name, "sharpe"].dropna().astype(float).tolist()
+        for name in ordered_strategies(list(ok["strategy"].unique()))
+    }
     empty = ok.empty
     return Robustness(
-        n_runs=table["run"].nunique(), n_failed=failed["run"].nunique(), grid_keys=keys,
+        n_runs=table["run"].nunique(),
+        n_failed=failed["run"].nunique(),
+        grid_keys=keys,
         sharpe=sharpe,
         summary=pd.DataFrame() if empty else _summary(ok, runs_dir),
         beats=pd.DataFrame() if empty else _beats(ok, runs_dir, keys),
-        pbo=pd.DataFrame() if empty else _pbo(ok, runs_dir), failed=failed)
+        pbo=pd.DataFrame() if empty else _pbo(ok, runs_dir),
+        failed=failed,
+    )
 
 
 def _md(frame: pd.DataFrame) -> str:
@@ -139,8 +168,7 @@ def _md(frame: pd.DataFrame) -> str:
             return "n/a" if math.isnan(v) else f"{v:.2f}"
         return str(v)
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
-             "|" + "---|" * len(frame.columns)]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
     return "\n".join(lines) + "\n"
 
@@ -149,20 +177,28 @@ def to_markdown(r: Robustness) -> str:
     """robustness.md from a :class:`Robustness`."""
     parts = [
         "# Sweep robustness\n",
-        (f"{r.n_runs} runs, {r.n_failed} failed; grid keys: "
-         f"{', '.join(r.grid_keys) or 'none (seeds and universes only)'}. "
-         "Every run counts as one trial.\n"),
+        (
+            f"{r.n_runs} runs, {r.n_failed} failed; grid keys: "
+            f"{', '.join(r.grid_keys) or 'none (seeds and universes only)'}. "
+            "Every run counts as one trial.\n"
+        ),
         "## Test Sharpe across runs, and the deflated Sharpe of the best run\n",
-        ("DSR: probability that the best run's Sharpe beats the best of `trials` configurations "
-         "with no edge (all runs times the configs the study tuned); above 0.95 is evidence.\n"),
+        (
+            "DSR: probability that the best run's Sharpe beats the best of `trials` configurations "
+            "with no edge (all runs times the configs the study tuned); above 0.95 is evidence.\n"
+        ),
         _md(r.summary),
-        (f"## Share of seeds in which {SUBJECT} beats the best static comparator and its "
-         "ablations\n"),
+        (
+            f"## Share of seeds in which {SUBJECT} beats the best static comparator and its "
+            "ablations\n"
+        ),
         "The best static comparator of each run is the one chosen in-sample.\n",
         _md(r.beats),
         "## Probability of backtest overfitting (CSCV over all runs of a universe)\n",
-        ("About 0.5: picking the best run is picking noise; near 0: the best run keeps its "
-         "rank out of sample. n/a: fewer than 2 runs or too few bars.\n"),
+        (
+            "About 0.5: picking the best run is picking noise; near 0: the best run keeps its "
+            "rank out of sample. n/a: fewer than 2 runs or too few bars.\n"
+        ),
         _md(r.pbo),
     ]
     if not r.failed.empty:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.errors import ReportError
+from metabt.reports.errors import ReportError
 
 #: Fixed strategy names, in the order every table and plot lists them.
 STRATEGY_ORDER: tuple[str, ...] = (
@@ -38,8 +38,15 @@ STRATEGY_ORDER: tuple[str, ...] = (
     "regime_bound",
 )
 #: Static-parameter comparators (tuned in-sample, frozen for the test period).
-STATIC_COMPARATORS: tuple[str, ...] = ("buy_and_hold", "sma_cross", "momentum", "rsi_reversion",
-                                       "buy_and_hold_vt", "tsmom_vt", "autocorr")
+STATIC_COMPARATORS: tuple[str, ...] = (
+    "buy_and_hold",
+    "sma_cross",
+    "momentum",
+    "rsi_reversion",
+    "buy_and_hold_vt",
+    "tsmom_vt",
+    "autocorr",
+)
 #: The synthetic lab's ceiling: told the true regime of every bar.
 CEILING = "regime_bound"
 #: The strategy the study is about.
@@ -141,7 +148,7 @@ def _naive_dates(values: pd.Series | pd.Index, path: Path) -> pd.DatetimeIndex:
 
 
 def read_returns(path: Path) -> pd.DataFrame:
-    """Read ``returns.csv``: a tz-naive, sorted, unique date index, one finite column per strategy."""
+    """Read ``returns.csv``: tz-naive, sorted, unique date index; one finite column per strategy."""
     _require(path)
     try:
         raw = pd.read_csv(path)

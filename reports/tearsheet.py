@@ -18,7 +18,7 @@ import matplotlib
 import pandas as pd
 from matplotlib import rcsetup
 
-from reports.errors import ReportError
+from metabt.reports.errors import ReportError
 
 log = logging.getLogger(__name__)
 

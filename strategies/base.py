@@ -14,7 +14,7 @@ import math
 import backtrader as bt
 import pandas as pd
 
-from feeds.features import VOL_FLOOR, FeatureSpec
+from metabt.feeds.features import VOL_FLOOR, FeatureSpec
 
 VOL_HALFLIFE = FeatureSpec().vol_halflife
 
@@ -75,8 +75,8 @@ class TargetWeightStrategy(bt.Strategy):
         self._asset_weight = 1.0 / n if self.p.asset_weight is None else float(self.p.asset_weight)
         # Compare bar times as backtrader floats: cheaper than building dates each bar.
         ts = self.p.trade_start
-        self._start_num = -math.inf if ts is None else bt.date2num(
-            pd.Timestamp(ts).normalize().to_pydatetime()
+        self._start_num = (
+            -math.inf if ts is None else bt.date2num(pd.Timestamp(ts).normalize().to_pydatetime())
         )
         self._last_target = {d: 0.0 for d in self.datas}
         self._retry: set = set()
@@ -181,8 +181,9 @@ class TargetWeightStrategy(bt.Strategy):
         # iterpending() yields the fills new since the last notification, so a
         # short cover that fills before the opening leg is refused is still logged.
         for bit in order.executed.iterpending():
-            self._trade_rows.append((bit.dt, order.data._name, bit.size, bit.price,
-                                    bit.size * bit.price, bit.comm))
+            self._trade_rows.append(
+                (bit.dt, order.data._name, bit.size, bit.price, bit.size * bit.price, bit.comm)
+            )
         if order.status in (order.Margin, order.Rejected):
             # Not enough cash at the fill price (a gap up beyond cash_buffer):
             # count it and re-order next bar rather than silently hold less.
@@ -194,9 +195,7 @@ class TargetWeightStrategy(bt.Strategy):
         """Recorded target weights, long format: ``date, asset, weight``."""
         names = [d._name for d in self.datas]
         rows = [
-            (bt.num2date(t), name, w)
-            for t, ws in self._weight_rows
-            for name, w in zip(names, ws)
+            (bt.num2date(t), name, w) for t, ws in self._weight_rows for name, w in zip(names, ws)
         ]
         frame = pd.DataFrame(rows, columns=["date", "asset", "weight"])
         frame["date"] = pd.to_datetime(frame["date"]).dt.normalize()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from strategies.detector_base import (
+from metabt.strategies.detector_base import (
     ShortRunRule,
     _check,
     _finite,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
-from strategies.detector_base import ShortRunRule, _check, _finite, check_run_length_settings
+from metabt.strategies.detector_base import ShortRunRule, _check, _finite, check_run_length_settings
 
 __all__ = ["ARBOCPD", "ARBOCPDSettings"]
 
@@ -86,8 +86,11 @@ class ARBOCPD:
         m = s.max_run
         # Per run length: precision matrix [[l11, l12], [l12, l22]] of (intercept,
         # AR coef), the precision-weighted mean h = L m, alpha, beta. Slot 0 = prior.
-        self._l11, self._l12, self._l22 = (np.full(m, s.coef_prior), np.zeros(m),
-                                           np.full(m, s.coef_prior))
+        self._l11, self._l12, self._l22 = (
+            np.full(m, s.coef_prior),
+            np.zeros(m),
+            np.full(m, s.coef_prior),
+        )
         self._h1, self._h2 = np.zeros(m), np.zeros(m)
         self._alpha = np.full(m, s.noise_prior)
         self._beta = np.full(m, s.noise_prior)  # prior residual variance 1
@@ -123,8 +126,12 @@ class ARBOCPD:
         mean = m1 + m2 * z
         scale2 = beta / alpha * (1.0 + quad)
         nu = 2.0 * alpha
-        lpred = (gammaln((nu + 1.0) / 2.0) - gammaln(nu / 2.0) - 0.5 * np.log(nu * math.pi * scale2)
-                 - (nu + 1.0) / 2.0 * np.log1p((x - mean) ** 2 / (nu * scale2)))
+        lpred = (
+            gammaln((nu + 1.0) / 2.0)
+            - gammaln(nu / 2.0)
+            - 0.5 * np.log(nu * math.pi * scale2)
+            - (nu + 1.0) / 2.0 * np.log1p((x - mean) ** 2 / (nu * scale2))
+        )
         top_n = min(n + 1, s.max_run)
         new = np.full(s.max_run, -np.inf)
         new[1:top_n] = (self._logp[:n] + lpred)[: top_n - 1] + self._log_1mh
@@ -139,9 +146,15 @@ class ARBOCPD:
         ndet = n11 * n22 - n12 * n12
         nm1, nm2 = (n22 * g1 - n12 * g2) / ndet, (n11 * g2 - n12 * g1) / ndet
         quad_new = nm1 * g1 + nm2 * g2
-        for arr, value in ((self._l11, n11), (self._l12, n12), (self._l22, n22), (self._h1, g1),
-                           (self._h2, g2), (self._alpha, alpha + 0.5),
-                           (self._beta, beta + 0.5 * (x * x + quad_old - quad_new))):
+        for arr, value in (
+            (self._l11, n11),
+            (self._l12, n12),
+            (self._l22, n22),
+            (self._h1, g1),
+            (self._h2, g2),
+            (self._alpha, alpha + 0.5),
+            (self._beta, beta + 0.5 * (x * x + quad_old - quad_new)),
+        ):
             arr[1:top_n] = value[: top_n - 1]
         self._set_prior(0)
         self._n = top_n

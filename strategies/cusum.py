@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from strategies.detector_base import _check, _finite, _Scale
+from metabt.strategies.detector_base import _check, _finite, _Scale
 
 __all__ = ["CUSUM", "CUSUMSettings"]
 

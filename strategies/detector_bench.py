@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from strategies.detectors import DETECTORS, Detector, make_detector
+from metabt.strategies.detectors import DETECTORS, Detector, make_detector
 
 
 def vol_regime_series(
@@ -176,8 +176,9 @@ def bench_detectors(
 
         kind = getattr(DETECTORS[name], "input_kind", "return")
 
-        def alarms_on(returns: np.ndarray, factory: Callable[[], Detector] = factory,
-                      kind: str = kind) -> np.ndarray:
+        def alarms_on(
+            returns: np.ndarray, factory: Callable[[], Detector] = factory, kind: str = kind
+        ) -> np.ndarray:
             # Each detector sees what the strategy feeds it (see detector_inputs).
             xs = detector_inputs(kind, returns)
             return run_detector(factory(), xs) + (len(returns) - len(xs))
@@ -189,8 +190,9 @@ def bench_detectors(
             n_stray += stray
             up_delays.extend(delays[ups])
             down_delays.extend(delays[~ups])
-        cost = np.concatenate([_timed_updates(factory, detector_inputs(kind, returns))
-                               for returns in null[:2]])
+        cost = np.concatenate(
+            [_timed_updates(factory, detector_inputs(kind, returns)) for returns in null[:2]]
+        )
         n_false = 0
         for returns in null:
             n_false += len(alarms_on(returns))
@@ -208,16 +210,28 @@ def bench_detectors(
         }
     return {
         "detectors": out,
-        "setup": {"seed": seed, "n_series": n_series, "n_bars": n_bars, "window": window,
-                  "segment_bars": [300, 700], "vol_range": [0.005, 0.03], "vol_ratio": 2.0},
+        "setup": {
+            "seed": seed,
+            "n_series": n_series,
+            "n_bars": n_bars,
+            "window": window,
+            "segment_bars": [300, 700],
+            "vol_range": [0.005, 0.03],
+            "vol_ratio": 2.0,
+        },
     }
 
 
 FLIP_WINDOW = 30
 
 
-def ar_series(rng: np.random.Generator, n_bars: int, flip: bool, vol_change: bool,
-              segment: tuple[int, int] = (300, 700)) -> tuple[np.ndarray, np.ndarray]:
+def ar_series(
+    rng: np.random.Generator,
+    n_bars: int,
+    flip: bool,
+    vol_change: bool,
+    segment: tuple[int, int] = (300, 700),
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns with AR(1) regimes: the sign of phi flips (``flip``) and/or vol doubles /
     halves (``vol_change``) at each change; neither gives a no-change series."""
     lengths, total = [], 0
@@ -266,7 +280,7 @@ def detector_inputs(kind: str, returns: np.ndarray, halflife: float = 20.0) -> n
     mean, sd, sign = 0.0, 1.0, 0.0
     for t in range(62, len(z)):
         if t % 5 == 0 or t == 62:
-            past = z[t - 61:t - 1]
+            past = z[t - 61 : t - 1]
             ac = np.corrcoef(past[1:], past[:-1])[0, 1]
             pos = np.sign(ac) * np.sign(past[:-1])
             losses = -pos * past[1:]
@@ -276,14 +290,16 @@ def detector_inputs(kind: str, returns: np.ndarray, halflife: float = 20.0) -> n
     return out[62:]
 
 
-def bench_ar_flips(seed: int = 0, n_series: int = 30, n_bars: int = 3000,
-                   names: Sequence[str] | None = None) -> dict[str, dict[str, float | None]]:
+def bench_ar_flips(
+    seed: int = 0, n_series: int = 30, n_bars: int = 3000, names: Sequence[str] | None = None
+) -> dict[str, dict[str, float | None]]:
     """AR-sign-flip detection, vol-only sensitivity and false alarms of every detector."""
     names = list(names or DETECTORS)
     rng = np.random.default_rng(seed)
     kinds = {"flip": (True, False), "vol": (False, True), "null": (False, False)}
-    series = {k: [ar_series(rng, n_bars, *flags) for _ in range(n_series)]
-              for k, flags in kinds.items()}
+    series = {
+        k: [ar_series(rng, n_bars, *flags) for _ in range(n_series)] for k, flags in kinds.items()
+    }
     out: dict[str, dict[str, float | None]] = {}
     for name in names:
         kind = getattr(DETECTORS[name], "input_kind", "return")
@@ -298,14 +314,14 @@ def bench_ar_flips(seed: int = 0, n_series: int = 30, n_bars: int = 3000,
                     false_alarms += len(alarms)
                     bars += len(xs)
                     continue
-                d, _ = detection_delays(alarms, changes[changes > shift], len(returns),
-                                        FLIP_WINDOW)
+                d, _ = detection_delays(alarms, changes[changes > shift], len(returns), FLIP_WINDOW)
                 delays.extend(d)
             d = np.array(delays)
             if label == "flip":
                 result["ar_flip_detect_30"] = round(float(np.isfinite(d).mean()), 3)
-                result["ar_flip_delay_bars"] = (round(float(np.nanmean(d)), 2)
-                                                if np.isfinite(d).any() else None)
+                result["ar_flip_delay_bars"] = (
+                    round(float(np.nanmean(d)), 2) if np.isfinite(d).any() else None
+                )
             elif label == "vol":
                 result["vol_only_detect_30"] = round(float(np.isfinite(d).mean()), 3)
             else:

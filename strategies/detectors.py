@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feeds.features import FeatureSpec, log_returns, trailing_vol
-from strategies.bocpd import BOCPD, BOCPDSettings
-from strategies.bocpd_ar import ARBOCPD, ARBOCPDSettings
-from strategies.cusum import CUSUM, CUSUMSettings
-from strategies.detector_base import Detector
-from strategies.loss_cusum import LossCUSUM, LossCUSUMSettings
+from metabt.feeds.features import FeatureSpec, log_returns, trailing_vol
+from metabt.strategies.bocpd import BOCPD, BOCPDSettings
+from metabt.strategies.bocpd_ar import ARBOCPD, ARBOCPDSettings
+from metabt.strategies.cusum import CUSUM, CUSUMSettings
+from metabt.strategies.detector_base import Detector
+from metabt.strategies.loss_cusum import LossCUSUM, LossCUSUMSettings
 
 __all__ = [
     "ARBOCPD",
@@ -56,8 +56,12 @@ __all__ = [
 AnyDetector = BOCPD | CUSUM | ARBOCPD | LossCUSUM
 # bocpd_ar watches vol-scaled returns for AR changes; loss watches the trading policy's own
 # losses (the strategy feeds it); bocpd and cusum watch returns for vol and mean changes.
-DETECTORS: dict[str, type[AnyDetector]] = {"bocpd": BOCPD, "cusum": CUSUM, "bocpd_ar": ARBOCPD,
-                                           "loss": LossCUSUM}
+DETECTORS: dict[str, type[AnyDetector]] = {
+    "bocpd": BOCPD,
+    "cusum": CUSUM,
+    "bocpd_ar": ARBOCPD,
+    "loss": LossCUSUM,
+}
 
 
 def _hint(word: str, options: list[str]) -> str:

@@ -19,9 +19,9 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from feeds.btfeed import ArrayPandasData
-from feeds.errors import DataError
-from strategies.base import TargetWeightStrategy
+from metabt.feeds.btfeed import ArrayPandasData
+from metabt.feeds.errors import DataError
+from metabt.strategies.base import TargetWeightStrategy
 
 REQUIRED_COLUMNS = ("open", "high", "low", "close", "volume")
 
@@ -95,17 +95,23 @@ def _check_frame(symbol: str, frame: pd.DataFrame) -> None:
     # PandasData accepts unsorted or duplicate dates and NaN prices without a
     # word and then produces wrong numbers, so refuse them here.
     if not isinstance(frame.index, pd.DatetimeIndex) or frame.index.tz is not None:
-        raise DataError(f"{symbol}: index must be a tz-naive DatetimeIndex; load it with feeds.loaders")
+        raise DataError(
+            f"{symbol}: index must be a tz-naive DatetimeIndex; load it with feeds.loaders"
+        )
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{symbol}: missing columns {missing}; expected {list(REQUIRED_COLUMNS)}")
     if not frame.index.is_monotonic_increasing or frame.index.has_duplicates:
-        raise DataError(f"{symbol}: dates must be sorted and unique; use frame.sort_index() and "
-                        "drop duplicated dates")
+        raise DataError(
+            f"{symbol}: dates must be sorted and unique; use frame.sort_index() and "
+            "drop duplicated dates"
+        )
     bad = frame[list(REQUIRED_COLUMNS[:4])].isna().any(axis=1)
     if bad.any():
-        raise DataError(f"{symbol}: NaN price on {frame.index[bad][0].date()}; "
-                        "drop or fill those rows with df.dropna()")
+        raise DataError(
+            f"{symbol}: NaN price on {frame.index[bad][0].date()}; "
+            "drop or fill those rows with df.dropna()"
+        )
 
 
 def run_backtest(
@@ -191,11 +197,16 @@ def run_backtest(
     broker.set_checksubmit(False)
     broker.setcommission(
         commission=costs.commission_bps / 1e4,
-        commtype=bt.CommInfoBase.COMM_PERC, percabs=True, stocklike=True,
+        commtype=bt.CommInfoBase.COMM_PERC,
+        percabs=True,
+        stocklike=True,
     )
     if costs.slippage_bps:
         broker.set_slippage_perc(
-            costs.slippage_bps / 1e4, slip_open=True, slip_limit=True, slip_match=True,
+            costs.slippage_bps / 1e4,
+            slip_open=True,
+            slip_limit=True,
+            slip_match=True,
             slip_out=True,
         )
 
@@ -208,8 +219,12 @@ def run_backtest(
     seconds = time.perf_counter() - t0
 
     raw = strat.analyzers.timereturn.get_analysis()
-    returns = pd.Series(list(raw.values()), index=pd.DatetimeIndex(list(raw.keys())),
-                        dtype="float64", name="returns")
+    returns = pd.Series(
+        list(raw.values()),
+        index=pd.DatetimeIndex(list(raw.keys())),
+        dtype="float64",
+        name="returns",
+    )
     returns.index = returns.index.normalize()
     returns.index.name = "date"
     if trade_start is not None:

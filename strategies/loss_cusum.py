@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from strategies.detector_base import _check, _finite
+from metabt.strategies.detector_base import _check, _finite
 
 __all__ = ["LossCUSUM", "LossCUSUMSettings"]
 

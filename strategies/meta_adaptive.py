@@ -32,14 +32,14 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from feeds.btfeed import VOL_LINE
-from feeds.features import LABEL_DELAY, label_from_opens
-from metamodels.fast_adapt import NumpyLR, fast_adapt, window_loss
-from metamodels.model import length_scale
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import NumpyParams, PolicySpec, numpy_positions
-from strategies.base import TargetWeightStrategy
-from strategies.detectors import make_detector
+from metabt.feeds.btfeed import VOL_LINE
+from metabt.feeds.features import LABEL_DELAY, label_from_opens
+from metabt.metamodels.fast_adapt import NumpyLR, fast_adapt, window_loss
+from metabt.metamodels.model import length_scale
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import NumpyParams, PolicySpec, numpy_positions
+from metabt.strategies.base import TargetWeightStrategy
+from metabt.strategies.detectors import make_detector
 
 TRIGGERS = ("regime", "calendar", "never", "oracle")
 # The policy's position moves a little on every bar; re-ordering each wiggle
@@ -81,13 +81,15 @@ class AdaptivePolicy:
             return {k: v * scale for k, v in self.inner_lr.items()}
         return float(self.inner_lr) * scale
 
-    def adapt(self, x: np.ndarray, y: np.ndarray,
-              inv_vol: np.ndarray | None = None) -> tuple[NumpyParams, float, float]:
+    def adapt(
+        self, x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray | None = None
+    ) -> tuple[NumpyParams, float, float]:
         """Adapted weights and the support loss before and after."""
         spec, obj = self.policy_spec, self.objective_spec
         before = window_loss(self.params, x, y, spec, obj, inv_vol)
-        adapted = fast_adapt(self.params, x, y, self.inner_steps, self.step_size(len(y)), spec,
-                             obj, inv_vol)
+        adapted = fast_adapt(
+            self.params, x, y, self.inner_steps, self.step_size(len(y)), spec, obj, inv_vol
+        )
         return adapted, before, window_loss(adapted, x, y, spec, obj, inv_vol)
 
 
@@ -160,27 +162,35 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         if pols is None:
             raise ValueError("MetaAdaptiveStrategy needs policy=AdaptivePolicy(...)")
         self._policies: tuple[AdaptivePolicy, ...] = (
-            tuple(pols) if isinstance(pols, (tuple, list)) else (pols,))
+            tuple(pols) if isinstance(pols, (tuple, list)) else (pols,)
+        )
         names = self._policies[0].feature_names
         if any(p.feature_names != names for p in self._policies):
             raise ValueError("every policy of an ensemble must read the same features")
         if self.p.trigger not in TRIGGERS:
             raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.p.trigger!r}")
         if not 2 <= self.p.min_window <= self.p.max_window:
-            raise ValueError(f"need 2 <= min_window <= max_window, got "
-                             f"{self.p.min_window}, {self.p.max_window}")
+            raise ValueError(
+                f"need 2 <= min_window <= max_window, got {self.p.min_window}, {self.p.max_window}"
+            )
         if self.p.readapt_every < 1 or self.p.calendar_window < 2:
-            raise ValueError("need readapt_every >= 1 and calendar_window >= 2, got "
-                             f"{self.p.readapt_every}, {self.p.calendar_window}")
+            raise ValueError(
+                "need readapt_every >= 1 and calendar_window >= 2, got "
+                f"{self.p.readapt_every}, {self.p.calendar_window}"
+            )
         settings = dict(self.p.detector_settings or {})
         keep = max(self.p.max_window, self.p.calendar_window)
         self._lines = {d: [getattr(d.lines, n) for n in names] for d in self.datas}
         self._vol = {d: getattr(d.lines, VOL_LINE) for d in self.datas}
-        self._state = {d: _AssetState(make_detector(self.p.detector, **settings),
-                                      self._initial(), keep) for d in self.datas}
+        self._state = {
+            d: _AssetState(make_detector(self.p.detector, **settings), self._initial(), keep)
+            for d in self.datas
+        }
         self.n_adaptations = 0
-        self._changes = {name: {pd.Timestamp(t).date() for t in dates}
-                         for name, dates in (self.p.known_changes or {}).items()}
+        self._changes = {
+            name: {pd.Timestamp(t).date() for t in dates}
+            for name, dates in (self.p.known_changes or {}).items()
+        }
 
     def _initial(self) -> list[NumpyParams]:
         return [p.params for p in self._policies]
@@ -214,8 +224,9 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         st.pending.append((x, 1.0 / vol))
         return x if np.all(np.isfinite(x)) else None
 
-    def _feed_loss_detector(self, d: bt.LineSeries, st: _AssetState, x: np.ndarray,
-                            label: float) -> None:
+    def _feed_loss_detector(
+        self, d: bt.LineSeries, st: _AssetState, x: np.ndarray, label: float
+    ) -> None:
         # The loss detector watches how the trading policy does on each newly labelled
         # bar against what it scored on its own support window. In an ensemble the first
         # member stands for all: they adapt on the same windows.
@@ -254,9 +265,16 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         """Log a new regime start and drop the weights fitted to the old regime."""
         if st.regime_start == start:
             return
-        self.events.append({"date": self.datetime.date(0), "asset": d._name, "trigger": "alarm",
-                            "window": st.bar - st.regime_start + 1,
-                            "loss_before": math.nan, "loss_after": math.nan})
+        self.events.append(
+            {
+                "date": self.datetime.date(0),
+                "asset": d._name,
+                "trigger": "alarm",
+                "window": st.bar - st.regime_start + 1,
+                "loss_before": math.nan,
+                "loss_after": math.nan,
+            }
+        )
         if st.adapted:
             # Fall back to the initial weights until the new regime has min_window labels.
             st.params, st.adapted = self._initial(), False
@@ -273,11 +291,17 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         pnl = numpy_positions(st.params[0], x, pol.policy_spec) * y
         per_bar = -pnl + pol.objective_spec.risk * pnl * pnl
         st.loss_ref = (float(per_bar.mean()), max(float(per_bar.std()), 1e-6))
-        self.events.append({
-            "date": self.datetime.date(0), "asset": d._name, "trigger": self.p.trigger,
-            "window": n, "start": bt.num2date(st.support_when[-n]).date(),
-            "loss_before": float(np.mean([r[1] for r in results])),
-            "loss_after": float(np.mean([r[2] for r in results]))})
+        self.events.append(
+            {
+                "date": self.datetime.date(0),
+                "asset": d._name,
+                "trigger": self.p.trigger,
+                "window": n,
+                "start": bt.num2date(st.support_when[-n]).date(),
+                "loss_before": float(np.mean([r[1] for r in results])),
+                "loss_after": float(np.mean([r[2] for r in results])),
+            }
+        )
 
     def window_length(self, st: _AssetState) -> int:
         """Labelled bars the next adaptation uses (0 = trade the fallback weights).
@@ -316,8 +340,14 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
                 self._schedule(d, st)
                 st.position = None
                 if x is not None:
-                    pos = float(np.mean([numpy_positions(p, x, pol.policy_spec)
-                                         for p, pol in zip(st.params, self._policies)]))
+                    pos = float(
+                        np.mean(
+                            [
+                                numpy_positions(p, x, pol.policy_spec)
+                                for p, pol in zip(st.params, self._policies)
+                            ]
+                        )
+                    )
                     st.position = max(pos, 0.0) if self.p.long_only else pos
             if st.position is not None:
                 out[d] = st.position

@@ -18,13 +18,16 @@ import math
 import numpy as np
 import pandas as pd
 
-from feeds.features import FeatureSpec, compute_labels, log_returns, trailing_vol
-from strategies.base import TargetWeightStrategy
+from metabt.feeds.features import FeatureSpec, compute_labels, log_returns, trailing_vol
+from metabt.strategies.base import TargetWeightStrategy
 
 
-def fit_regime_rules(frames: dict[str, pd.DataFrame], regimes: dict[str, pd.Series],
-                     end: pd.Timestamp, spec: FeatureSpec | None = None
-                     ) -> dict[int, tuple[float, float]]:
+def fit_regime_rules(
+    frames: dict[str, pd.DataFrame],
+    regimes: dict[str, pd.Series],
+    end: pd.Timestamp,
+    spec: FeatureSpec | None = None,
+) -> dict[int, tuple[float, float]]:
     """Per regime id, ``(intercept, slope)`` of label on vol-scaled last return, bars < ``end``.
 
     Labels need the next two opens, so only bars whose label's opens lie before
@@ -58,15 +61,21 @@ class RegimeBound(TargetWeightStrategy):
         rebalance_threshold (float): weight change that triggers an order, 0.02.
     """
 
-    params = (("rules", None), ("regimes", None), ("threshold", 0.1), ("vol_target", 0.01),
-              ("rebalance_threshold", 0.02))
+    params = (
+        ("rules", None),
+        ("regimes", None),
+        ("threshold", 0.1),
+        ("vol_target", 0.01),
+        ("rebalance_threshold", 0.02),
+    )
 
     def __init__(self) -> None:
         super().__init__()
         if not self.p.rules or not self.p.regimes:
             raise ValueError("RegimeBound needs rules= and regimes= (synthetic studies only)")
-        self._regime = {d: {ts.date(): int(k) for ts, k in self.p.regimes[d._name].items()}
-                        for d in self.datas}
+        self._regime = {
+            d: {ts.date(): int(k) for ts, k in self.p.regimes[d._name].items()} for d in self.datas
+        }
 
     def target_weights(self) -> dict:
         out = {}

@@ -13,16 +13,16 @@ import time
 import backtrader as bt
 import pandas as pd
 
-from feeds.btfeed import ArrayPandasData, make_feature_feed
-from feeds.features import FeatureSpec
-from feeds.loaders import Frames, load_sample, slice_period
-from feeds.tasks import TaskSpec
-from metamodels.model import TrainConfig
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import PolicySpec
-from metamodels.trainer import meta_train
-from strategies.engine import CostSpec, run_backtest
-from strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from metabt.feeds.btfeed import ArrayPandasData, make_feature_feed
+from metabt.feeds.features import FeatureSpec
+from metabt.feeds.loaders import Frames, load_sample, slice_period
+from metabt.feeds.tasks import TaskSpec
+from metabt.metamodels.model import TrainConfig
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec
+from metabt.metamodels.trainer import meta_train
+from metabt.strategies.engine import CostSpec, run_backtest
+from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
 
 
 class PlainSmaCross(bt.Strategy):
@@ -31,8 +31,12 @@ class PlainSmaCross(bt.Strategy):
     params = (("fast", 20), ("slow", 100))
 
     def __init__(self) -> None:
-        self.cross = {d: bt.ind.CrossOver(bt.ind.SMA(d, period=self.p.fast),
-                                          bt.ind.SMA(d, period=self.p.slow)) for d in self.datas}
+        self.cross = {
+            d: bt.ind.CrossOver(
+                bt.ind.SMA(d, period=self.p.fast), bt.ind.SMA(d, period=self.p.slow)
+            )
+            for d in self.datas
+        }
 
     def next(self) -> None:
         for d, cross in self.cross.items():
@@ -62,21 +66,42 @@ def _trained_policy(frames: Frames, spec: FeatureSpec, end: pd.Timestamp) -> Ada
     policy_spec = PolicySpec(n_features=len(spec.names))
     objective = ObjectiveSpec()  # the study default: 10 bp per unit of weight traded
     train = slice_period(frames, None, end)
-    model = meta_train(train, spec, TaskSpec(), policy_spec, objective,
-                       TrainConfig(meta_steps=60, eval_every=20), None, end, progress=False)
-    return AdaptivePolicy(policy_spec, objective, model.numpy_params(), model.numpy_inner_lr(),
-                          model.inner_steps, spec.names)
+    model = meta_train(
+        train,
+        spec,
+        TaskSpec(),
+        policy_spec,
+        objective,
+        TrainConfig(meta_steps=60, eval_every=20),
+        None,
+        end,
+        progress=False,
+    )
+    return AdaptivePolicy(
+        policy_spec,
+        objective,
+        model.numpy_params(),
+        model.numpy_inner_lr(),
+        model.inner_steps,
+        spec.names,
+    )
 
 
 def _time_meta(frames: Frames, spec: FeatureSpec, policy: AdaptivePolicy) -> float:
     t0 = time.perf_counter()
-    run_backtest(frames, MetaAdaptiveStrategy, {"policy": policy, "trigger": "regime"},
-                 CostSpec(), feed_factory=lambda s, f: make_feature_feed(s, f, spec))
+    run_backtest(
+        frames,
+        MetaAdaptiveStrategy,
+        {"policy": policy, "trigger": "regime"},
+        CostSpec(),
+        feed_factory=lambda s, f: make_feature_feed(s, f, spec),
+    )
     return _bars(frames) / (time.perf_counter() - t0)
 
 
-def bench_strategy_speed(repeats: int = 3, start: str = "2008-01-01",
-                         end: str = "2012-01-01") -> dict:
+def bench_strategy_speed(
+    repeats: int = 3, start: str = "2008-01-01", end: str = "2012-01-01"
+) -> dict:
     """Median bars/s of both strategies on the 8 sample ETFs, and their ratio.
 
     The meta strategy's time includes building its feed's features, the
@@ -92,5 +117,9 @@ def bench_strategy_speed(repeats: int = 3, start: str = "2008-01-01",
         sma.append(_time_sma(frames))
         meta.append(_time_meta(frames, spec, policy))
     sma_speed, meta_speed = statistics.median(sma), statistics.median(meta)
-    return {"strategy_bars_per_s": meta_speed, "sma_bars_per_s": sma_speed,
-            "strategy_speed_ratio": meta_speed / sma_speed, "strategy_bench_bars": _bars(frames)}
+    return {
+        "strategy_bars_per_s": meta_speed,
+        "sma_bars_per_s": sma_speed,
+        "strategy_speed_ratio": meta_speed / sma_speed,
+        "strategy_bench_bars": _bars(frames),
+    }

@@ -14,7 +14,7 @@ from collections import deque
 import backtrader as bt
 import numpy as np
 
-from strategies.base import TargetWeightStrategy
+from metabt.strategies.base import TargetWeightStrategy
 
 
 class BuyAndHold(TargetWeightStrategy):
@@ -42,8 +42,9 @@ class SmaCross(TargetWeightStrategy):
     def __init__(self) -> None:
         super().__init__()
         if not 0 < self.p.fast < self.p.slow:
-            raise ValueError(f"SmaCross needs 0 < fast < slow, got fast={self.p.fast}, "
-                             f"slow={self.p.slow}")
+            raise ValueError(
+                f"SmaCross needs 0 < fast < slow, got fast={self.p.fast}, slow={self.p.slow}"
+            )
         self.fast_sma = [bt.ind.SMA(d.close, period=self.p.fast) for d in self.datas]
         self.slow_sma = [bt.ind.SMA(d.close, period=self.p.slow) for d in self.datas]
 
@@ -102,8 +103,10 @@ class RsiReversion(TargetWeightStrategy):
     def __init__(self) -> None:
         super().__init__()
         if not 0 <= self.p.lower < self.p.upper <= 100:
-            raise ValueError(f"RsiReversion needs 0 <= lower < upper <= 100, got "
-                             f"lower={self.p.lower}, upper={self.p.upper}")
+            raise ValueError(
+                f"RsiReversion needs 0 <= lower < upper <= 100, got "
+                f"lower={self.p.lower}, upper={self.p.upper}"
+            )
         # safediv: a flat stretch of prices has no losses; avoid dividing by zero.
         self.rsi = [bt.ind.RSI(d.close, period=self.p.period, safediv=True) for d in self.datas]
         self._state = {d: 0.0 for d in self.datas}
@@ -142,8 +145,12 @@ class TsmomVT(TargetWeightStrategy):
         rebalance_threshold (float): weight change that triggers an order, 0.02.
     """
 
-    params = (("lookback", 252), ("allow_short", True), ("vol_target", 0.01),
-              ("rebalance_threshold", 0.02))
+    params = (
+        ("lookback", 252),
+        ("allow_short", True),
+        ("vol_target", 0.01),
+        ("rebalance_threshold", 0.02),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,8 +174,7 @@ class AutocorrRule(TargetWeightStrategy):
         rebalance_threshold (float): weight change that triggers an order, 0.02.
     """
 
-    params = (("window", 60), ("min_abs", 0.0), ("vol_target", 0.01),
-              ("rebalance_threshold", 0.02))
+    params = (("window", 60), ("min_abs", 0.0), ("vol_target", 0.01), ("rebalance_threshold", 0.02))
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,8 +217,12 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "buy_and_hold": {},
     "sma_cross": {"fast": [10, 20, 50], "slow": [100, 200], "allow_short": [False, True]},
     "momentum": {"lookback": [21, 63, 126, 252], "allow_short": [False, True]},
-    "rsi_reversion": {"period": [7, 14], "lower": [25.0, 30.0], "upper": [70.0, 75.0],
-                      "allow_short": [False, True]},
+    "rsi_reversion": {
+        "period": [7, 14],
+        "lower": [25.0, 30.0],
+        "upper": [70.0, 75.0],
+        "allow_short": [False, True],
+    },
     "buy_and_hold_vt": {},
     "tsmom_vt": {"lookback": [21, 63, 126, 252], "allow_short": [False, True]},
     "autocorr": {"window": [20, 60, 120], "min_abs": [0.0, 0.1]},

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from strategies.engine import CostSpec, run_backtest
-from strategies.static import STATIC_STRATEGIES
+from metabt.strategies.engine import CostSpec, run_backtest
+from metabt.strategies.static import STATIC_STRATEGIES
 
 TRADING_DAYS = 252
 
@@ -78,21 +78,26 @@ def expand_grid(grid: dict[str, list]) -> list[dict]:
 def _check_grid(name: str, grid: dict[str, list]) -> None:
     if name not in STATIC_STRATEGIES:
         hint = difflib.get_close_matches(name, STATIC_STRATEGIES, n=1)
-        raise ValueError(f"unknown static strategy {name!r}"
-                         + (f"; did you mean {hint[0]!r}?" if hint else "")
-                         + f" (known: {', '.join(STATIC_STRATEGIES)})")
+        raise ValueError(
+            f"unknown static strategy {name!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f" (known: {', '.join(STATIC_STRATEGIES)})"
+        )
     known = set(STATIC_STRATEGIES[name].params._getkeys())
     for key, values in grid.items():
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
-            raise ValueError(f"{name}: unknown grid parameter {key!r}"
-                             + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            raise ValueError(
+                f"{name}: unknown grid parameter {key!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"{name}: grid[{key!r}] must be a non-empty list of values")
 
 
-def _run(frames: dict[str, pd.DataFrame], name: str, params: dict, costs: CostSpec,
-         start: pd.Timestamp) -> tuple[pd.Series, pd.Timestamp | None, int, int]:
+def _run(
+    frames: dict[str, pd.DataFrame], name: str, params: dict, costs: CostSpec, start: pd.Timestamp
+) -> tuple[pd.Series, pd.Timestamp | None, int, int]:
     with warnings.catch_warnings():
         # tune_static handles a late warm-up itself (see scored_from).
         warnings.filterwarnings("ignore", message=".*warm-up")
@@ -157,19 +162,29 @@ def tune_static(
     # warm-up days would count in its Sharpe and not in a fast one's.
     readies = [ready for _, ready, _, _ in runs]
     if any(r is None for r in readies):
-        raise ValueError(f"{name}: some configs never finished warming up before "
-                         f"{end.date()}; shorten their lookbacks or lengthen the training period")
+        raise ValueError(
+            f"{name}: some configs never finished warming up before "
+            f"{end.date()}; shorten their lookbacks or lengthen the training period"
+        )
     scored_from = max([start, *readies])
     if scored_from > start:
-        warnings.warn(f"{name}: scored from {scored_from.date()}, when the slowest config is "
-                      f"warm, not from start={start.date()}; start later to silence this",
-                      stacklevel=2)
+        warnings.warn(
+            f"{name}: scored from {scored_from.date()}, when the slowest config is "
+            f"warm, not from start={start.date()}; start later to silence this",
+            stacklevel=2,
+        )
     rows = []
     for params, (returns, _, n_trades, n_rejected) in zip(configs, runs):
         r = returns.loc[scored_from:]
-        rows.append({**params, "sharpe": annualised_sharpe(r),
-                     "total_return": float((1.0 + r).prod() - 1.0),
-                     "n_trades": n_trades, "n_rejected": n_rejected})
+        rows.append(
+            {
+                **params,
+                "sharpe": annualised_sharpe(r),
+                "total_return": float((1.0 + r).prod() - 1.0),
+                "n_trades": n_trades,
+                "n_rejected": n_rejected,
+            }
+        )
     table = pd.DataFrame(rows)
     # np.argmax returns the first maximum: a deterministic tie-break by grid order.
     best = int(np.argmax(table["sharpe"].to_numpy()))

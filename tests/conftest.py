@@ -11,8 +11,8 @@ import pytest
 
 matplotlib.use("Agg", force=True)
 
-from backtests.cli import main
-from feeds.loaders import load_sample
+from metabt.backtests.cli import main
+from metabt.feeds.loaders import load_sample
 
 
 @dataclass

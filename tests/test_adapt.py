@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from feeds.tasks import random_task_batch
-from metamodels.adapt import adapt, expand_tasks, support_loss
-from metamodels.fast_adapt import fast_adapt, loss_and_grad, window_loss
-from metamodels.model import MetaModel, evaluate
-from metamodels.objective import ObjectiveSpec, numpy_trading_loss
-from metamodels.policy import MODES, PolicySpec, init_params, to_numpy
+from metabt.feeds.tasks import random_task_batch
+from metabt.metamodels.adapt import adapt, expand_tasks, support_loss
+from metabt.metamodels.fast_adapt import fast_adapt, loss_and_grad, window_loss
+from metabt.metamodels.model import MetaModel, evaluate
+from metabt.metamodels.objective import ObjectiveSpec, numpy_trading_loss
+from metabt.metamodels.policy import MODES, PolicySpec, init_params, to_numpy
 
 OBJ = ObjectiveSpec(risk=0.05, cost=0.01)
 SPECS = [PolicySpec(14, (16,), mode) for mode in MODES] + [
@@ -36,8 +36,13 @@ def test_numpy_fast_adapt_matches_torch_reference(spec):
     for seed in range(4):
         params = to_numpy(init_params(spec, seed))
         x, y = _task(spec, 100 + seed)
-        lr = 0.5 if seed % 2 else {k: np.random.default_rng(seed).uniform(0.1, 0.9, v.shape)
-                                   for k, v in params.items()}
+        lr = (
+            0.5
+            if seed % 2
+            else {
+                k: np.random.default_rng(seed).uniform(0.1, 0.9, v.shape) for k, v in params.items()
+            }
+        )
         got = fast_adapt(params, x, y, 5, lr, spec, OBJ)
         torch_lr = _torch64(lr) if isinstance(lr, dict) else lr
         want = adapt(_torch64(params), torch.tensor(x), torch.tensor(y), 5, torch_lr, spec, OBJ)
@@ -109,19 +114,32 @@ def test_meta_model_adapts_with_its_own_step_sizes():
     params = init_params(spec, 4)
     lrs = {k: torch.full_like(v, 0.2) for k, v in params.items()}
     lrs["w0"] = lrs["w0"] * 2
-    model = MetaModel(params=params, inner_lr=lrs, inner_steps=3, algorithm="metasgd",
-                      policy_spec=spec, objective_spec=OBJ)
+    model = MetaModel(
+        params=params,
+        inner_lr=lrs,
+        inner_steps=3,
+        algorithm="metasgd",
+        policy_spec=spec,
+        objective_spec=OBJ,
+    )
     tasks = random_task_batch(3, 60, 20, 14, seed=5)
     adapted = model.adapt_numpy(tasks.support_x[0], tasks.support_y[0])
-    want = adapt(_torch64(model.numpy_params()), torch.tensor(tasks.support_x[0]).double(),
-                 torch.tensor(tasks.support_y[0]).double(), 3,
-                 _torch64(model.numpy_inner_lr()), spec, OBJ)
+    want = adapt(
+        _torch64(model.numpy_params()),
+        torch.tensor(tasks.support_x[0]).double(),
+        torch.tensor(tasks.support_y[0]).double(),
+        3,
+        _torch64(model.numpy_inner_lr()),
+        spec,
+        OBJ,
+    )
     for k in params:
         np.testing.assert_allclose(adapted[k], want[k].numpy(), rtol=0, atol=1e-6)
     # evaluate() adapts every task the same way before scoring the query window.
     pos = model.positions_numpy(tasks.query_x[0].astype(np.float64), adapted)
     assert evaluate(model, tasks)[0] == pytest.approx(
-        float(numpy_trading_loss(pos, tasks.query_y[0], OBJ)), abs=1e-5)
+        float(numpy_trading_loss(pos, tasks.query_y[0], OBJ)), abs=1e-5
+    )
 
 
 def test_negative_steps_are_refused():
@@ -129,5 +147,6 @@ def test_negative_steps_are_refused():
     with pytest.raises(ValueError, match="steps"):
         adapt(init_params(spec, 0), torch.zeros(5, 3), torch.zeros(5), -1, 0.1, spec, OBJ)
     with pytest.raises(ValueError, match="steps"):
-        fast_adapt(to_numpy(init_params(spec, 0)), np.zeros((5, 3)), np.zeros(5), -1, 0.1,
-                   spec, OBJ)
+        fast_adapt(
+            to_numpy(init_params(spec, 0)), np.zeros((5, 3)), np.zeros(5), -1, 0.1, spec, OBJ
+        )

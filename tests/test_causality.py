@@ -8,27 +8,31 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.features import FeatureSpec, compute_features, trailing_vol
-from feeds.tasks import TaskSampler, TaskSpec
+from metabt.feeds.features import FeatureSpec, compute_features, trailing_vol
+from metabt.feeds.tasks import TaskSampler, TaskSpec
 
 SPEC = FeatureSpec()
 
 
 def corrupt_after(frame: pd.DataFrame, cut: int, value: float) -> pd.DataFrame:
     out = frame.copy()
-    out.iloc[cut + 1:] = value
+    out.iloc[cut + 1 :] = value
     return out
 
 
-def assert_prefix_invariant(fn: Callable[[pd.DataFrame], pd.DataFrame], frame: pd.DataFrame,
-                            n_cuts: int = 20, seed: int = 0) -> None:
+def assert_prefix_invariant(
+    fn: Callable[[pd.DataFrame], pd.DataFrame], frame: pd.DataFrame, n_cuts: int = 20, seed: int = 0
+) -> None:
     """``fn`` up to bar t must not depend on anything after t (truncated, NaN or absurd)."""
     full = fn(frame)
     rng = np.random.default_rng(seed)
     for cut in rng.choice(np.arange(SPEC.warmup, len(frame) - 2), size=n_cuts, replace=False):
         expected = full.iloc[: cut + 1]
-        for variant in (frame.iloc[: cut + 1], corrupt_after(frame, cut, np.nan),
-                        corrupt_after(frame, cut, 1e9)):
+        for variant in (
+            frame.iloc[: cut + 1],
+            corrupt_after(frame, cut, np.nan),
+            corrupt_after(frame, cut, 1e9),
+        ):
             got = fn(variant).iloc[: cut + 1]
             pd.testing.assert_frame_equal(got, expected, check_exact=True)
 
@@ -51,7 +55,7 @@ def test_a_feature_that_peeks_one_bar_ahead_is_caught(spy):
 def test_features_are_defined_after_warmup_and_finite(spy):
     feats = compute_features(spy, SPEC)
     assert feats.iloc[: SPEC.warmup].isna().all().all()
-    assert np.isfinite(feats.iloc[SPEC.warmup:].to_numpy()).all()
+    assert np.isfinite(feats.iloc[SPEC.warmup :].to_numpy()).all()
 
 
 def fixed(support: int, query: int) -> TaskSpec:
@@ -60,16 +64,36 @@ def fixed(support: int, query: int) -> TaskSpec:
 
 def tasks_until(frame: pd.DataFrame, end: object) -> dict[str, np.ndarray]:
     changes = {"SPY": list(frame.index[[300, 420, 555]])}
-    sampler = TaskSampler({"SPY": frame}, SPEC, TaskSpec(min_support=10, max_support=40,
-                                                         min_query=3, max_query=10),
-                          end=end, changes=changes)
+    sampler = TaskSampler(
+        {"SPY": frame},
+        SPEC,
+        TaskSpec(min_support=10, max_support=40, min_query=3, max_query=10),
+        end=end,
+        changes=changes,
+    )
     fixed_batch = sampler.all_tasks()
     drawn = sampler.sample(300, np.random.default_rng(0))
-    return {"sx": fixed_batch.support_x, "sy": fixed_batch.support_y,
-            "qx": fixed_batch.query_x, "qy": fixed_batch.query_y, "anchors": fixed_batch.anchors,
-            **{f"drawn_{k}": getattr(drawn, k) for k in (
-                "support_x", "support_y", "support_inv_vol", "support_mask", "query_x",
-                "query_y", "query_inv_vol", "query_mask", "anchors")}}
+    return {
+        "sx": fixed_batch.support_x,
+        "sy": fixed_batch.support_y,
+        "qx": fixed_batch.query_x,
+        "qy": fixed_batch.query_y,
+        "anchors": fixed_batch.anchors,
+        **{
+            f"drawn_{k}": getattr(drawn, k)
+            for k in (
+                "support_x",
+                "support_y",
+                "support_inv_vol",
+                "support_mask",
+                "query_x",
+                "query_y",
+                "query_inv_vol",
+                "query_mask",
+                "anchors",
+            )
+        },
+    }
 
 
 @pytest.mark.parametrize("variant", ["truncated", "nan", "absurd"])
@@ -77,8 +101,11 @@ def test_tasks_bounded_by_end_never_use_later_bars(spy, variant):
     end = spy.index[600]
     reference = tasks_until(spy, end)
     cut = 599  # last bar before `end`
-    changed = {"truncated": spy.iloc[: cut + 1], "nan": corrupt_after(spy, cut, np.nan),
-               "absurd": corrupt_after(spy, cut, 1e9)}[variant]
+    changed = {
+        "truncated": spy.iloc[: cut + 1],
+        "nan": corrupt_after(spy, cut, np.nan),
+        "absurd": corrupt_after(spy, cut, 1e9),
+    }[variant]
     got = tasks_until(changed, end)
     for key, value in reference.items():
         np.testing.assert_array_equal(got[key], value, err_msg=key)
@@ -113,7 +140,8 @@ def test_change_anchored_supports_start_at_the_change_and_labels_stay_known(spy)
     changes = {"SPY": list(spy.index[[400, 700, 1000]])}
     spec = TaskSpec(min_support=20, max_support=60, min_query=5, max_query=10, change_share=1.0)
     batch = TaskSampler({"SPY": spy}, SPEC, spec, changes=changes).sample(
-        200, np.random.default_rng(3))
+        200, np.random.default_rng(3)
+    )
     feats = compute_features(spy, SPEC).to_numpy(np.float32)
     dates = spy.index.to_numpy()
     starts = {400, 700, 1000}
@@ -124,7 +152,7 @@ def test_change_anchored_supports_start_at_the_change_and_labels_stay_known(spy)
         # support = bars t-n-1 .. t-2: it starts exactly at a change, all labels known at t
         assert t - n - 1 in starts
         window = batch.window(i)
-        np.testing.assert_array_equal(window["support_x"], feats[t - n - 1:t - 1])
+        np.testing.assert_array_equal(window["support_x"], feats[t - n - 1 : t - 1])
         np.testing.assert_array_equal(window["query_x"][0], feats[t])
         # padding comes first and is masked out
         assert batch.support_mask[i, : spec.max_support - n].sum() == 0

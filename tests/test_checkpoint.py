@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from metamodels.checkpoint import (
+from metabt.metamodels.checkpoint import (
     SIDECAR_FILE,
     WEIGHTS_FILE,
     CheckpointError,
@@ -34,7 +34,9 @@ def _tensors(seed: int = 0, per_parameter_lr: bool = True) -> dict[str, torch.Te
         "net.2.bias": torch.randn(1, generator=g),
     }
     if per_parameter_lr:
-        out.update({f"inner_lr.{n}": torch.rand(t.shape, generator=g) * 0.1 for n, t in out.items()})
+        out.update(
+            {f"inner_lr.{n}": torch.rand(t.shape, generator=g) * 0.1 for n, t in out.items()}
+        )
     return out
 
 
@@ -45,8 +47,12 @@ def _metadata(per_parameter_lr: bool = True) -> dict:
         "features": {"kind": "scaled_returns", "lags": 10, "vol_halflife": 20},
         "task": {"min_support": 20, "max_support": 120, "min_query": 5, "max_query": 20},
         "objective": {"risk": 0.05, "cost": 0.01},
-        "inner": {"steps": 5, "lr": None if per_parameter_lr else 0.05,
-                  "per_parameter_lr": per_parameter_lr, "length_power": 0.0},
+        "inner": {
+            "steps": 5,
+            "lr": None if per_parameter_lr else 0.05,
+            "per_parameter_lr": per_parameter_lr,
+            "length_power": 0.0,
+        },
         "training_period": {"start": "2005-01-03", "end": "2011-12-30"},
         "config": {"seed": 7, "assets": ["SPY", "TLT"], "train": {"meta_steps": 600}},
         "created": "2024-05-01T12:30:00Z",
@@ -142,8 +148,11 @@ def _torch_load_unsafely(file: Path) -> None:
 
 @pytest.mark.parametrize(
     ("dump", "unsafe_load"),
-    [(_dump_pickle, _unpickle), (_dump_torch, _torch_load_unsafely),
-     (_dump_torch_legacy, _torch_load_unsafely)],
+    [
+        (_dump_pickle, _unpickle),
+        (_dump_torch, _torch_load_unsafely),
+        (_dump_torch_legacy, _torch_load_unsafely),
+    ],
 )
 def test_a_pickle_renamed_to_safetensors_is_refused_and_never_runs(
     ckpt: Path, tmp_path: Path, dump, unsafe_load, monkeypatch: pytest.MonkeyPatch
@@ -165,12 +174,18 @@ def test_a_pickle_renamed_to_safetensors_is_refused_and_never_runs(
     def _forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("the checkpoint loader must never unpickle")
 
-    for target, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
-                         (torch, "load")]:
+    for target, name in [
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+        (torch, "load"),
+    ]:
         monkeypatch.setattr(target, name, _forbidden)
     for path in (ckpt, weights):
-        with pytest.raises(CheckpointError, match="looks like a pickle/torch.save file; metabt "
-                                                  "only loads safetensors checkpoints"):
+        with pytest.raises(
+            CheckpointError,
+            match="looks like a pickle/torch.save file; metabt only loads safetensors checkpoints",
+        ):
             load_checkpoint(path)
     loose = tmp_path / "best.pt"
     weights.rename(loose)
@@ -183,8 +198,11 @@ def test_unknown_sidecar_key_is_named_with_a_suggestion(ckpt: Path) -> None:
     sidecar = _sidecar(ckpt)
     sidecar["algoritm"] = sidecar.pop("algorithm")
     _write_sidecar(ckpt, sidecar)
-    with pytest.raises(CheckpointError, match=r"unknown key 'algoritm' \(did you mean "
-                                              r"'algorithm'\?\)") as info:
+    with pytest.raises(
+        CheckpointError,
+        match=r"unknown key 'algoritm' \(did you mean "
+        r"'algorithm'\?\)",
+    ) as info:
         load_checkpoint(ckpt)
     assert str(ckpt / SIDECAR_FILE) in str(info.value)
     assert "\n" not in str(info.value)
@@ -251,8 +269,11 @@ def test_weights_with_a_different_shape_are_refused(ckpt: Path) -> None:
     sidecar = _sidecar(ckpt)
     sidecar["sha256"] = hashlib.sha256(blob).hexdigest()
     _write_sidecar(ckpt, sidecar)
-    with pytest.raises(CheckpointError, match=r"'net.0.weight' has shape \[32, 10\], sidecar "
-                                              r"says \[16, 10\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'net.0.weight' has shape \[32, 10\], sidecar "
+        r"says \[16, 10\]",
+    ):
         load_checkpoint(ckpt)
 
 

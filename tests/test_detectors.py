@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.detector_bench import bench_ar_flips, bench_detectors, detector_inputs
-from strategies.detectors import DETECTORS, Detector, make_detector
+from metabt.strategies.detector_bench import bench_ar_flips, bench_detectors, detector_inputs
+from metabt.strategies.detectors import DETECTORS, Detector, make_detector
 
 NAMES = sorted(DETECTORS)
 # Detectors of volatility and mean changes; bocpd_ar and loss watch autocorrelation.
@@ -223,9 +223,7 @@ def test_settings_change_behaviour() -> None:
     # A registry that silently ignored keyword settings would pass every test above.
     xs = three_regimes(3)
     assert trace(make_detector("bocpd", threshold=0.99), xs) != trace(make_detector("bocpd"), xs)
-    assert trace(make_detector("cusum", up_threshold=50.0), xs) != trace(
-        make_detector("cusum"), xs
-    )
+    assert trace(make_detector("cusum", up_threshold=50.0), xs) != trace(make_detector("cusum"), xs)
 
 
 @pytest.mark.parametrize("name", ["bocpd_ar", "loss"])

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.errors import DataError
-from strategies.base import TargetWeightStrategy
-from strategies.engine import CostSpec, run_backtest
-from strategies.static import BuyAndHold, Momentum, RsiReversion, SmaCross
+from metabt.feeds.errors import DataError
+from metabt.strategies.base import TargetWeightStrategy
+from metabt.strategies.engine import CostSpec, run_backtest
+from metabt.strategies.static import BuyAndHold, Momentum, RsiReversion, SmaCross
 
 COSTS = CostSpec(commission_bps=5.0, slippage_bps=5.0)
 
@@ -29,8 +29,14 @@ def random_frames(n_assets: int = 3, n_bars: int = 300, seed: int = 0) -> dict[s
         high = np.maximum(open_, close) * (1 + extra)
         low = np.minimum(open_, close) * (1 - extra)
         frames[f"A{i}"] = pd.DataFrame(
-            {"open": open_, "high": high, "low": low, "close": close,
-             "volume": rng.uniform(1e5, 1e6, n_bars)}, index=idx,
+            {
+                "open": open_,
+                "high": high,
+                "low": low,
+                "close": close,
+                "volume": rng.uniform(1e5, 1e6, n_bars),
+            },
+            index=idx,
         )
     return frames
 
@@ -128,13 +134,16 @@ def test_prefix_invariance_no_look_ahead(cls, params):
     full = run_backtest(frames, cls, params, COSTS, trade_start=start)
     for cut in (100, 180):
         t = frames["A0"].index[cut]
-        short = run_backtest({k: f.loc[:t] for k, f in frames.items()}, cls, params, COSTS,
-                             trade_start=start)
+        short = run_backtest(
+            {k: f.loc[:t] for k, f in frames.items()}, cls, params, COSTS, trade_start=start
+        )
         absurd = {}
         for k, f in frames.items():
             g = f.copy()
             after = g.index > t
-            g.loc[after, ["open", "high", "low", "close"]] = 1e6 * (1 + np.arange(after.sum()))[:, None]
+            g.loc[after, ["open", "high", "low", "close"]] = (
+                1e6 * (1 + np.arange(after.sum()))[:, None]
+            )
             absurd[k] = g
         weird = run_backtest(absurd, cls, params, COSTS, trade_start=start)
         w0, tr0, r0 = _cut(full, t)
@@ -153,8 +162,9 @@ def test_engine_modes_give_identical_results(cls, params):
     ref = run_backtest(frames, cls, params, COSTS, trade_start=start)
     assert len(ref.trades) > 0
     for runonce, preload in [(False, True), (False, False), (True, False)]:
-        res = run_backtest(frames, cls, params, COSTS, trade_start=start,
-                           runonce=runonce, preload=preload)
+        res = run_backtest(
+            frames, cls, params, COSTS, trade_start=start, runonce=runonce, preload=preload
+        )
         pd.testing.assert_frame_equal(res.weights, ref.weights)
         pd.testing.assert_frame_equal(res.trades, ref.trades)
         pd.testing.assert_series_equal(res.returns, ref.returns)
@@ -198,8 +208,9 @@ def test_sells_are_submitted_before_buys():
 def test_warmup_too_short_warns():
     frames = random_frames(n_bars=80, seed=8)
     with pytest.warns(UserWarning, match="warm-up"):
-        run_backtest(frames, SmaCross, {"fast": 5, "slow": 30}, COSTS,
-                     trade_start=frames["A0"].index[10])
+        run_backtest(
+            frames, SmaCross, {"fast": 5, "slow": 30}, COSTS, trade_start=frames["A0"].index[10]
+        )
 
 
 def test_ragged_ends_warn():

@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backtests.paper.ledger import DB_FILE, read_rows
-from backtests.paper.manifest import MANIFEST_FILE
-from feeds.loaders import sample_data_dir
+from metabt.backtests.paper.ledger import DB_FILE, read_rows
+from metabt.backtests.paper.manifest import MANIFEST_FILE
+from metabt.feeds.loaders import sample_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "Date,Open,High,Low,Close,Adj Close,Volume"
@@ -76,7 +76,7 @@ def sample_rows(symbol: str = "SPY", first: str = "2007-01-03", n: int = 60) -> 
     """``n`` real rows of the bundled file from ``first`` on."""
     lines = (sample_data_dir() / f"{symbol}.csv").read_text().splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith(first))
-    return lines[i:i + n]
+    return lines[i : i + n]
 
 
 def scaled(row: str, factor: float) -> str:
@@ -94,11 +94,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` and its bytes (to show nothing changed)."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 # -- data plausibility and layout: `metabt data validate` -----------------------------------------
+
 
 def _rows_with(i: int, row: str) -> list[str]:
     rows = sample_rows()
@@ -151,21 +153,50 @@ def _non_utf8(tmp: Path) -> list[Path]:
 
 
 DATA_CASES: dict[str, tuple[Callable[[Path], list[Path]], list[str]]] = {
-    "price above 1e9": (lambda t: [write_csv(t / "BIG.csv", _rows_with(
-        10, "2007-01-18,2e9,2e9,2e9,2e9,2e9,100"))], ["line 12", "above 1e+09"]),
-    "price 1e308": (lambda t: [write_csv(t / "HUGE.csv", _rows_with(
-        10, "2007-01-18,1e308,1e308,1e308,1e308,1e308,100"))], ["line 12", "1e+308"]),
+    "price above 1e9": (
+        lambda t: [write_csv(t / "BIG.csv", _rows_with(10, "2007-01-18,2e9,2e9,2e9,2e9,2e9,100"))],
+        ["line 12", "above 1e+09"],
+    ),
+    "price 1e308": (
+        lambda t: [
+            write_csv(
+                t / "HUGE.csv", _rows_with(10, "2007-01-18,1e308,1e308,1e308,1e308,1e308,100")
+            )
+        ],
+        ["line 12", "1e+308"],
+    ),
     "one bar x1000 that comes back": (_bad_print, ["line 22", "moves x1,0", "--allow-jumps"]),
     "gap of more than 30 days": (_gap, ["2007-01-31", "2007-03-09", "--allow-gaps"]),
-    "several bars on one date": (lambda t: [write_csv(t / "INTRA.csv", [
-        "2020-01-02 09:30,10,11,9,10.5,10.5,100", "2020-01-02 10:30,10.5,11,10,10.8,10.8,120"])],
-        ["line 3", "intraday", "daily bars"]),
-    "semicolon delimiter": (lambda t: [write_csv(t / "SEMI.csv", [
-        r.replace(",", ";") for r in sample_rows()], HEADER.replace(",", ";"))],
-        ["line 1", "';'"]),
-    "unquoted thousands separator": (lambda t: [write_csv(t / "THOU.csv", [
-        "2020-01-02,1,234.50,1,240.00,1,230.00,1,235.00,1,235.00,100"])],
-        ["line 2", "thousands separator"]),
+    "several bars on one date": (
+        lambda t: [
+            write_csv(
+                t / "INTRA.csv",
+                [
+                    "2020-01-02 09:30,10,11,9,10.5,10.5,100",
+                    "2020-01-02 10:30,10.5,11,10,10.8,10.8,120",
+                ],
+            )
+        ],
+        ["line 3", "intraday", "daily bars"],
+    ),
+    "semicolon delimiter": (
+        lambda t: [
+            write_csv(
+                t / "SEMI.csv",
+                [r.replace(",", ";") for r in sample_rows()],
+                HEADER.replace(",", ";"),
+            )
+        ],
+        ["line 1", "';'"],
+    ),
+    "unquoted thousands separator": (
+        lambda t: [
+            write_csv(
+                t / "THOU.csv", ["2020-01-02,1,234.50,1,240.00,1,230.00,1,235.00,1,235.00,100"]
+            )
+        ],
+        ["line 2", "thousands separator"],
+    ),
     "non-UTF-8 byte": (_non_utf8, ["line 4", "0xe9", "UTF-8"]),
     "folder where a CSV is expected": (_folder_as_csv, ["SPY.csv", "is a folder"]),
     "symlink leaving the data folder": (_symlink_out, ["SPY.csv", "symlink", "outside"]),
@@ -210,6 +241,7 @@ def test_data_validate_reports_every_bad_file(tmp_path, run_cli):
 
 # -- command lines: symbols, period, --out, config -------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "guards.toml"
@@ -251,10 +283,16 @@ CLI_CASES: dict[str, tuple[list[str], Callable[[Path], Path] | None, list[str]]]
     "--symbols A,,B": (["--symbols", "SPY,,TLT"], None, ["empty item"]),
     "duplicate symbols": (["--symbols", "SPY,TLT,SPY"], None, ["'SPY' is named twice"]),
     "duplicate symbols by case": (["--symbols", "SPY,spy"], None, ["named twice"]),
-    "--start before the data": (["--start", "1990-01-02"], None,
-                                ["SPY", "1990-01-02", "1998-01-02 .. 2021-03-31"]),
-    "--end after the data": (["--end", "2030-01-02"], None,
-                             ["SPY", "2030-01-02", "1998-01-02 .. 2021-03-31"]),
+    "--start before the data": (
+        ["--start", "1990-01-02"],
+        None,
+        ["SPY", "1990-01-02", "1998-01-02 .. 2021-03-31"],
+    ),
+    "--end after the data": (
+        ["--end", "2030-01-02"],
+        None,
+        ["SPY", "2030-01-02", "1998-01-02 .. 2021-03-31"],
+    ),
     "--out is an existing non-run folder": ([], _not_a_run_folder, ["not a metabt run folder"]),
     "--out holds a run, no --overwrite": ([], _a_run_folder, ["earlier run", "--overwrite"]),
     "--out under a file (not writable)": ([], _under_a_file, ["is a file, not a folder"]),
@@ -274,16 +312,26 @@ def test_backtest_refuses_bad_command_lines_before_any_work(tmp_path, run_cli, c
 
 CONFIG_CASES = {
     "a quoted int": (("meta_steps = 4", 'meta_steps = "4"'), ["meta.meta_steps", "'4'"]),
-    "a yes for a bool": (("warmup_bars = 150", 'warmup_bars = 150\nlong_only = "yes"'),
-                         ["strategy.long_only", "'yes'", "true or false"]),
-    "patience above its maximum": (("eval_every = 2", "eval_every = 2\npatience = 5000"),
-                                   ["meta.patience", "1000", "5000"]),
-    "meta_steps above its maximum": (("meta_steps = 4", "meta_steps = 10000000"),
-                                     ["meta.meta_steps", "100000"]),
-    "empty symbol list": (('symbols = ["SPY", "TLT", "XLE"]', "symbols = []"),
-                          ["data.symbols is empty"]),
-    "a symbol twice": (('symbols = ["SPY", "TLT", "XLE"]', 'symbols = ["SPY", "spy"]'),
-                       ["'SPY' twice"]),
+    "a yes for a bool": (
+        ("warmup_bars = 150", 'warmup_bars = 150\nlong_only = "yes"'),
+        ["strategy.long_only", "'yes'", "true or false"],
+    ),
+    "patience above its maximum": (
+        ("eval_every = 2", "eval_every = 2\npatience = 5000"),
+        ["meta.patience", "1000", "5000"],
+    ),
+    "meta_steps above its maximum": (
+        ("meta_steps = 4", "meta_steps = 10000000"),
+        ["meta.meta_steps", "100000"],
+    ),
+    "empty symbol list": (
+        ('symbols = ["SPY", "TLT", "XLE"]', "symbols = []"),
+        ["data.symbols is empty"],
+    ),
+    "a symbol twice": (
+        ('symbols = ["SPY", "TLT", "XLE"]', 'symbols = ["SPY", "spy"]'),
+        ["'SPY' twice"],
+    ),
 }
 
 
@@ -307,6 +355,7 @@ def test_train_checks_its_out_before_training(tmp_path, run_cli, config):
 
 # -- a whole (small) backtest: --overwrite, --allow-gaps, a corrupt report ------------------------
 
+
 @pytest.fixture(scope="module")
 def gap_data(tmp_path_factory) -> Path:
     """The three sample files, XLE with six weeks missing in 2006 (a genuine halt, say)."""
@@ -319,15 +368,17 @@ def gap_data(tmp_path_factory) -> Path:
     return folder
 
 
-def test_overwrite_replaces_a_run_and_an_accepted_gap_is_warned_in_it(tmp_path, run_cli, config,
-                                                                     gap_data):
+def test_overwrite_replaces_a_run_and_an_accepted_gap_is_warned_in_it(
+    tmp_path, run_cli, config, gap_data
+):
     out = _a_run_folder(tmp_path)
     (out / "detection.json").write_text("{}\n")  # a file the new run does not write
     line = one_line(run_cli("backtest", config, "--data", gap_data, "--out", out, "--overwrite"))
     assert "2006-05-31" in line and "--allow-gaps" in line  # refused without the flag ...
     assert (out / "detection.json").is_file()  # ... and the old run is intact
-    result = run_cli("backtest", config, "--data", gap_data, "--out", out, "--overwrite",
-                     "--allow-gaps")
+    result = run_cli(
+        "backtest", config, "--data", gap_data, "--out", out, "--overwrite", "--allow-gaps"
+    )
     assert result.code == 0, result.err
     assert not (out / "detection.json").exists()  # the old run's files went first
     assert (out / "returns.csv").read_text() != "old run\n"
@@ -347,13 +398,15 @@ def test_overwrite_replaces_a_run_and_an_accepted_gap_is_warned_in_it(tmp_path, 
 
 # -- paper state damage, revised history, rebuild -----------------------------------------------
 
+
 def _ledger(state: Path) -> dict[str, list[tuple]]:
     conn = sqlite3.connect(state / DB_FILE)
     try:
         rows = read_rows(conn)
         rows["bars"] = conn.execute("SELECT * FROM bars ORDER BY date, asset").fetchall()
         rows["processed"] = conn.execute(
-            "SELECT date, bar_no, n_orders, n_fills FROM processed ORDER BY date").fetchall()
+            "SELECT date, bar_no, n_orders, n_fills FROM processed ORDER BY date"
+        ).fetchall()
         return rows
     finally:
         conn.close()
@@ -365,7 +418,7 @@ def paper(tmp_path_factory, config):
     the sample files."""
     import types
 
-    from backtests.cli import main
+    from metabt.backtests.cli import main
 
     root = tmp_path_factory.mktemp("paperguards")
     data = root / "data"
@@ -384,15 +437,41 @@ def paper(tmp_path_factory, config):
 
     cli("train", config, "--split", PAPER_START, "--out", root / "ckpt", "--data", data)
     state = root / "state"
-    cli("paper", "run", config, "--state", state, "--model", root / "ckpt", "--start",
-        PAPER_START, "--max-bars", "3", "--data", data)
-    return types.SimpleNamespace(root=root, data=data, state=state, ckpt=root / "ckpt",
-                                 config=config, ledger=_ledger(state))
+    cli(
+        "paper",
+        "run",
+        config,
+        "--state",
+        state,
+        "--model",
+        root / "ckpt",
+        "--start",
+        PAPER_START,
+        "--max-bars",
+        "3",
+        "--data",
+        data,
+    )
+    return types.SimpleNamespace(
+        root=root, data=data, state=state, ckpt=root / "ckpt", config=config, ledger=_ledger(state)
+    )
 
 
 def _run_args(paper, state: Path, *extra: str) -> list:
-    return ["paper", "run", paper.config, "--state", state, "--model", paper.ckpt, "--start",
-            PAPER_START, "--data", paper.data, *extra]
+    return [
+        "paper",
+        "run",
+        paper.config,
+        "--state",
+        state,
+        "--model",
+        paper.ckpt,
+        "--start",
+        PAPER_START,
+        "--data",
+        paper.data,
+        *extra,
+    ]
 
 
 def _copy(paper, tmp: Path) -> Path:
@@ -426,37 +505,56 @@ def _revised(paper, tmp: Path) -> Path:
 
 PAPER_CASES: dict[str, tuple[Callable, Callable, list[str]]] = {
     # name: (damage(paper, state, tmp), args(paper, state, tmp), needles)
-    "truncated database": (lambda p, s, t: _truncate(s), lambda p, s, t: _run_args(p, s),
-                           ["damaged", "metabt paper rebuild"]),
-    "database replaced by garbage": (lambda p, s, t: _garbage(s), lambda p, s, t: _run_args(p, s),
-                                     ["damaged", "metabt paper rebuild"]),
-    "status of a damaged database": (lambda p, s, t: _garbage(s),
-                                     lambda p, s, t: ["paper", "status", "--state", s],
-                                     ["damaged", "metabt paper rebuild"]),
-    "database deleted, manifest kept": (lambda p, s, t: (s / DB_FILE).unlink(),
-                                        lambda p, s, t: _run_args(p, s),
-                                        ["missing", "metabt paper rebuild"]),
-    "--state names a file": (lambda p, s, t: (shutil.rmtree(s), s.write_text("x\n")),
-                             lambda p, s, t: _run_args(p, s), ["is a file, not a folder"]),
+    "truncated database": (
+        lambda p, s, t: _truncate(s),
+        lambda p, s, t: _run_args(p, s),
+        ["damaged", "metabt paper rebuild"],
+    ),
+    "database replaced by garbage": (
+        lambda p, s, t: _garbage(s),
+        lambda p, s, t: _run_args(p, s),
+        ["damaged", "metabt paper rebuild"],
+    ),
+    "status of a damaged database": (
+        lambda p, s, t: _garbage(s),
+        lambda p, s, t: ["paper", "status", "--state", s],
+        ["damaged", "metabt paper rebuild"],
+    ),
+    "database deleted, manifest kept": (
+        lambda p, s, t: (s / DB_FILE).unlink(),
+        lambda p, s, t: _run_args(p, s),
+        ["missing", "metabt paper rebuild"],
+    ),
+    "--state names a file": (
+        lambda p, s, t: (shutil.rmtree(s), s.write_text("x\n")),
+        lambda p, s, t: _run_args(p, s),
+        ["is a file, not a folder"],
+    ),
     "a traded bar revised in the source": (
         lambda p, s, t: _revised(p, t),
         lambda p, s, t: [*_run_args(p, s)[:-1], t / "revised"],
-        ["2008-03-19", "SPY", "high", "--accept-revised-history"]),
+        ["2008-03-19", "SPY", "high", "--accept-revised-history"],
+    ),
     "rebuild when the source's bars changed": (
         lambda p, s, t: (_garbage(s), _revised(p, t)),
         lambda p, s, t: ["paper", "rebuild", "--state", s, "--data", t / "revised"],
-        ["cannot rebuild", "not the ones that were traded"]),
+        ["cannot rebuild", "not the ones that were traded"],
+    ),
     "paper report into a folder that is not a run folder": (
         lambda p, s, t: _not_a_run_folder(t),
         lambda p, s, t: ["paper", "report", "--state", s, "--out", t / "out"],
-        ["not a metabt run folder"]),
+        ["not a metabt run folder"],
+    ),
     "paper report over a run without --overwrite": (
         lambda p, s, t: _a_run_folder(t),
         lambda p, s, t: ["paper", "report", "--state", s, "--out", t / "out"],
-        ["earlier run", "--overwrite"]),
-    "rebuild without a manifest": (lambda p, s, t: (s / MANIFEST_FILE).unlink(),
-                                   lambda p, s, t: ["paper", "rebuild", "--state", s],
-                                   ["cannot rebuild", "paper.json"]),
+        ["earlier run", "--overwrite"],
+    ),
+    "rebuild without a manifest": (
+        lambda p, s, t: (s / MANIFEST_FILE).unlink(),
+        lambda p, s, t: ["paper", "rebuild", "--state", s],
+        ["cannot rebuild", "paper.json"],
+    ),
 }
 
 
@@ -474,8 +572,21 @@ def test_a_damaged_or_changed_paper_state_is_refused_and_kept(paper, tmp_path, r
 
 def test_paper_start_after_the_last_bar_creates_no_state(paper, tmp_path, run_cli):
     state = tmp_path / "new"
-    line = one_line(run_cli("paper", "run", paper.config, "--state", state, "--model", paper.ckpt,
-                            "--start", "2008-06-02", "--data", paper.data))
+    line = one_line(
+        run_cli(
+            "paper",
+            "run",
+            paper.config,
+            "--state",
+            state,
+            "--model",
+            paper.ckpt,
+            "--start",
+            "2008-06-02",
+            "--data",
+            paper.data,
+        )
+    )
     assert "2008-06-02" in line and "2008-04-30" in line, line
     assert not state.exists()
 
@@ -483,8 +594,9 @@ def test_paper_start_after_the_last_bar_creates_no_state(paper, tmp_path, run_cl
 def test_accepted_revision_is_logged_and_trading_continues(paper, tmp_path, run_cli):
     state = _copy(paper, tmp_path)
     revised = _revised(paper, tmp_path)
-    result = run_cli(*[*_run_args(paper, state)[:-1], revised], "--accept-revised-history",
-                     "--max-bars", "1")
+    result = run_cli(
+        *[*_run_args(paper, state)[:-1], revised], "--accept-revised-history", "--max-bars", "1"
+    )
     assert result.code == 0, result.err
     assert "accepted 1 revised" in result.out
     conn = sqlite3.connect(state / DB_FILE)
@@ -499,8 +611,9 @@ def test_accepted_revision_is_logged_and_trading_continues(paper, tmp_path, run_
 
 
 @pytest.mark.parametrize("damage", [_truncate, _garbage])
-def test_rebuild_recreates_the_same_ledger_and_keeps_the_damaged_file(paper, tmp_path, run_cli,
-                                                                      damage):
+def test_rebuild_recreates_the_same_ledger_and_keeps_the_damaged_file(
+    paper, tmp_path, run_cli, damage
+):
     state = _copy(paper, tmp_path)
     damage(state)
     broken = (state / DB_FILE).read_bytes()
@@ -525,12 +638,26 @@ def test_status_reads_a_read_only_state_and_run_refuses_it(paper, tmp_path):
     for path in [state, *state.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    base = [*_without_root_powers(), sys.executable, "-m", "backtests"]
+    base = [*_without_root_powers(), sys.executable, "-m", "metabt"]
     try:
-        status = subprocess.run([*base, "paper", "status", "--state", str(state)], cwd=ROOT,
-                                env=env, capture_output=True, text=True, timeout=300, check=False)
-        run = subprocess.run([*base, *map(str, _run_args(paper, state))], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300, check=False)
+        status = subprocess.run(
+            [*base, "paper", "status", "--state", str(state)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        run = subprocess.run(
+            [*base, *map(str, _run_args(paper, state))],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     finally:
         for path in [state, *state.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -544,9 +671,15 @@ def test_status_reads_a_read_only_state_and_run_refuses_it(paper, tmp_path):
 
 def test_a_long_step_prints_progress_when_output_is_piped(tmp_path, config):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "METABT_PROGRESS_EVERY": "0.5"}
-    proc = subprocess.run([sys.executable, "-m", "backtests", "train", str(config), "--out",
-                           str(tmp_path / "ckpt")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metabt", "train", str(config), "--out", str(tmp_path / "ckpt")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     beats = [x for x in proc.stdout.splitlines() if "still working" in x]
     assert beats and "meta-training" in beats[-1], proc.stdout

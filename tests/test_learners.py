@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from feeds.tasks import random_task_batch
-from metamodels.fast_adapt import fast_adapt, loss_and_grad
-from metamodels.learners import FOMAML, LEARNERS, LOG_LR, MAML, MetaSGD, Reptile, TorchTasks
-from metamodels.model import ALGORITHMS
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import PolicySpec, init_params, to_numpy
+from metabt.feeds.tasks import random_task_batch
+from metabt.metamodels.fast_adapt import fast_adapt, loss_and_grad
+from metabt.metamodels.learners import FOMAML, LEARNERS, LOG_LR, MAML, MetaSGD, Reptile, TorchTasks
+from metabt.metamodels.model import ALGORITHMS
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
 
 OBJ = ObjectiveSpec(risk=0.05, cost=0.0001)
 SPEC = PolicySpec(6, (5,))
@@ -21,8 +21,9 @@ def _tasks(n: int = 6, seed: int = 0) -> TorchTasks:
     # Variable lengths (padding + masks) and a 1/vol per bar, as sampled tasks have: the
     # batched engine must give each padded task exactly its unpadded loop result.
     batch = random_task_batch(n, 30, 10, 6, seed=seed, variable=True)
-    return TorchTasks(*(torch.tensor(getattr(batch, f), dtype=torch.float64)
-                        for f in TorchTasks._fields))
+    return TorchTasks(
+        *(torch.tensor(getattr(batch, f), dtype=torch.float64) for f in TorchTasks._fields)
+    )
 
 
 def _support(tasks: TorchTasks, b: int) -> tuple[np.ndarray, ...]:
@@ -50,8 +51,7 @@ LEARNER_CASES = {
     "maml-length-power": {"cls": MAML, "learn_inner_lr": True, "learn_lr_length_power": True},
     "fomaml": {"cls": FOMAML},
     "fomaml-learned-lr": {"cls": FOMAML, "learn_inner_lr": True},
-    "fomaml-length-power": {"cls": FOMAML, "learn_inner_lr": True,
-                            "learn_lr_length_power": True},
+    "fomaml-length-power": {"cls": FOMAML, "learn_inner_lr": True, "learn_lr_length_power": True},
     "metasgd": {"cls": MetaSGD},
     "metasgd-length-power": {"cls": MetaSGD, "learn_lr_length_power": True},
     "reptile": {"cls": Reptile},
@@ -63,8 +63,10 @@ def test_batched_and_looped_meta_gradients_agree(case):
     kw = dict(LEARNER_CASES[case])
     cls = kw.pop("cls")
     tasks = _tasks()
-    batched, looped = cls(inner_lr=0.4, inner_steps=3, **kw), cls(
-        inner_lr=0.4, inner_steps=3, engine="loop", **kw)
+    batched, looped = (
+        cls(inner_lr=0.4, inner_steps=3, **kw),
+        cls(inner_lr=0.4, inner_steps=3, engine="loop", **kw),
+    )
     meta = _meta(batched)
     loss_b, grads_b = batched.meta_grads(meta, tasks, SPEC, OBJ)
     loss_l, grads_l = looped.meta_grads(meta, tasks, SPEC, OBJ)
@@ -85,8 +87,7 @@ def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_weights():
     theta = _theta_np(meta)
     want = {k: np.zeros_like(v) for k, v in theta.items()}
     for b in range(len(tasks)):
-        phi = fast_adapt(theta, *_support(tasks, b)[:2], 4, 0.3, SPEC, OBJ,
-                         _support(tasks, b)[2])
+        phi = fast_adapt(theta, *_support(tasks, b)[:2], 4, 0.3, SPEC, OBJ, _support(tasks, b)[2])
         _, g = loss_and_grad(phi, *_query(tasks, b)[:2], SPEC, OBJ, _query(tasks, b)[2])
         for k in want:
             want[k] += g[k] / len(tasks)
@@ -116,13 +117,16 @@ def test_zero_inner_steps_is_plain_query_gradient(cls):
 
 
 def _meta_loss(learner, meta, tasks) -> float:
-    return learner.meta_grads({k: v.detach().clone().requires_grad_(True)
-                               for k, v in meta.items()}, tasks, SPEC, OBJ)[0]
+    return learner.meta_grads(
+        {k: v.detach().clone().requires_grad_(True) for k, v in meta.items()}, tasks, SPEC, OBJ
+    )[0]
 
 
-@pytest.mark.parametrize("learner", [MAML(inner_lr=0.3, inner_steps=3, learn_inner_lr=True),
-                                     MetaSGD(inner_lr=0.3, inner_steps=2)],
-                         ids=["maml", "metasgd"])
+@pytest.mark.parametrize(
+    "learner",
+    [MAML(inner_lr=0.3, inner_steps=3, learn_inner_lr=True), MetaSGD(inner_lr=0.3, inner_steps=2)],
+    ids=["maml", "metasgd"],
+)
 def test_second_order_meta_gradient_matches_finite_differences(learner):
     tasks = _tasks(n=4, seed=3)
     meta = _meta(learner)
@@ -136,7 +140,9 @@ def test_second_order_meta_gradient_matches_finite_differences(learner):
             down = {k: v.detach().clone() for k, v in meta.items()}
             up[name].view(-1)[i] += eps
             down[name].view(-1)[i] -= eps
-            numeric = (_meta_loss(learner, up, tasks) - _meta_loss(learner, down, tasks)) / (2 * eps)
+            numeric = (_meta_loss(learner, up, tasks) - _meta_loss(learner, down, tasks)) / (
+                2 * eps
+            )
             analytic = float(grads[name].reshape(-1)[i])
             assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-7), (name, i)
 
@@ -168,8 +174,10 @@ def test_reptile_pulls_the_init_toward_the_adapted_weights():
     meta = _meta(learner)
     _, grads = learner.meta_grads(meta, tasks, SPEC, OBJ)
     theta = _theta_np(meta)
-    phis = [fast_adapt(theta, *_support(tasks, b)[:2], 3, 0.2, SPEC, OBJ,
-                       _support(tasks, b)[2]) for b in range(len(tasks))]
+    phis = [
+        fast_adapt(theta, *_support(tasks, b)[:2], 3, 0.2, SPEC, OBJ, _support(tasks, b)[2])
+        for b in range(len(tasks))
+    ]
     for k in theta:
         want = (theta[k] - np.mean([p[k] for p in phis], axis=0)) / (0.2 * 3)
         np.testing.assert_allclose(grads[k].numpy(), want, rtol=0, atol=1e-9)
@@ -187,12 +195,20 @@ def test_registry_and_invalid_combinations():
 
 
 def test_bench_engines_agree_with_each_other_and_with_higher():
-    from metamodels.bench import run_bench
+    from metabt.metamodels.bench import run_bench
 
     result = run_bench(n_tasks=4, inner_steps=2, repeats=1, support=20, query=5)
-    for key in ("maml_vmap_ms", "maml_loop_ms", "maml_higher_ms", "speedup_vs_loop",
-                "speedup_vs_higher", "adapt_p50_ms", "adapt_p95_ms", "infer_numpy_us",
-                "infer_torch_us"):
+    for key in (
+        "maml_vmap_ms",
+        "maml_loop_ms",
+        "maml_higher_ms",
+        "speedup_vs_loop",
+        "speedup_vs_higher",
+        "adapt_p50_ms",
+        "adapt_p95_ms",
+        "infer_numpy_us",
+        "infer_torch_us",
+    ):
         assert key in result
     # The speed-ups compare engines that compute the same meta-gradient
     # (higher is a dev dependency; without it the bench says why).

@@ -17,15 +17,21 @@ import pandas as pd
 import pytest
 import torch
 
-from feeds.features import LABEL_DELAY, FeatureSpec, compute_features, compute_labels, trailing_vol
-from feeds.synthetic import SyntheticMarketSpec, make_regime_market
-from feeds.tasks import TaskSampler, TaskSpec
-from feeds.validate import validate_bars
-from metamodels.erm import erm_train, random_init, training_series
-from metamodels.model import TrainConfig, evaluate
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import PolicySpec
-from metamodels.trainer import meta_train, split_period, validation_tasks
+from metabt.feeds.features import (
+    LABEL_DELAY,
+    FeatureSpec,
+    compute_features,
+    compute_labels,
+    trailing_vol,
+)
+from metabt.feeds.synthetic import SyntheticMarketSpec, make_regime_market
+from metabt.feeds.tasks import TaskSampler, TaskSpec
+from metabt.feeds.validate import validate_bars
+from metabt.metamodels.erm import erm_train, random_init, training_series
+from metabt.metamodels.model import TrainConfig, evaluate
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec
+from metabt.metamodels.trainer import meta_train, split_period, validation_tasks
 
 # The synthetic study's inputs (backtests/configs/synthetic.toml: no multi-bar returns or MACDs).
 FEATURES, TASK, OBJ = FeatureSpec(horizons=(), macd=()), TaskSpec(), ObjectiveSpec()
@@ -33,8 +39,9 @@ POLICY = PolicySpec(len(FEATURES.names), (16,), "long_short")
 # The study's training settings (TrainConfig defaults: learning rates, inner loop, meta-steps,
 # early stopping); QUICK is for the tests that check mechanics, not performance.
 CONFIG = TrainConfig(algorithm="maml", seed=0)
-QUICK = TrainConfig(algorithm="maml", meta_steps=200, tasks_per_step=32, eval_every=20,
-                     patience=5, seed=0)
+QUICK = TrainConfig(
+    algorithm="maml", meta_steps=200, tasks_per_step=32, eval_every=20, patience=5, seed=0
+)
 
 
 @pytest.fixture(autouse=True)
@@ -53,27 +60,54 @@ def market() -> tuple[dict[str, pd.DataFrame], pd.Timestamp, dict]:
     spec = SyntheticMarketSpec(n_assets=8, n_bars=2000, mean_duration=120, seed=0)
     market = make_regime_market(spec)
     frames = {s: validate_bars(f, f"synthetic:{s}") for s, f in market.frames.items()}
-    changes = {s: list(r.index[1:][r.to_numpy()[1:] != r.to_numpy()[:-1]])
-               for s, r in market.regimes.items()}
+    changes = {
+        s: list(r.index[1:][r.to_numpy()[1:] != r.to_numpy()[:-1]])
+        for s, r in market.regimes.items()
+    }
     return frames, frames["SYN0"].index[1400], changes  # train before, test from here
 
 
 def test_meta_learned_init_beats_erm_and_random_init_after_adaptation(market):
     frames, test_start, changes = market
-    meta = meta_train(frames, FEATURES, TASK, POLICY, OBJ, CONFIG, None, test_start,
-                      progress=False, changes=changes)
-    erm = erm_train(frames, FEATURES, TASK, POLICY, OBJ, CONFIG, None, test_start,
-                    progress=False, changes=changes)
+    meta = meta_train(
+        frames,
+        FEATURES,
+        TASK,
+        POLICY,
+        OBJ,
+        CONFIG,
+        None,
+        test_start,
+        progress=False,
+        changes=changes,
+    )
+    erm = erm_train(
+        frames,
+        FEATURES,
+        TASK,
+        POLICY,
+        OBJ,
+        CONFIG,
+        None,
+        test_start,
+        progress=False,
+        changes=changes,
+    )
     # The ablations adapt with the meta-model's step size: only the start point differs.
     erm = replace(erm, inner_lr=meta.inner_lr, lr_length_power=meta.lr_length_power)
-    rand = replace(random_init(POLICY, OBJ, CONFIG, inner_lr=meta.inner_lr),
-                   lr_length_power=meta.lr_length_power)
+    rand = replace(
+        random_init(POLICY, OBJ, CONFIG, inner_lr=meta.inner_lr),
+        lr_length_power=meta.lr_length_power,
+    )
     # Held-out tasks drawn as trading makes them: windows since a true change.
     held_out = TaskSampler(frames, FEATURES, TASK, test_start, None, changes).sample(
-        1000, np.random.default_rng(1))
+        1000, np.random.default_rng(1)
+    )
     k = CONFIG.inner_steps
-    loss = {name: float(evaluate(m, held_out, k).mean())
-            for name, m in (("meta", meta), ("erm", erm), ("random", rand))}
+    loss = {
+        name: float(evaluate(m, held_out, k).mean())
+        for name, m in (("meta", meta), ("erm", erm), ("random", rand))
+    }
     assert loss["meta"] < loss["erm"], loss
     assert loss["meta"] < loss["random"], loss
     # Adaptation is what the meta-init is for: unadapted it is worse.
@@ -89,16 +123,24 @@ def test_training_is_deterministic_for_a_seed(market):
         b = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start, progress=False)
         assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
         assert a.history == b.history and a.best_step == b.best_step
-    c = meta_train(frames, FEATURES, TASK, POLICY, OBJ, replace(quick, seed=1), None, test_start,
-                   progress=False)
+    c = meta_train(
+        frames,
+        FEATURES,
+        TASK,
+        POLICY,
+        OBJ,
+        replace(quick, seed=1),
+        None,
+        test_start,
+        progress=False,
+    )
     assert not all(torch.equal(a.params[k], c.params[k]) for k in a.params)
 
 
 def test_returned_weights_are_the_best_validated_ones(market):
     frames, test_start, _ = market
     cfg = replace(QUICK, algorithm="fomaml", meta_steps=60, eval_every=10, patience=100)
-    model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
-                       progress=False)
+    model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start, progress=False)
     history = model.history
     best = int(np.argmin(history["val_loss"]))
     assert model.best_step == history["step"][best]
@@ -123,8 +165,7 @@ def test_training_bars_end_before_validation_begins(market):
             np.testing.assert_array_equal(a, b)
 
 
-def test_meta_training_tasks_end_before_validation_and_ignore_bars_after_it(market,
-                                                                           monkeypatch):
+def test_meta_training_tasks_end_before_validation_and_ignore_bars_after_it(market, monkeypatch):
     frames, test_start, changes = market
     cfg = replace(QUICK, meta_steps=12, eval_every=4, patience=100)
     sampled: list = []
@@ -136,8 +177,9 @@ def test_meta_training_tasks_end_before_validation_and_ignore_bars_after_it(mark
         return batch
 
     monkeypatch.setattr(TaskSampler, "sample", recording)
-    model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
-                       progress=False, changes=changes)
+    model = meta_train(
+        frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start, progress=False, changes=changes
+    )
     val_start = pd.Timestamp(model.val_period[0])
     assert model.train_period[1] == model.val_period[0]
     # the validation tasks are drawn by the same sampler, from the validation period
@@ -146,10 +188,14 @@ def test_meta_training_tasks_end_before_validation_and_ignore_bars_after_it(mark
     # Every bar a training task reads (support, query, and the opens its last query
     # label is computed from) lies before the first validation bar.
     cut = {s: f.loc[f.index < val_start] for s, f in frames.items()}
-    arrays = {s: (compute_features(f, FEATURES).to_numpy(np.float32),
-                  compute_labels(f, FEATURES).to_numpy(np.float32),
-                  (1.0 / trailing_vol(f, FEATURES)).to_numpy(np.float32))
-              for s, f in cut.items()}
+    arrays = {
+        s: (
+            compute_features(f, FEATURES).to_numpy(np.float32),
+            compute_labels(f, FEATURES).to_numpy(np.float32),
+            (1.0 / trailing_vol(f, FEATURES)).to_numpy(np.float32),
+        )
+        for s, f in cut.items()
+    }
     for batch in sampled:
         for i, (asset, anchor) in enumerate(zip(batch.assets, batch.anchors)):
             t = frames[asset].index.get_loc(pd.Timestamp(anchor))
@@ -171,8 +217,7 @@ def test_meta_training_losses_do_not_depend_on_bars_after_validation_starts(mark
     # training loss.
     frames, test_start, _ = market
     cfg = replace(QUICK, meta_steps=12, eval_every=4, patience=100)
-    model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
-                       progress=False)
+    model = meta_train(frames, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start, progress=False)
     val_start = pd.Timestamp(model.val_period[0])
     rng = np.random.default_rng(0)
     scrambled = {}
@@ -183,8 +228,9 @@ def test_meta_training_losses_do_not_depend_on_bars_after_validation_starts(mark
         for column in ("open", "high", "low", "close"):
             frame.loc[after, column] = frame.loc[after, column].to_numpy() * factor
         scrambled[symbol] = frame
-    again = meta_train(scrambled, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start,
-                       progress=False)
+    again = meta_train(
+        scrambled, FEATURES, TASK, POLICY, OBJ, cfg, None, test_start, progress=False
+    )
     assert again.val_period == model.val_period
     assert not np.array_equal(again.history["val_loss"], model.history["val_loss"])  # it bites
     np.testing.assert_array_equal(again.history["train_loss"], model.history["train_loss"])
@@ -196,8 +242,7 @@ def test_every_mode_and_learner_trains(market, mode, algorithm):
     frames, test_start, _ = market
     policy = replace(POLICY, mode=mode)
     cfg = replace(QUICK, algorithm=algorithm, meta_steps=20, eval_every=10)
-    model = meta_train(frames, FEATURES, TASK, policy, OBJ, cfg, None, test_start,
-                       progress=False)
+    model = meta_train(frames, FEATURES, TASK, policy, OBJ, cfg, None, test_start, progress=False)
     assert model.algorithm == algorithm and model.policy_spec.mode == mode
     assert all(bool(torch.isfinite(v).all()) for v in model.params.values())
     assert np.isfinite(model.history["val_loss"]).all()

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.btfeed import make_feature_feed
-from feeds.features import FeatureSpec
-from feeds.loaders import load_sample
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import PolicySpec, init_params, to_numpy
-from strategies.engine import CostSpec, run_backtest
-from strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.features import FeatureSpec
+from metabt.feeds.loaders import load_sample
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
+from metabt.strategies.engine import CostSpec, run_backtest
+from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
 
 SPEC = FeatureSpec()
 COSTS = CostSpec()
@@ -26,16 +26,30 @@ def frames() -> dict[str, pd.DataFrame]:
 
 def policy(steps: int = 5, seed: int = 0) -> AdaptivePolicy:
     spec = PolicySpec(n_features=len(SPEC.names))
-    return AdaptivePolicy(spec, ObjectiveSpec(), to_numpy(init_params(spec, seed)), 0.5, steps,
-                          SPEC.names)
+    return AdaptivePolicy(
+        spec, ObjectiveSpec(), to_numpy(init_params(spec, seed)), 0.5, steps, SPEC.names
+    )
 
 
 def run(frames, trade_start, **params):
-    params = {"policy": policy(), "min_window": 30, "max_window": 90, "readapt_every": 5,
-              "calendar_window": 60, **params}
-    return run_backtest(frames, MetaAdaptiveStrategy, params, COSTS, trade_start=trade_start,
-                        feed_factory=lambda s, f: make_feature_feed(s, f, SPEC),
-                        runonce=params.pop("runonce", True), preload=params.pop("preload", True))
+    params = {
+        "policy": policy(),
+        "min_window": 30,
+        "max_window": 90,
+        "readapt_every": 5,
+        "calendar_window": 60,
+        **params,
+    }
+    return run_backtest(
+        frames,
+        MetaAdaptiveStrategy,
+        params,
+        COSTS,
+        trade_start=trade_start,
+        feed_factory=lambda s, f: make_feature_feed(s, f, SPEC),
+        runonce=params.pop("runonce", True),
+        preload=params.pop("preload", True),
+    )
 
 
 def upto(res, t):
@@ -56,8 +70,9 @@ def absurd_after(frames, t):
     return out
 
 
-@pytest.mark.parametrize("trigger, detector", [("regime", "bocpd_ar"), ("regime", "loss"),
-                                               ("calendar", "bocpd_ar")])
+@pytest.mark.parametrize(
+    "trigger, detector", [("regime", "bocpd_ar"), ("regime", "loss"), ("calendar", "bocpd_ar")]
+)
 def test_positions_orders_and_adaptations_up_to_t_ignore_the_future(frames, trigger, detector):
     start = frames["SPY"].index[150]
     full = run(frames, start, trigger=trigger, detector=detector)

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from feeds.features import FeatureSpec, compute_labels, trailing_vol
-from metamodels.objective import ObjectiveSpec, numpy_trading_loss, trading_loss
-from strategies.base import TargetWeightStrategy
-from strategies.engine import CostSpec, run_backtest
+from metabt.feeds.features import FeatureSpec, compute_labels, trailing_vol
+from metabt.metamodels.objective import ObjectiveSpec, numpy_trading_loss, trading_loss
+from metabt.strategies.base import TargetWeightStrategy
+from metabt.strategies.engine import CostSpec, run_backtest
 
 TARGET_VOL = 0.004  # small enough that the weight never needs leverage
 
@@ -28,8 +28,10 @@ class FixedPositions(TargetWeightStrategy):
     params = (("positions", None),)
 
     def target_weights(self) -> dict:
-        return {d: float(self.p.positions.get(pd.Timestamp(self.datetime.date(0)), 0.0))
-                for d in self.datas}
+        return {
+            d: float(self.p.positions.get(pd.Timestamp(self.datetime.date(0)), 0.0))
+            for d in self.datas
+        }
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -42,10 +44,20 @@ def test_objective_pnl_after_costs_equals_the_engines(spy, seed):
     steps = rng.choice([0.0, 0.0, 0.0, 0.3, -0.3], size=len(traded))
     pos = pd.Series(np.clip(np.cumsum(steps) * 0.5, -1.0, 1.0), index=traded)
     costs = CostSpec(5.0, 5.0)
-    result = run_backtest({"SPY": frame}, FixedPositions, {
-        "positions": pos.to_dict(), "vol_target": TARGET_VOL, "asset_weight": 1.0,
-        "rebalance_threshold": 0.0, "cash_buffer": 0.0}, costs, trade_start=start,
-        end=traded[-1] + pd.Timedelta(days=1) + pd.offsets.BDay(2))
+    result = run_backtest(
+        {"SPY": frame},
+        FixedPositions,
+        {
+            "positions": pos.to_dict(),
+            "vol_target": TARGET_VOL,
+            "asset_weight": 1.0,
+            "rebalance_threshold": 0.0,
+            "cash_buffer": 0.0,
+        },
+        costs,
+        trade_start=start,
+        end=traded[-1] + pd.Timedelta(days=1) + pd.offsets.BDay(2),
+    )
 
     spec = FeatureSpec()
     vol = trailing_vol(frame, spec).reindex(traded).to_numpy()
@@ -55,10 +67,10 @@ def test_objective_pnl_after_costs_equals_the_engines(spy, seed):
     n = len(p)
 
     def loss(spec: ObjectiveSpec) -> float:
-        value = float(trading_loss(torch.tensor(p), torch.tensor(y), spec,
-                                   torch.tensor(1.0 / vol)))
-        assert value == pytest.approx(float(numpy_trading_loss(p, y, spec, 1.0 / vol)),
-                                      rel=1e-9, abs=1e-12)
+        value = float(trading_loss(torch.tensor(p), torch.tensor(y), spec, torch.tensor(1.0 / vol)))
+        assert value == pytest.approx(
+            float(numpy_trading_loss(p, y, spec, 1.0 / vol)), rel=1e-9, abs=1e-12
+        )
         return value
 
     # trading_loss = -mean(p y) + cost * mean(|d(p / vol)|), in units of target_vol:

@@ -17,20 +17,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backtests.config import build_specs, load_config
-from backtests.data import load_study_data
-from backtests.paper.ledger import DB_FILE, PaperError, StateLock, integrity_ok, read_rows
-from backtests.paper.loop import CRASH_ENV, PaperLoop
-from backtests.paper.session import PaperOptions, open_session
-from backtests.paper.sources import ReplaySource, YahooSource
-from backtests.paper.status import export_run_folder
-from backtests.runner import meta_runs
-from feeds.btfeed import make_feature_feed
-from feeds.loaders import slice_period
-from metamodels.model_io import load_model, save_model
-from metamodels.trainer import meta_train
-from strategies.engine import run_backtest
-from strategies.meta_adaptive import MetaAdaptiveStrategy
+from metabt.backtests.config import build_specs, load_config
+from metabt.backtests.data import load_study_data
+from metabt.backtests.paper.ledger import DB_FILE, PaperError, StateLock, integrity_ok, read_rows
+from metabt.backtests.paper.loop import CRASH_ENV, PaperLoop
+from metabt.backtests.paper.session import PaperOptions, open_session
+from metabt.backtests.paper.sources import ReplaySource, YahooSource
+from metabt.backtests.paper.status import export_run_folder
+from metabt.backtests.runner import meta_runs
+from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.loaders import slice_period
+from metabt.metamodels.model_io import load_model, save_model
+from metabt.metamodels.trainer import meta_train
+from metabt.strategies.engine import run_backtest
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
 START = pd.Timestamp("2008-03-18")  # 9 paper bars up to the config's end, 2008-03-31
@@ -66,15 +66,17 @@ def _ledger(state: Path) -> dict[str, list[tuple]]:
         rows = read_rows(conn)
         rows["bars"] = conn.execute("SELECT * FROM bars ORDER BY date, asset").fetchall()
         rows["processed"] = conn.execute(
-            "SELECT date, bar_no, n_orders, n_fills FROM processed ORDER BY date").fetchall()
+            "SELECT date, bar_no, n_orders, n_fills FROM processed ORDER BY date"
+        ).fetchall()
         return rows
     finally:
         conn.close()
 
 
 def _options(paper, state: Path, **kw) -> PaperOptions:
-    return PaperOptions(config_path=paper.config, state_dir=state, model=paper.ckpt,
-                        start=START.date(), **kw)
+    return PaperOptions(
+        config_path=paper.config, state_dir=state, model=paper.ckpt, start=START.date(), **kw
+    )
 
 
 def _run(options: PaperOptions) -> int:
@@ -86,24 +88,52 @@ def _run(options: PaperOptions) -> int:
 
 
 def _cli(paper, state: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "backtests", "paper", "run", str(paper.config), "--state",
-           str(state), "--model", str(paper.ckpt), "--start", str(START.date()), *extra]
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, timeout=300, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "metabt",
+        "paper",
+        "run",
+        str(paper.config),
+        "--state",
+        str(state),
+        "--model",
+        str(paper.ckpt),
+        "--start",
+        str(START.date()),
+        *extra,
+    ]
+    return subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory):
-    """A small config, a checkpoint trained before START, an uninterrupted paper run, the backtest."""
+    """A small config, a checkpoint trained before START, an uninterrupted paper run, a backtest."""
     root = tmp_path_factory.mktemp("paper")
     config_path = root / "paper.toml"
     config_path.write_text(CONFIG)
     config = load_config(config_path)
     specs = build_specs(config)
     frames = load_study_data(config).frames
-    model = meta_train(slice_period(frames, config.data.start, START), specs.features, specs.task,
-                       specs.policy, specs.objective, specs.train, config.data.start, START,
-                       progress=False)
+    model = meta_train(
+        slice_period(frames, config.data.start, START),
+        specs.features,
+        specs.task,
+        specs.policy,
+        specs.objective,
+        specs.train,
+        config.data.start,
+        START,
+        progress=False,
+    )
     ckpt = save_model(model, root / "ckpt", config.model_dump(mode="json", exclude_none=True))
     paper = types.SimpleNamespace(config=config_path, ckpt=ckpt, root=root)
     paper.state = root / "baseline"
@@ -116,14 +146,20 @@ def paper(tmp_path_factory):
     params = meta_runs(config, models, specs)["meta_adaptive"]
     first = START - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
     paper.frames = slice_period(frames, first, None)
-    paper.backtest = run_backtest(paper.frames, MetaAdaptiveStrategy, params, specs.costs,
-                                  trade_start=START,
-                                  feed_factory=lambda s, f: make_feature_feed(s, f, specs.features))
+    paper.backtest = run_backtest(
+        paper.frames,
+        MetaAdaptiveStrategy,
+        params,
+        specs.costs,
+        trade_start=START,
+        feed_factory=lambda s, f: make_feature_feed(s, f, specs.features),
+    )
     paper.costs = specs.costs
     return paper
 
 
 # -- the same strategy code as the backtest ------------------------------------------------------
+
 
 def test_paper_targets_orders_and_fills_match_the_backtest(paper):
     rows, bt_res = paper.ledger, paper.backtest
@@ -135,14 +171,15 @@ def test_paper_targets_orders_and_fills_match_the_backtest(paper):
         assert target == weights[(day, asset)]
     # ...and fills at the next open exactly as the backtest's trades do (price, size, costs).
     trades = bt_res.trades.assign(date=bt_res.trades["date"].dt.strftime("%Y-%m-%d"))
-    expected = sorted(map(tuple, trades[["date", "asset", "size", "price", "commission"]]
-                          .itertuples(index=False)))
+    expected = sorted(
+        map(tuple, trades[["date", "asset", "size", "price", "commission"]].itertuples(index=False))
+    )
     got = sorted((d, a, size, price, comm) for d, a, _f, _o, size, price, _v, comm in rows["fills"])
     assert got == expected
     # Every order but those of the last bar has filled on the next trading day.
     days = sorted({r[0] for r in rows["account"]})
     fills = {(r[3]): r for r in rows["fills"]}
-    for day, asset, _seq, oid, _run, _t, _tgt, size, _ref in rows["orders"]:
+    for day, _asset, _seq, oid, _run, _t, _tgt, size, _ref in rows["orders"]:
         if day != days[-1]:
             assert fills[oid][0] == days[days.index(day) + 1] and fills[oid][4] == size
 
@@ -158,9 +195,14 @@ def test_fills_are_next_open_plus_slippage(paper):
 def test_equity_and_returns_match_the_backtest(paper, tmp_path):
     out = export_run_folder(paper.state, tmp_path / "run")
     returns = pd.read_csv(out / "returns.csv", index_col="date", parse_dates=True)
-    pd.testing.assert_series_equal(returns["meta_adaptive"], paper.backtest.returns,
-                                   check_names=False, check_freq=False, check_index_type=False,
-                                   rtol=1e-12)
+    pd.testing.assert_series_equal(
+        returns["meta_adaptive"],
+        paper.backtest.returns,
+        check_names=False,
+        check_freq=False,
+        check_index_type=False,
+        rtol=1e-12,
+    )
     cash, equity = paper.ledger["account"][-1][1:]
     book = sum(v for d, *_, v in paper.ledger["positions"] if d == paper.ledger["account"][-1][0])
     assert equity == pytest.approx(cash + book, rel=1e-12)
@@ -168,10 +210,13 @@ def test_equity_and_returns_match_the_backtest(paper, tmp_path):
 
 # -- crash safety ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("point,bar", [("fetched", 1), ("orders", 4), ("fills", 2),
-                                       ("committed", 5)])
-def test_sigkill_at_any_point_then_restart_gives_the_uninterrupted_ledger(paper, tmp_path,
-                                                                          point, bar):
+
+@pytest.mark.parametrize(
+    "point,bar", [("fetched", 1), ("orders", 4), ("fills", 2), ("committed", 5)]
+)
+def test_sigkill_at_any_point_then_restart_gives_the_uninterrupted_ledger(
+    paper, tmp_path, point, bar
+):
     processed = paper.ledger["processed"]
     if point in ("orders", "fills"):  # the killed bar really had something to lose
         assert processed[bar - 1][2] > 0 and processed[bar - 1][3] > 0
@@ -223,8 +268,9 @@ def test_a_conflicting_row_for_the_next_bar_is_refused_and_nothing_is_written(pa
         asset, weight = next((a, w) for d, a, w in paper.ledger["targets"] if d == day)
         # Another writer (other code, other data) left a target for this bar that the
         # strategy does not decide; INSERT OR IGNORE alone would silently keep it.
-        session.conn.execute("INSERT INTO targets (date, asset, weight) VALUES (?, ?, ?)",
-                             (day, asset, weight + 0.5))
+        session.conn.execute(
+            "INSERT INTO targets (date, asset, weight) VALUES (?, ?, ?)", (day, asset, weight + 0.5)
+        )
         before = _ledger(state)
         with pytest.raises(PaperError, match="already holds other rows for this bar"):
             loop.process_bar(bar)
@@ -241,8 +287,9 @@ def test_resume_refuses_a_ledger_the_strategy_does_not_reproduce(paper, tmp_path
     state = tmp_path / "state"
     shutil.copytree(paper.state, state)
     conn = sqlite3.connect(state / DB_FILE)
-    conn.execute("UPDATE positions SET size = size + 1 WHERE rowid = (SELECT max(rowid) "
-                 "FROM positions)")
+    conn.execute(
+        "UPDATE positions SET size = size + 1 WHERE rowid = (SELECT max(rowid) FROM positions)"
+    )
     conn.commit()
     conn.close()
     with pytest.raises(PaperError, match="does not reproduce the stored ledger"):
@@ -251,11 +298,21 @@ def test_resume_refuses_a_ledger_the_strategy_does_not_reproduce(paper, tmp_path
 
 # -- one writer, intact checkpoint ----------------------------------------------------------------
 
+
 def test_second_writer_is_refused_with_a_clear_message(paper, tmp_path, run_cli):
     state = tmp_path / "state"
     with StateLock(state):
-        result = run_cli("paper", "run", paper.config, "--state", state, "--model", paper.ckpt,
-                         "--start", str(START.date()))
+        result = run_cli(
+            "paper",
+            "run",
+            paper.config,
+            "--state",
+            state,
+            "--model",
+            paper.ckpt,
+            "--start",
+            str(START.date()),
+        )
     assert result.code == 2
     assert "in use by another `metabt paper run`" in result.err
     assert len(result.err.strip().splitlines()) == 1
@@ -263,10 +320,13 @@ def test_second_writer_is_refused_with_a_clear_message(paper, tmp_path, run_cli)
 
 
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
-    script = ("import time; from backtests.paper.ledger import StateLock; "
-              f"StateLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
+    script = (
+        "import time; from metabt.backtests.paper.ledger import StateLock; "
+        f"StateLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(PaperError, match=f"pid {holder.pid}"):
@@ -289,8 +349,9 @@ def test_corrupt_checkpoint_is_refused_and_nothing_is_traded(paper, tmp_path, ru
     shutil.copytree(paper.ckpt, bad)
     _tamper(bad)
     state = tmp_path / "state"
-    result = run_cli("paper", "run", paper.config, "--state", state, "--model", bad,
-                     "--start", str(START.date()))
+    result = run_cli(
+        "paper", "run", paper.config, "--state", state, "--model", bad, "--start", str(START.date())
+    )
     assert result.code == 2 and "sha256" in result.err
     conn = sqlite3.connect(state / DB_FILE)
     assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
@@ -301,8 +362,17 @@ def test_checkpoint_changed_under_a_running_state_is_refused(paper, tmp_path, ru
     ckpt = tmp_path / "ckpt"
     shutil.copytree(paper.ckpt, ckpt)
     state = tmp_path / "state"
-    args = ("paper", "run", paper.config, "--state", state, "--model", ckpt,
-            "--start", str(START.date()))
+    args = (
+        "paper",
+        "run",
+        paper.config,
+        "--state",
+        state,
+        "--model",
+        ckpt,
+        "--start",
+        str(START.date()),
+    )
     assert run_cli(*args, "--max-bars", "2").code == 0
     before = _ledger(state)
     # A valid checkpoint with other weights: it loads fine, but it is not what was traded.
@@ -318,6 +388,7 @@ def test_checkpoint_changed_under_a_running_state_is_refused(paper, tmp_path, ru
 
 # -- status, report, sources, bad input --------------------------------------------------------
 
+
 def test_status_prints_the_last_bar_and_equity(paper, run_cli):
     result = run_cli("paper", "status", "--state", paper.state)
     assert result.code == 0, result.err
@@ -332,15 +403,24 @@ def test_report_writes_the_backtest_tear_sheet(paper, tmp_path, run_cli):
     out = tmp_path / "report"
     result = run_cli("paper", "report", "--state", paper.state, "--out", out)
     assert result.code == 0, result.err
-    for name in ("tearsheet.html", "metrics.json", "returns.csv", "trades.csv", "positions.csv",
-                 "adaptations.csv", "study.json", "config.toml"):
+    for name in (
+        "tearsheet.html",
+        "metrics.json",
+        "returns.csv",
+        "trades.csv",
+        "positions.csv",
+        "adaptations.csv",
+        "study.json",
+        "config.toml",
+    ):
         assert (out / name).is_file(), name
 
 
 def test_without_a_model_it_trains_only_on_bars_before_the_start(paper, tmp_path):
     state = tmp_path / "state"
-    options = PaperOptions(config_path=paper.config, state_dir=state, start=START.date(),
-                           max_bars=1)
+    options = PaperOptions(
+        config_path=paper.config, state_dir=state, start=START.date(), max_bars=1
+    )
     assert _run(options) == 1
     _, last_bar = load_model(state / "model")
     assert last_bar < START
@@ -353,8 +433,17 @@ def test_yfinance_source_never_releases_a_bar_that_has_not_closed(paper, monkeyp
         # Like Yahoo: the answer runs past the requested end, today's half-formed bar included.
         index = pd.bdate_range(kw["start"], "2024-03-08", name="Date")
         close = 100.0 + np.arange(len(index), dtype=float)
-        return pd.DataFrame({"Open": close, "High": close + 1, "Low": close - 1, "Close": close,
-                             "Adj Close": close, "Volume": 1000.0}, index=index)
+        return pd.DataFrame(
+            {
+                "Open": close,
+                "High": close + 1,
+                "Low": close - 1,
+                "Close": close,
+                "Adj Close": close,
+                "Volume": 1000.0,
+            },
+            index=index,
+        )
 
     monkeypatch.setitem(sys.modules, "yfinance", types.SimpleNamespace(download=download))
     config = load_config(paper.config)
@@ -368,22 +457,30 @@ def test_yfinance_source_never_releases_a_bar_that_has_not_closed(paper, monkeyp
     def raw(symbols, start, end, **kw):
         return {s: download(s, start=str(start)).rename_axis("Date") for s in symbols}
 
-    source = YahooSource(config, tmp_path / "polls", download=raw, today=lambda: today,
-                         sleep=lambda s: None)
-    assert [b.date for b in source.poll(pd.Timestamp("2024-02-28"),
-                                        pd.Timestamp("2024-01-02"))] == closed
+    source = YahooSource(
+        config, tmp_path / "polls", download=raw, today=lambda: today, sleep=lambda s: None
+    )
+    assert [
+        b.date for b in source.poll(pd.Timestamp("2024-02-28"), pd.Timestamp("2024-01-02"))
+    ] == closed
 
 
 def test_bad_input_is_one_line_and_exit_2(paper, tmp_path, run_cli):
     cases = [
         (("paper", "run", tmp_path / "missing.toml", "--state", tmp_path / "s"), "no such config"),
-        (("paper", "run", paper.config, "--state", tmp_path / "s", "--source", "bloomberg"),
-         "--source"),
-        (("paper", "run", paper.config, "--state", tmp_path / "s", "--start", "18/03/2008"),
-         "YYYY-MM-DD"),
+        (
+            ("paper", "run", paper.config, "--state", tmp_path / "s", "--source", "bloomberg"),
+            "--source",
+        ),
+        (
+            ("paper", "run", paper.config, "--state", tmp_path / "s", "--start", "18/03/2008"),
+            "YYYY-MM-DD",
+        ),
         (("paper", "status", "--state", tmp_path / "nothing"), "no paper state"),
-        (("paper", "run", paper.config, "--state", paper.state, "--start", "2008-03-19"),
-         "trades from 2008-03-18"),
+        (
+            ("paper", "run", paper.config, "--state", paper.state, "--start", "2008-03-19"),
+            "trades from 2008-03-18",
+        ),
     ]
     for args, message in cases:
         result = run_cli(*args)

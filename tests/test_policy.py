@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from metamodels.objective import ObjectiveSpec, numpy_trading_loss, trading_loss
-from metamodels.policy import (
+from metabt.metamodels.objective import ObjectiveSpec, numpy_trading_loss, trading_loss
+from metabt.metamodels.policy import (
     MODES,
     PolicySpec,
     check_params,
@@ -51,8 +51,11 @@ def test_positions_stay_in_the_modes_range(spec):
     params = _scaled(init_params(spec, seed=1), 10.0)
     x = torch.randn(400, spec.n_features, generator=torch.Generator().manual_seed(0)) * 5
     pos = positions(params, x, spec)
-    lo, hi = {"long_short": (-1, 1), "long_only": (0, 1),
-              "overlay": (spec.overlay_min, spec.overlay_max)}[spec.mode]
+    lo, hi = {
+        "long_short": (-1, 1),
+        "long_only": (0, 1),
+        "overlay": (spec.overlay_min, spec.overlay_max),
+    }[spec.mode]
     assert float(pos.min()) >= lo and float(pos.max()) <= hi
     assert float(pos.max() - pos.min()) > 0.5  # not stuck at one value
 
@@ -96,9 +99,16 @@ def test_check_params_rejects_wrong_shapes_and_names():
         check_params({k: v for k, v in params.items() if k != "b1"}, spec)
 
 
-@pytest.mark.parametrize("kwargs", [{"mode": "short_only"}, {"hidden": (0,)},
-                                    {"n_features": 0}, {"overlay_tilt": -1.0},
-                                    {"overlay_min": 2.0, "overlay_max": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "short_only"},
+        {"hidden": (0,)},
+        {"n_features": 0},
+        {"overlay_tilt": -1.0},
+        {"overlay_min": 2.0, "overlay_max": 1.0},
+    ],
+)
 def test_bad_policy_spec_is_refused(kwargs):
     with pytest.raises(ValueError, match="PolicySpec"):
         PolicySpec(**{"n_features": 3, **kwargs})

@@ -12,11 +12,11 @@ import pytest
 import quantstats as qs
 from rich.console import Console
 
-from reports.build import OUTPUT_FILES, build_reports
-from reports.comparison import compare, print_comparison, to_markdown
-from reports.errors import ReportError
-from reports.metrics import compute_metrics, turnover, write_metrics
-from reports.runfolder import read_returns, read_study
+from metabt.reports.build import OUTPUT_FILES, build_reports
+from metabt.reports.comparison import compare, print_comparison, to_markdown
+from metabt.reports.errors import ReportError
+from metabt.reports.metrics import compute_metrics, turnover, write_metrics
+from metabt.reports.runfolder import read_returns, read_study
 
 PPY = 252
 ASSETS = ("AAA", "BBB")
@@ -194,7 +194,9 @@ def test_best_static_is_chosen_in_sample_not_on_the_test_period(tmp_path: Path) 
     sharpes = {"meta_adaptive": 0.5, "sma_cross": 3.0, "momentum": -1.0}
     c = _comparison(tmp_path / "a", sharpes, train_best={"sma_cross": 0.1, "momentum": 0.9})
     assert c.best_static == "momentum"
-    assert c.verdict.startswith("meta_adaptive WON against momentum (best static, chosen in-sample)")
+    assert c.verdict.startswith(
+        "meta_adaptive WON against momentum (best static, chosen in-sample)"
+    )
     # ... and a test-period loss to another static strategy is still said plainly.
     assert "It LOST to sma_cross on the test period" in c.verdict
     # Without in-sample Sharpes it falls back to the test period and says so.

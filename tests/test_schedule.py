@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.btfeed import make_feature_feed
-from feeds.features import FeatureSpec, compute_features, compute_labels, trailing_vol
-from feeds.loaders import load_sample
-from metamodels.objective import ObjectiveSpec
-from metamodels.policy import PolicySpec, init_params, to_numpy
-from strategies import detectors
-from strategies.engine import CostSpec, run_backtest
-from strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.features import FeatureSpec, compute_features, compute_labels, trailing_vol
+from metabt.feeds.loaders import load_sample
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
+from metabt.strategies import detectors
+from metabt.strategies.engine import CostSpec, run_backtest
+from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
 
 SPEC = FeatureSpec()
 MIN, MAX, EVERY, CAL = 20, 70, 5, 40
@@ -42,8 +42,9 @@ class RecordingPolicy(AdaptivePolicy):
 
 def recording_policy() -> RecordingPolicy:
     spec = PolicySpec(n_features=len(SPEC.names))
-    return RecordingPolicy(spec, ObjectiveSpec(), to_numpy(init_params(spec, 0)), 0.3, 3,
-                           SPEC.names)
+    return RecordingPolicy(
+        spec, ObjectiveSpec(), to_numpy(init_params(spec, 0)), 0.3, 3, SPEC.names
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,22 @@ def frame() -> pd.DataFrame:
 
 
 def run(frame: pd.DataFrame, pol: AdaptivePolicy, **params):
-    params = {"policy": pol, "min_window": MIN, "max_window": MAX, "readapt_every": EVERY,
-              "calendar_window": CAL, **params}
-    return run_backtest({"SPY": frame}, MetaAdaptiveStrategy, params, CostSpec(),
-                        trade_start=frame.index[SPEC.warmup + 10],
-                        feed_factory=lambda s, f: make_feature_feed(s, f, SPEC))
+    params = {
+        "policy": pol,
+        "min_window": MIN,
+        "max_window": MAX,
+        "readapt_every": EVERY,
+        "calendar_window": CAL,
+        **params,
+    }
+    return run_backtest(
+        {"SPY": frame},
+        MetaAdaptiveStrategy,
+        params,
+        CostSpec(),
+        trade_start=frame.index[SPEC.warmup + 10],
+        feed_factory=lambda s, f: make_feature_feed(s, f, SPEC),
+    )
 
 
 def adaptations(result) -> pd.DataFrame:
@@ -79,16 +91,21 @@ def test_each_adaptation_uses_the_task_builders_pairs_known_two_bars_earlier(fra
         last = first + len(y) - 1
         # the newest label used at bar t is bar t-2's (open t-1 -> open t), never later
         assert last == t - 2
-        np.testing.assert_allclose(x, feats[first:last + 1], rtol=0, atol=1e-12)
-        np.testing.assert_allclose(y, labels[first:last + 1], rtol=1e-12)
-        np.testing.assert_allclose(a, inv_vol[first:last + 1], rtol=1e-12)
+        np.testing.assert_allclose(x, feats[first : last + 1], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(y, labels[first : last + 1], rtol=1e-12)
+        np.testing.assert_allclose(a, inv_vol[first : last + 1], rtol=1e-12)
 
 
 def test_calendar_windows_are_the_last_calendar_window_bars_every_readapt_every(frame):
     events = adaptations(run(frame, recording_policy(), trigger="calendar"))
     # the first once MIN labels exist, growing by EVERY until CAL are there
-    assert list(events["window"].iloc[:5]) == [MIN, MIN + EVERY, MIN + 2 * EVERY,
-                                               MIN + 3 * EVERY, CAL]
+    assert list(events["window"].iloc[:5]) == [
+        MIN,
+        MIN + EVERY,
+        MIN + 2 * EVERY,
+        MIN + 3 * EVERY,
+        CAL,
+    ]
     assert (events["window"].iloc[4:] == CAL).all()
     gaps = np.diff([frame.index.get_loc(pd.Timestamp(d)) for d in events["date"]])
     assert (gaps == EVERY).all()
@@ -114,8 +131,7 @@ def test_after_a_true_change_windows_hold_only_new_regime_bars(frame, change_bar
     # and in between, the unadapted initial weights traded
     weights = result.weights.set_index("date")["weight"]
     frozen = run(frame, recording_policy(), trigger="never").weights.set_index("date")["weight"]
-    span = weights.index[(weights.index >= change)
-                         & (weights.index < pd.Timestamp(first["date"]))]
+    span = weights.index[(weights.index >= change) & (weights.index < pd.Timestamp(first["date"]))]
     assert len(span) == MIN + 1
     pd.testing.assert_series_equal(weights.loc[span], frozen.loc[span])
 
@@ -149,9 +165,18 @@ class Scripted:
 def test_a_detector_alarm_starts_the_window_at_its_estimated_change(frame, monkeypatch):
     # update n is fed the return of bar n (bar 0 has none), so an alarm at update 350
     # with run length 12 dates the change at bar 350 - 12 + 1 = 339.
-    monkeypatch.setitem(detectors.DETECTORS, "scripted", type(
-        "ScriptedFactory", (), {"from_settings": staticmethod(lambda: Scripted({350: 12})),
-                                "Settings": type("S", (), {"__dataclass_fields__": {}})}))
+    monkeypatch.setitem(
+        detectors.DETECTORS,
+        "scripted",
+        type(
+            "ScriptedFactory",
+            (),
+            {
+                "from_settings": staticmethod(lambda: Scripted({350: 12})),
+                "Settings": type("S", (), {"__dataclass_fields__": {}}),
+            },
+        ),
+    )
     result = run(frame, recording_policy(), trigger="regime", detector="scripted")
     events = pd.DataFrame(result.events)
     alarm = events.loc[events["trigger"] == "alarm"].iloc[0]

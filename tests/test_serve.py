@@ -22,19 +22,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backtests.config import build_specs, dump_config, parse_config
-from backtests.data import load_study_data
-from backtests.paper.ledger import DB_FILE, StateLock
-from backtests.paper.loop import PaperLoop
-from backtests.paper.session import PaperOptions, open_session
-from backtests.paper.status import read_status
-from backtests.runner import meta_adaptive_params, train_meta, warmup_start
-from backtests.serve.bench import ServeProcess
-from feeds.btfeed import make_feature_feed
-from feeds.loaders import slice_period
-from metamodels.model_io import load_model, save_model
-from strategies.engine import run_backtest
-from strategies.meta_adaptive import MetaAdaptiveStrategy
+from metabt.backtests.config import build_specs, dump_config, parse_config
+from metabt.backtests.data import load_study_data
+from metabt.backtests.paper.ledger import DB_FILE, StateLock
+from metabt.backtests.paper.loop import PaperLoop
+from metabt.backtests.paper.session import PaperOptions, open_session
+from metabt.backtests.paper.status import read_status
+from metabt.backtests.runner import meta_adaptive_params, train_meta, warmup_start
+from metabt.backtests.serve.bench import ServeProcess
+from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.loaders import slice_period
+from metabt.metamodels.model_io import load_model, save_model
+from metabt.strategies.engine import run_backtest
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-0123456789abcdef"
@@ -42,7 +42,9 @@ OTHER_KEY = "other-key-0123456789abcdef"
 MAX_BODY = 1_000_000
 N_DATES = 50  # dates of the test period on which /signal is compared with the backtest
 RAW_CONFIG = {
-    "title": "serve test", "study": "synthetic", "seed": 2,
+    "title": "serve test",
+    "study": "synthetic",
+    "seed": 2,
     "data": {"source": "synthetic", "start": "2005-01-03", "split": "2006-09-01"},
     "synthetic": {"n_assets": 2, "n_bars": 620, "mean_duration": 60.0, "seed": 5},
     "meta": {"meta_steps": 4, "tasks_per_step": 8, "eval_every": 2, "val_tasks": 16},
@@ -53,15 +55,19 @@ RAW_CONFIG = {
 
 
 def _rows(frame: pd.DataFrame) -> list[dict]:
-    return [{"date": d.date().isoformat(), "open": o, "high": h, "low": lo, "close": c,
-             "volume": v}
-            for d, (o, h, lo, c, v) in zip(frame.index, frame[["open", "high", "low", "close",
-                                                                "volume"]].to_numpy().tolist())]
+    return [
+        {"date": d.date().isoformat(), "open": o, "high": h, "low": lo, "close": c, "volume": v}
+        for d, (o, h, lo, c, v) in zip(
+            frame.index, frame[["open", "high", "low", "close", "volume"]].to_numpy().tolist()
+        )
+    ]
 
 
 def _body(frames: dict[str, pd.DataFrame], end: pd.Timestamp | None = None, **extra) -> dict:
-    return {"bars": {s: _rows(f.loc[:end] if end is not None else f) for s, f in frames.items()},
-            **extra}
+    return {
+        "bars": {s: _rows(f.loc[:end] if end is not None else f) for s, f in frames.items()},
+        **extra,
+    }
 
 
 def _files(folder: Path) -> dict[str, tuple[str, int] | None]:
@@ -70,19 +76,29 @@ def _files(folder: Path) -> dict[str, tuple[str, int] | None]:
     The ``-shm`` file is SQLite's shared-memory index of the WAL, where every reader
     (``metabt paper status`` too) takes its read mark: only its existence is compared.
     """
-    return {p.name: None if p.name.endswith("-shm") else
-            (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: None
+        if p.name.endswith("-shm")
+        else (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
 class Server(ServeProcess):
     """A ``metabt serve`` subprocess (the benchmark's) and an authenticated client for it."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        super().__init__(args, f"{KEY},{OTHER_KEY}", log, cwd=ROOT, env={
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
-        self.client = httpx.Client(base_url=self.url, timeout=60.0,
-                                   headers={"Authorization": f"Bearer {KEY}"})
+        super().__init__(
+            args,
+            f"{KEY},{OTHER_KEY}",
+            log,
+            cwd=ROOT,
+            env={"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+        )
+        self.client = httpx.Client(
+            base_url=self.url, timeout=60.0, headers={"Authorization": f"Bearer {KEY}"}
+        )
 
     def stop(self) -> None:
         self.client.close()
@@ -111,27 +127,51 @@ def world(tmp_path_factory):
     # What `metabt backtest` runs for meta_adaptive on the test period.
     loaded, _ = load_model(ckpt)
     history = slice_period(frames, warmup_start(config, split), None)
-    backtest = run_backtest(history, MetaAdaptiveStrategy,
-                            meta_adaptive_params(config, loaded, specs), specs.costs,
-                            trade_start=split,
-                            feed_factory=lambda s, f: make_feature_feed(s, f, specs.features))
+    backtest = run_backtest(
+        history,
+        MetaAdaptiveStrategy,
+        meta_adaptive_params(config, loaded, specs),
+        specs.costs,
+        trade_start=split,
+        feed_factory=lambda s, f: make_feature_feed(s, f, specs.features),
+    )
 
     config_path = root / "paper.toml"
     dump_config(config, config_path)
     paper_state = root / "paper" / "demo"
-    session = open_session(PaperOptions(config_path=config_path, state_dir=paper_state,
-                                        model=ckpt, start=split.date()), progress=False)
+    session = open_session(
+        PaperOptions(
+            config_path=config_path, state_dir=paper_state, model=ckpt, start=split.date()
+        ),
+        progress=False,
+    )
     try:
         PaperLoop(session).run(max_bars=3)
     finally:
         session.close()
 
-    server = Server(["--models", str(models), "--paper", str(root / "paper"),
-                     "--max-body-bytes", str(MAX_BODY)], root / "server.log")
+    server = Server(
+        [
+            "--models",
+            str(models),
+            "--paper",
+            str(root / "paper"),
+            "--max-body-bytes",
+            str(MAX_BODY),
+        ],
+        root / "server.log",
+    )
     try:
         server.wait()
-        yield {"root": root, "config": config, "frames": history, "split": split,
-               "backtest": backtest, "server": server, "paper": paper_state}
+        yield {
+            "root": root,
+            "config": config,
+            "frames": history,
+            "split": split,
+            "backtest": backtest,
+            "server": server,
+            "paper": paper_state,
+        }
     finally:
         server.stop()
 
@@ -141,10 +181,15 @@ def signals(world):
     """/signal on N_DATES dates of the test period, each sent the history up to that date."""
     server, frames = world["server"], world["frames"]
     days = sorted(world["backtest"].weights["date"].unique())
-    changes = sorted({pd.Timestamp(e["date"]) for e in world["backtest"].events
-                      if e["trigger"] == "alarm" and pd.Timestamp(e["date"]) >= world["split"]})
+    changes = sorted(
+        {
+            pd.Timestamp(e["date"])
+            for e in world["backtest"].events
+            if e["trigger"] == "alarm" and pd.Timestamp(e["date"]) >= world["split"]
+        }
+    )
     picked = set(changes[:5])  # days on which the detector fired, then evenly spaced days
-    for i in np.linspace(0, len(days) - 1, len(days)).astype(int)[::max(1, len(days) // N_DATES)]:
+    for i in np.linspace(0, len(days) - 1, len(days)).astype(int)[:: max(1, len(days) // N_DATES)]:
         if len(picked) >= N_DATES:
             break
         picked.add(days[i])
@@ -175,17 +220,26 @@ def test_authenticated_round_trip_lists_and_describes_the_model(world):
     assert described["features"]["names"] == list(build_specs(world["config"]).features.names)
     sidecar = json.loads((world["root"] / "models" / "syn" / "model.json").read_text())
     assert described["sha256"] == sidecar["sha256"]
-    with httpx.Client(base_url=world["server"].url,
-                      headers={"Authorization": f"Bearer {OTHER_KEY}"}) as other:
+    with httpx.Client(
+        base_url=world["server"].url, headers={"Authorization": f"Bearer {OTHER_KEY}"}
+    ) as other:
         assert other.get("/v1/models/syn").status_code == 200  # every configured key works
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key-0123456789abcdef"},
-                                     {"Authorization": f"Basic {KEY}"},
-                                     {"Authorization": f"Bearer {KEY}x"},
-                                     {"Authorization": KEY}])
-@pytest.mark.parametrize("route", ["GET /v1/models", "GET /v1/models/syn",
-                                   "POST /v1/models/syn/signal", "GET /v1/paper/demo"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-key-0123456789abcdef"},
+        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": f"Bearer {KEY}x"},
+        {"Authorization": KEY},
+    ],
+)
+@pytest.mark.parametrize(
+    "route",
+    ["GET /v1/models", "GET /v1/models/syn", "POST /v1/models/syn/signal", "GET /v1/paper/demo"],
+)
 def test_every_v1_route_refuses_a_missing_or_wrong_key_with_401(world, headers, route):
     method, path = route.split()
     response = httpx.request(method, world["server"].url + path, headers=headers, json={})
@@ -213,8 +267,9 @@ def test_signal_equals_the_backtest_decision_on_the_last_bar(world, signals):
             if past:
                 assert got["loss_after"] == pytest.approx(past[-1]["loss_after"], abs=1e-12)
                 assert got["trigger"] == past[-1]["trigger"]
-            assert got["last_change"] == (pd.Timestamp(regime[-1]["date"]).date().isoformat()
-                                          if regime else None)
+            assert got["last_change"] == (
+                pd.Timestamp(regime[-1]["date"]).date().isoformat() if regime else None
+            )
             detected = any(pd.Timestamp(e["date"]) == day for e in regime)
             assert got["change_detected"] is detected
             changed_days += detected
@@ -226,13 +281,19 @@ def test_settings_change_the_decision_as_they_change_the_backtest(world):
     day = max(world["backtest"].weights["date"].unique())
     body = _body(frames, day, settings={"strategy": {"long_only": True, "gross_cap": 0.3}})
     got = world["server"].client.post("/v1/models/syn/signal", json=body).json()
-    config = parse_config({**RAW_CONFIG, "strategy": {**RAW_CONFIG["strategy"],
-                                                      "long_only": True, "gross_cap": 0.3}})
+    config = parse_config(
+        {**RAW_CONFIG, "strategy": {**RAW_CONFIG["strategy"], "long_only": True, "gross_cap": 0.3}}
+    )
     specs = build_specs(config)
     loaded, _ = load_model(world["root"] / "models" / "syn")
-    ref = run_backtest(frames, MetaAdaptiveStrategy, meta_adaptive_params(config, loaded, specs),
-                       specs.costs, trade_start=split,
-                       feed_factory=lambda s, f: make_feature_feed(s, f, specs.features))
+    ref = run_backtest(
+        frames,
+        MetaAdaptiveStrategy,
+        meta_adaptive_params(config, loaded, specs),
+        specs.costs,
+        trade_start=split,
+        feed_factory=lambda s, f: make_feature_feed(s, f, specs.features),
+    )
     last = ref.weights.loc[ref.weights["date"] == day].set_index("asset")["weight"]
     for asset, decision in got["assets"].items():
         assert decision["weight"] == pytest.approx(float(last[asset]), abs=1e-12)
@@ -293,10 +354,24 @@ def _bad(frames: dict[str, pd.DataFrame], day: pd.Timestamp, case: str) -> tuple
     raise AssertionError(case)
 
 
-BAD_CASES = ["nan", "negative_price", "unsorted_dates", "duplicate_date", "too_few_bars",
-             "wrong_type", "missing_field", "unknown_field", "high_below_close", "bad_date",
-             "negative_volume", "different_last_dates", "bad_symbol", "no_assets",
-             "unknown_setting", "unknown_top_level_key"]
+BAD_CASES = [
+    "nan",
+    "negative_price",
+    "unsorted_dates",
+    "duplicate_date",
+    "too_few_bars",
+    "wrong_type",
+    "missing_field",
+    "unknown_field",
+    "high_below_close",
+    "bad_date",
+    "negative_volume",
+    "different_last_dates",
+    "bad_symbol",
+    "no_assets",
+    "unknown_setting",
+    "unknown_top_level_key",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -306,8 +381,9 @@ def test_bad_input_is_refused_with_422_naming_field_and_row(world, case):
     body, phrase = _bad(frames, day, case)
     # allow_nan: NaN is not JSON, but clients (Python's json among them) send it anyway.
     content = json.dumps(body, allow_nan=True)
-    response = world["server"].client.post("/v1/models/syn/signal", content=content,
-                                           headers={"Content-Type": "application/json"})
+    response = world["server"].client.post(
+        "/v1/models/syn/signal", content=content, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 422, response.text
     answer = response.json()
     assert set(answer) == {"error", "detail"}
@@ -316,8 +392,9 @@ def test_bad_input_is_refused_with_422_naming_field_and_row(world, case):
 
 
 def test_not_json_is_422_and_no_traceback(world):
-    response = world["server"].client.post("/v1/models/syn/signal", content=b"{not json",
-                                           headers={"Content-Type": "application/json"})
+    response = world["server"].client.post(
+        "/v1/models/syn/signal", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 422
     assert "not valid JSON" in response.json()["detail"]
 
@@ -325,8 +402,9 @@ def test_not_json_is_422_and_no_traceback(world):
 def test_oversized_body_is_refused_with_413(world):
     client = world["server"].client
     big = b'{"bars": {"SYN0": [' + b" " * (MAX_BODY + 10) + b"]}}"
-    response = client.post("/v1/models/syn/signal", content=big,
-                           headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/v1/models/syn/signal", content=big, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
     assert response.json()["error"] == "body_too_large"
 
@@ -334,8 +412,9 @@ def test_oversized_body_is_refused_with_413(world):
         for _ in range(20):
             yield b" " * 100_000
 
-    response = client.post("/v1/models/syn/signal", content=chunks(),
-                           headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/v1/models/syn/signal", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
 
 
@@ -343,14 +422,24 @@ def test_oversized_body_is_refused_with_413(world):
 def test_unknown_model_is_404(world, model_id):
     client = world["server"].client
     body = _body(world["frames"], world["split"])
-    for response in (client.get(f"/v1/models/{model_id}"),
-                     client.post(f"/v1/models/{model_id}/signal", json=body)):
+    for response in (
+        client.get(f"/v1/models/{model_id}"),
+        client.post(f"/v1/models/{model_id}/signal", json=body),
+    ):
         assert response.status_code == 404
         assert response.json()["error"] == "not_found"
 
 
-@pytest.mark.parametrize("path", ["/v1/models/a..b", "/v1/models/..%2F..%2Fetc",
-                                  "/v1/models/%2e%2e", "/v1/paper/..%2Fdemo", "/v1/paper/a..b"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/a..b",
+        "/v1/models/..%2F..%2Fetc",
+        "/v1/models/%2e%2e",
+        "/v1/paper/..%2Fdemo",
+        "/v1/paper/a..b",
+    ],
+)
 def test_paths_in_ids_are_rejected(world, path):
     response = world["server"].client.get(path)
     assert response.status_code in (400, 404)
@@ -370,8 +459,13 @@ def test_200_concurrent_requests_get_the_sequential_answers(world):
     frames = {"SYN0": world["frames"]["SYN0"]}
     days = sorted(world["backtest"].weights["date"].unique())[:10]
     # Short histories keep the 200 backtests quick; the settings lower the warm-up to match.
-    bodies = [_body({s: f.loc[:d].iloc[-70:] for s, f in frames.items()},
-                    settings={"strategy": {"warmup_bars": 70}}) for d in days]
+    bodies = [
+        _body(
+            {s: f.loc[:d].iloc[-70:] for s, f in frames.items()},
+            settings={"strategy": {"warmup_bars": 70}},
+        )
+        for d in days
+    ]
     sequential = []
     for body in bodies:
         response = client.post("/v1/models/syn/signal", json=body)
@@ -381,11 +475,18 @@ def test_200_concurrent_requests_get_the_sequential_answers(world):
 
     async def fire() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(base_url=world["server"].url, timeout=120.0, limits=limits,
-                                     headers={"Authorization": f"Bearer {KEY}"}) as ac:
-            return await asyncio.gather(*(ac.post("/v1/models/syn/signal",
-                                                  json=bodies[i % len(bodies)])
-                                          for i in range(200)))
+        async with httpx.AsyncClient(
+            base_url=world["server"].url,
+            timeout=120.0,
+            limits=limits,
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as ac:
+            return await asyncio.gather(
+                *(
+                    ac.post("/v1/models/syn/signal", json=bodies[i % len(bodies)])
+                    for i in range(200)
+                )
+            )
 
     responses = asyncio.run(fire())
     assert [r.status_code for r in responses] == [200] * 200
@@ -436,8 +537,8 @@ def test_serve_refuses_to_start_without_a_key(run_cli, monkeypatch, tmp_path):
 
 
 def test_keys_come_from_the_environment_and_the_keys_file(tmp_path):
-    from backtests.serve import ServeError
-    from backtests.serve.auth import KeyChecker, load_keys
+    from metabt.backtests.serve import ServeError
+    from metabt.backtests.serve.auth import KeyChecker, load_keys
 
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text(f"# team keys\n{OTHER_KEY}  # notebook\n\n{KEY}\n")
@@ -452,7 +553,7 @@ def test_keys_come_from_the_environment_and_the_keys_file(tmp_path):
 
 
 def test_insecure_local_serves_without_a_key_and_keys_still_win(tmp_path):
-    from backtests.serve.app import ServeOptions, create_app
+    from metabt.backtests.serve.app import ServeOptions, create_app
 
     async def get(keys: tuple[str, ...]) -> httpx.Response:
         options = ServeOptions(models=str(tmp_path), insecure_local=True)

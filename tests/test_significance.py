@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import quantstats as qs
 
-from reports.significance import (
+from metabt.reports.significance import (
     deflated_sharpe_ratio,
     expected_max_sharpe,
     probabilistic_sharpe_ratio,

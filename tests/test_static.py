@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strategies.engine import CostSpec, run_backtest
-from strategies.static import (
+from metabt.strategies.engine import CostSpec, run_backtest
+from metabt.strategies.static import (
     DEFAULT_GRIDS,
     STATIC_STRATEGIES,
     BuyAndHold,
@@ -18,7 +18,7 @@ from strategies.static import (
     RsiReversion,
     SmaCross,
 )
-from strategies.tuning import annualised_sharpe, expand_grid, tune_static
+from metabt.strategies.tuning import annualised_sharpe, expand_grid, tune_static
 
 COSTS = CostSpec()
 
@@ -31,9 +31,14 @@ def random_frames(n_assets: int = 2, n_bars: int = 300, seed: int = 0) -> dict[s
         close = 50.0 * np.exp(np.cumsum(rng.normal(0.0002, 0.015, n_bars)))
         open_ = np.concatenate([[50.0], close[:-1]]) * np.exp(rng.normal(0.0, 0.003, n_bars))
         frames[f"S{i}"] = pd.DataFrame(
-            {"open": open_, "high": np.maximum(open_, close) * 1.005,
-             "low": np.minimum(open_, close) * 0.995, "close": close,
-             "volume": np.full(n_bars, 1e6)}, index=idx,
+            {
+                "open": open_,
+                "high": np.maximum(open_, close) * 1.005,
+                "low": np.minimum(open_, close) * 0.995,
+                "close": close,
+                "volume": np.full(n_bars, 1e6),
+            },
+            index=idx,
         )
     return frames
 
@@ -83,7 +88,7 @@ def wilder_rsi(close: pd.Series, n: int) -> np.ndarray:
     diff = close.diff().to_numpy()
     up, down = np.clip(diff, 0, None), np.clip(-diff, 0, None)
     out = np.full(len(close), np.nan)
-    avg_up, avg_down = math.fsum(up[1:n + 1]) / n, math.fsum(down[1:n + 1]) / n
+    avg_up, avg_down = math.fsum(up[1 : n + 1]) / n, math.fsum(down[1 : n + 1]) / n
     for i in range(n, len(close)):
         if i > n:
             avg_up = avg_up * (1 - 1 / n) + up[i] / n
@@ -156,9 +161,15 @@ def test_all_configs_are_scored_on_the_same_warm_days():
         res = tune_static(frames, "sma_cross", GRID, COSTS, idx[10], idx[150], n_jobs=1)
     assert res.scored_from == idx[39]  # the 40-bar SMA's first value
     for row in res.table.itertuples():
-        r = run_backtest(frames, SmaCross, {"fast": row.fast, "slow": row.slow}, COSTS,
-                         trade_start=idx[10], end=idx[150]).returns
-        assert row.sharpe == annualised_sharpe(r.loc[idx[39]:])
+        r = run_backtest(
+            frames,
+            SmaCross,
+            {"fast": row.fast, "slow": row.slow},
+            COSTS,
+            trade_start=idx[10],
+            end=idx[150],
+        ).returns
+        assert row.sharpe == annualised_sharpe(r.loc[idx[39] :])
 
 
 def test_tuning_never_sees_bars_from_end_on():

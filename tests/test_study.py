@@ -11,24 +11,56 @@ import pandas as pd
 import pytest
 import quantstats as qs
 
-from backtests.config import load_config
+from metabt.backtests.config import load_config
 
 TINY = Path(__file__).parent / "data" / "tiny_basket.toml"
-CONTRACT = ["config.toml", "metrics.json", "returns.csv", "positions.csv", "trades.csv",
-            "adaptations.csv", "tearsheet.html", "comparison.md", "equity.png", "study.json",
-            "model/model.safetensors", "model/model.json", "seeds.json"]
-STRATEGIES = ["meta_adaptive", "meta_frozen", "meta_calendar", "meta_random_init", "erm_static",
-              "buy_and_hold", "sma_cross", "momentum", "rsi_reversion", "buy_and_hold_vt",
-              "tsmom_vt", "autocorr"]
-METRICS = ["sharpe", "sortino", "cagr", "volatility", "max_drawdown", "calmar", "turnover",
-           "n_trades", "n_adaptations"]
+CONTRACT = [
+    "config.toml",
+    "metrics.json",
+    "returns.csv",
+    "positions.csv",
+    "trades.csv",
+    "adaptations.csv",
+    "tearsheet.html",
+    "comparison.md",
+    "equity.png",
+    "study.json",
+    "model/model.safetensors",
+    "model/model.json",
+    "seeds.json",
+]
+STRATEGIES = [
+    "meta_adaptive",
+    "meta_frozen",
+    "meta_calendar",
+    "meta_random_init",
+    "erm_static",
+    "buy_and_hold",
+    "sma_cross",
+    "momentum",
+    "rsi_reversion",
+    "buy_and_hold_vt",
+    "tsmom_vt",
+    "autocorr",
+]
+METRICS = [
+    "sharpe",
+    "sortino",
+    "cagr",
+    "volatility",
+    "max_drawdown",
+    "calmar",
+    "turnover",
+    "n_trades",
+    "n_adaptations",
+]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     import sys
 
-    from backtests.cli import main
+    from metabt.backtests.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     argv = sys.argv
@@ -56,7 +88,8 @@ def test_run_folder_holds_every_contract_file(run_dir):
     adaptations = pd.read_csv(run_dir / "adaptations.csv", parse_dates=["date"])
     assert adaptations["date"].min() >= pd.Timestamp("2008-01-02")
     assert metrics["meta_adaptive"]["n_adaptations"] == int(
-        ((adaptations["strategy"] == "meta_adaptive") & (adaptations["trigger"] != "alarm")).sum())
+        ((adaptations["strategy"] == "meta_adaptive") & (adaptations["trigger"] != "alarm")).sum()
+    )
     seeds = json.loads((run_dir / "seeds.json").read_text())
     assert len(seeds["meta_adaptive"]["seeds"]) == 2
     assert metrics["meta_frozen"]["n_adaptations"] == 0
@@ -68,7 +101,8 @@ def test_metrics_match_quantstats_on_returns_csv(run_dir):
     for name in STRATEGIES:
         r = returns[name]
         assert metrics[name]["sharpe"] == pytest.approx(
-            qs.stats.sharpe(r, periods=252), rel=1e-9, abs=1e-12)
+            qs.stats.sharpe(r, periods=252), rel=1e-9, abs=1e-12
+        )
         assert metrics[name]["max_drawdown"] == pytest.approx(qs.stats.max_drawdown(r), rel=1e-9)
 
 
@@ -79,8 +113,9 @@ def test_resolved_config_reproduces_the_run(run_dir, tmp_path, run_cli):
     result = run_cli("backtest", run_dir / "config.toml", "--out", again)
     assert result.code == 0, result.err
     assert (again / "metrics.json").read_text() == (run_dir / "metrics.json").read_text()
-    pd.testing.assert_frame_equal(pd.read_csv(again / "positions.csv"),
-                                  pd.read_csv(run_dir / "positions.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(again / "positions.csv"), pd.read_csv(run_dir / "positions.csv")
+    )
 
 
 SHORT_END = "2008-12-31"  # the tiny study cut six months early, split unchanged
@@ -91,7 +126,7 @@ def short_run_dir(tmp_path_factory) -> Path:
     """The tiny study with every bar after SHORT_END dropped."""
     import sys
 
-    from backtests.cli import main
+    from metabt.backtests.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "short"
     argv = sys.argv
@@ -116,10 +151,10 @@ def test_data_after_a_date_does_not_change_positions_before_it(run_dir, short_ru
 def test_comparators_are_tuned_on_bars_before_the_split_only(run_dir):
     # The in-sample Sharpes in study.json pick the "best static" comparator; they must
     # be what a grid search sees on frames that end the day before the split.
-    from backtests.config import build_specs
-    from feeds.loaders import load_sample, slice_period
-    from strategies.static import DEFAULT_GRIDS
-    from strategies.tuning import tune_static
+    from metabt.backtests.config import build_specs
+    from metabt.feeds.loaders import load_sample, slice_period
+    from metabt.strategies.static import DEFAULT_GRIDS
+    from metabt.strategies.tuning import tune_static
 
     config = load_config(TINY)
     split = pd.Timestamp(config.data.split)
@@ -132,8 +167,9 @@ def test_comparators_are_tuned_on_bars_before_the_split_only(run_dir):
         grid = config.comparators.grids.get(name, DEFAULT_GRIDS[name])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*scored from")
-            expected = tune_static(frames, name, grid, build_specs(config).costs, start, split,
-                                   n_jobs=1)
+            expected = tune_static(
+                frames, name, grid, build_specs(config).costs, start, split, n_jobs=1
+            )
         assert recorded[name] == pytest.approx(expected.best_score, rel=1e-12, abs=1e-12), name
 
 
@@ -152,7 +188,7 @@ def test_the_checkpoint_never_saw_the_test_period(run_dir):
 
 
 def test_a_later_split_trains_on_more_data(tmp_path, run_cli):
-    from metamodels.model_io import load_model
+    from metabt.metamodels.model_io import load_model
 
     periods, weights = [], []
     for split in ("2007-06-01", "2008-01-02"):
@@ -168,21 +204,32 @@ def test_a_later_split_trains_on_more_data(tmp_path, run_cli):
 
 
 def test_a_checkpoint_that_saw_the_test_period_is_refused(run_dir, run_cli, tmp_path):
-    result = run_cli("backtest", TINY, "--split", "2007-06-01", "--model", run_dir / "model",
-                     "--out", tmp_path / "leak")
+    result = run_cli(
+        "backtest",
+        TINY,
+        "--split",
+        "2007-06-01",
+        "--model",
+        run_dir / "model",
+        "--out",
+        tmp_path / "leak",
+    )
     assert result.code == 2
     assert "seen the test period" in result.err and len(result.err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["backtest", "nope.toml"], "no such config file"),
-    (["backtest", str(TINY), "--symbols", "../x"], "not a valid ticker"),
-    (["backtest", str(TINY), "--split", "2004-01-01"], "must be before"),
-    (["backtest", str(TINY), "--data", "/nonexistent"], "no such folder"),
-    (["backtest", str(TINY), "--refit-every", "sometimes"], "--refit-every"),
-    (["report", "/nonexistent"], "not a folder"),
-    (["backtest", str(TINY), "--start", "2007-09-01"], "training before the split"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["backtest", "nope.toml"], "no such config file"),
+        (["backtest", str(TINY), "--symbols", "../x"], "not a valid ticker"),
+        (["backtest", str(TINY), "--split", "2004-01-01"], "must be before"),
+        (["backtest", str(TINY), "--data", "/nonexistent"], "no such folder"),
+        (["backtest", str(TINY), "--refit-every", "sometimes"], "--refit-every"),
+        (["report", "/nonexistent"], "not a folder"),
+        (["backtest", str(TINY), "--start", "2007-09-01"], "training before the split"),
+    ],
+)
 def test_bad_command_lines_give_one_clear_line(run_cli, args, needle):
     result = run_cli(*args)
     assert result.code == 2, result
@@ -225,9 +272,9 @@ def test_walk_forward_retrains_on_data_before_each_step(tmp_path, run_cli):
 
 
 def test_prediction_stats_score_a_perfect_and_a_useless_signal(spy):
-    from backtests.data import StudyData
-    from backtests.study import prediction_stats
-    from feeds.features import FeatureSpec, compute_labels
+    from metabt.backtests.data import StudyData
+    from metabt.backtests.study import prediction_stats
+    from metabt.feeds.features import FeatureSpec, compute_labels
 
     spec = FeatureSpec()
     outcome = compute_labels(spy, spec).dropna()
@@ -235,8 +282,9 @@ def test_prediction_stats_score_a_perfect_and_a_useless_signal(spy):
     rows = []
     for date, y in outcome.items():
         rows.append({"date": date, "strategy": "perfect", "asset": "SPY", "weight": 0.5 * y})
-        rows.append({"date": date, "strategy": "coin", "asset": "SPY",
-                     "weight": rng.choice([-0.5, 0.5])})
+        rows.append(
+            {"date": date, "strategy": "coin", "asset": "SPY", "weight": rng.choice([-0.5, 0.5])}
+        )
     stats = prediction_stats(StudyData({"SPY": spy}, None, "test"), pd.DataFrame(rows), spec)
     assert stats["perfect"]["direction_accuracy"] == pytest.approx(1.0)
     assert stats["perfect"]["ic_time_series"] == pytest.approx(1.0)
@@ -259,5 +307,8 @@ def test_demo_runs_offline_end_to_end(tmp_path, run_cli, monkeypatch):
     for name in CONTRACT:
         assert (out / name).is_file(), name
     verdict = (out / "comparison.md").read_text()
-    assert ("meta_adaptive WON" in verdict) or ("meta_adaptive LOST" in verdict) \
+    assert (
+        ("meta_adaptive WON" in verdict)
+        or ("meta_adaptive LOST" in verdict)
         or ("meta_adaptive TIED" in verdict)
+    )

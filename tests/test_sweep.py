@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backtests.config import load_config
-from backtests.sweep import SweepError, expand, parse_grid, parse_seeds, parse_universes
-from feeds.loaders import sample_data_dir
-from reports.pbo import pbo_cscv
+from metabt.backtests.config import load_config
+from metabt.backtests.sweep import SweepError, expand, parse_grid, parse_seeds, parse_universes
+from metabt.feeds.loaders import sample_data_dir
+from metabt.reports.pbo import pbo_cscv
 
 CONFIG = """
 title = "sweep test"
@@ -61,7 +61,7 @@ def _cli(*args: object) -> tuple[int, str]:
     import contextlib
     import io
 
-    from backtests.cli import main
+    from metabt.backtests.cli import main
 
     argv, sys.argv = sys.argv, ["metabt", *map(str, args)]
     buffer, code = io.StringIO(), 0
@@ -76,8 +76,19 @@ def _cli(*args: object) -> tuple[int, str]:
 
 
 def _sweep(config: Path, data: Path, out: Path, *extra: object) -> tuple[int, str]:
-    return _cli("sweep", config, "--data", data, "--universe", "SPY", "--universe", "TLT",
-                "--out", out, *extra)
+    return _cli(
+        "sweep",
+        config,
+        "--data",
+        data,
+        "--universe",
+        "SPY",
+        "--universe",
+        "TLT",
+        "--out",
+        out,
+        *extra,
+    )
 
 
 def _mtimes(out: Path) -> dict[str, int]:
@@ -90,7 +101,8 @@ def data(tmp_path_factory) -> Path:
     for symbol in ("SPY", "TLT"):
         frame = pd.read_csv(sample_data_dir() / f"{symbol}.csv")
         frame.loc[frame["Date"].between("2004-06-01", "2007-07-31")].to_csv(
-            folder / f"{symbol}.csv", index=False)
+            folder / f"{symbol}.csv", index=False
+        )
     return folder
 
 
@@ -116,8 +128,12 @@ def cluster():
     """A separate, real Dask cluster: 2 single-threaded worker processes, addressed by URL."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as local, Client(local) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as local,
+        Client(local) as client,
+    ):
         yield local.scheduler_address, client
 
 
@@ -125,23 +141,35 @@ def test_seeds_grid_and_universes_expand_to_their_product(config):
     base = load_config(config)
     grid = parse_grid(["meta.inner_steps=1,2", "policy.hidden=[8],[16, 8]"])
     assert grid == {"meta.inner_steps": [1, 2], "policy.hidden": [[8], [16, 8]]}
-    runs = expand(base, parse_seeds("0-2,5"), grid, ["1y", None],
-                  parse_universes(["SPY", "SPY,TLT"], None))
+    runs = expand(
+        base, parse_seeds("0-2,5"), grid, ["1y", None], parse_universes(["SPY", "SPY,TLT"], None)
+    )
     assert len(runs) == 2 * 2 * 2 * 2 * 4
     assert len({r.hash for r in runs}) == len(runs)
     first = runs[0].config
-    assert (first.seed, first.meta.inner_steps, first.policy.hidden,
-            first.walk_forward.refit_every, first.data.symbols) == (0, 1, (8,), "1y", ["SPY"])
-    assert [r.hash for r in expand(base, [0, 1, 2, 5], grid, ["1y", None],
-                                   parse_universes(["SPY", "SPY,TLT"], None))] == \
-        [r.hash for r in runs]
+    assert (
+        first.seed,
+        first.meta.inner_steps,
+        first.policy.hidden,
+        first.walk_forward.refit_every,
+        first.data.symbols,
+    ) == (0, 1, (8,), "1y", ["SPY"])
+    assert [
+        r.hash
+        for r in expand(
+            base, [0, 1, 2, 5], grid, ["1y", None], parse_universes(["SPY", "SPY,TLT"], None)
+        )
+    ] == [r.hash for r in runs]
 
 
 def test_a_universes_file_names_symbol_lists_and_a_bad_entry_names_the_file(tmp_path):
     good = tmp_path / "universes.toml"
     good.write_text('bonds = ["TLT"]\nequity = ["SPY", "QQQ"]\n')
     assert parse_universes(["XLE,XLF"], good) == {
-        "XLE+XLF": ["XLE", "XLF"], "bonds": ["TLT"], "equity": ["SPY", "QQQ"]}
+        "XLE+XLF": ["XLE", "XLF"],
+        "bonds": ["TLT"],
+        "equity": ["SPY", "QQQ"],
+    }
     bad = tmp_path / "bad.toml"
     bad.write_text('equity = "SPY"\n')
     with pytest.raises(SweepError, match="bad.toml: equity must be a non-empty list"):
@@ -152,13 +180,17 @@ def test_a_mistyped_grid_key_is_one_line_naming_it(config, tmp_path):
     code, text = _cli("sweep", config, "--grid", "meta.inner_stepz=1,2", "--out", tmp_path)
     assert code == 2
     assert text.strip().splitlines() == [
-        ("error: sweep point meta.inner_stepz=1, seed=0: unknown key 'meta.inner_stepz'; "
-         "did you mean 'meta.inner_steps'?")]
+        (
+            "error: sweep point meta.inner_stepz=1, seed=0: unknown key 'meta.inner_stepz'; "
+            "did you mean 'meta.inner_steps'?"
+        )
+    ]
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_dask_cluster_gives_the_local_sweep_csv_bit_for_bit(local_sweep, config, data,
-                                                              cluster, tmp_path):
+def test_a_dask_cluster_gives_the_local_sweep_csv_bit_for_bit(
+    local_sweep, config, data, cluster, tmp_path
+):
     address, _ = cluster
     code, text = _sweep(config, data, tmp_path, "--cluster", address)
     assert code == 0, text
@@ -178,8 +210,9 @@ def test_rerunning_a_finished_sweep_runs_nothing(local_sweep, config, data):
     assert (local_sweep / "sweep.csv").read_bytes() == table
 
 
-def test_changing_one_data_file_reruns_exactly_the_runs_that_read_it(local_sweep, data, cluster,
-                                                                     tmp_path):
+def test_changing_one_data_file_reruns_exactly_the_runs_that_read_it(
+    local_sweep, data, cluster, tmp_path
+):
     # A copy of the finished sweep and of its data folder, elsewhere: moving data must not
     # re-run anything, changing a file must re-run only the runs that read it.
     out, moved = tmp_path / "sweep", tmp_path / "bars"
@@ -202,12 +235,14 @@ def test_changing_one_data_file_reruns_exactly_the_runs_that_read_it(local_sweep
     assert new_tlt.isdisjoint(old["run"])
     spy = set(old.loc[old["universe"] == "SPY", "run"])
     assert set(new.loc[new["universe"] == "SPY", "run"]) == spy
-    assert {k: v for k, v in _mtimes(out).items() if k in spy} == \
-        {k: v for k, v in before.items() if k in spy}
+    assert {k: v for k, v in _mtimes(out).items() if k in spy} == {
+        k: v for k, v in before.items() if k in spy
+    }
 
 
 def test_a_run_that_fails_is_recorded_with_its_error_and_the_rest_is_reported(
-        local_sweep, data, cluster, tmp_path):
+    local_sweep, data, cluster, tmp_path
+):
     out, short = tmp_path / "sweep", tmp_path / "bars"
     shutil.copytree(local_sweep, out)
     shutil.copytree(data, short)
@@ -226,8 +261,9 @@ def test_a_run_that_fails_is_recorded_with_its_error_and_the_rest_is_reported(
     assert "Failed runs" in (out / "robustness.md").read_text()
 
 
-def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_result(local_sweep, config, data,
-                                                                      cluster, tmp_path):
+def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_result(
+    local_sweep, config, data, cluster, tmp_path
+):
     address, client = cluster
     client.wait_for_workers(2, timeout=60)
     killed: list[str] = []
@@ -245,8 +281,18 @@ def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_result(local_swee
 
     killer = threading.Thread(target=kill_the_busy_worker, daemon=True)
     killer.start()
-    code, text = _cli("sweep", config, "--data", data, "--universe", "SPY", "--out", tmp_path,
-                      "--cluster", address)
+    code, text = _cli(
+        "sweep",
+        config,
+        "--data",
+        data,
+        "--universe",
+        "SPY",
+        "--out",
+        tmp_path,
+        "--cluster",
+        address,
+    )
     killer.join(timeout=5)
     assert killed, "no worker was killed: the test did not test anything"
     assert code == 0, text

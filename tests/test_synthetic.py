@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.errors import DataError
-from feeds.synthetic import (
+from metabt.feeds.errors import DataError
+from metabt.feeds.synthetic import (
     DEFAULT_REGIMES,
     REGIMES_FILE,
     RegimeSpec,
@@ -24,8 +24,9 @@ SMALL = SyntheticMarketSpec(n_assets=3, n_bars=600, mean_duration=60, seed=7)
 def long_market():
     # Long enough that every regime has ~15k bars: the standard error of a lag-1
     # autocorrelation is then ~0.01, far below the +-0.15 designed effects.
-    return make_regime_market(SyntheticMarketSpec(n_assets=4, n_bars=16000,
-                                                  mean_duration=150, seed=11))
+    return make_regime_market(
+        SyntheticMarketSpec(n_assets=4, n_bars=16000, mean_duration=150, seed=11)
+    )
 
 
 def _pairs(market, regime_id, column):
@@ -123,9 +124,12 @@ def test_change_points_are_the_first_bars_of_new_regimes():
 
 
 def test_schedule_sets_every_assets_regimes_exactly():
-    spec = SyntheticMarketSpec(n_assets=2, n_bars=300, seed=3,
-                               schedule=((0, "trend_calm"), (100, "revert_volatile"),
-                                         (250, "trend_calm")))
+    spec = SyntheticMarketSpec(
+        n_assets=2,
+        n_bars=300,
+        seed=3,
+        schedule=((0, "trend_calm"), (100, "revert_volatile"), (250, "trend_calm")),
+    )
     market = make_regime_market(spec)
     expected = np.r_[np.zeros(100), np.full(150, 3), np.zeros(50)]
     for symbol in market.frames:
@@ -154,8 +158,12 @@ def test_adding_assets_keeps_existing_paths():
 def test_written_csv_folder_reads_back_identically(tmp_path):
     market = make_regime_market(SMALL)
     folder = write_csv_folder(market, tmp_path / "syn")
-    assert sorted(p.name for p in folder.iterdir()) == ["SYN0.csv", "SYN1.csv", "SYN2.csv",
-                                                        REGIMES_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "SYN0.csv",
+        "SYN1.csv",
+        "SYN2.csv",
+        REGIMES_FILE,
+    ]
     for symbol, frame in market.frames.items():
         text = (folder / f"{symbol}.csv").read_text().splitlines()[0]
         assert text == "Date,Open,High,Low,Close,Adj Close,Volume"
@@ -171,17 +179,24 @@ def test_written_csv_folder_reads_back_identically(tmp_path):
     assert set(table["regime_name"]) <= {r.name for r in DEFAULT_REGIMES}
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"n_assets": 0}, "n_assets"),
-    ({"correlation": 1.0}, "correlation"),
-    ({"mean_duration": 0.5}, "mean_duration"),
-    ({"regimes": (RegimeSpec("a", ar=1.2, vol=0.01), RegimeSpec("b", ar=0.0, vol=0.01))},
-     "regimes"),
-    ({"regimes": (RegimeSpec("a", ar=0.1, vol=0.0), RegimeSpec("b", ar=0.0, vol=0.01))},
-     "regimes"),
-    ({"schedule": ((5, "trend_calm"),)}, "schedule"),
-    ({"schedule": ((0, "sideways"),)}, "schedule"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"n_assets": 0}, "n_assets"),
+        ({"correlation": 1.0}, "correlation"),
+        ({"mean_duration": 0.5}, "mean_duration"),
+        (
+            {"regimes": (RegimeSpec("a", ar=1.2, vol=0.01), RegimeSpec("b", ar=0.0, vol=0.01))},
+            "regimes",
+        ),
+        (
+            {"regimes": (RegimeSpec("a", ar=0.1, vol=0.0), RegimeSpec("b", ar=0.0, vol=0.01))},
+            "regimes",
+        ),
+        ({"schedule": ((5, "trend_calm"),)}, "schedule"),
+        ({"schedule": ((0, "sideways"),)}, "schedule"),
+    ],
+)
 def test_bad_spec_names_the_field(kwargs, key):
     with pytest.raises(DataError, match=f"SyntheticMarketSpec.{key}"):
         SyntheticMarketSpec(**kwargs)

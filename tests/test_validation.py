@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeds.errors import DataError
-from feeds.loaders import load_folder, sample_data_dir
-from feeds.validate import require_bars, validate_symbol
+from metabt.feeds.errors import DataError
+from metabt.feeds.loaders import load_folder, sample_data_dir
+from metabt.feeds.validate import require_bars, validate_symbol
 
 HEADER = "Date,Open,High,Low,Close,Adj Close,Volume"
 GOOD_ROWS = [
@@ -36,29 +36,62 @@ def replace_row(i: int, text: str) -> list[str]:
 
 
 CASES = {
-    "misspelled column": (HEADER.replace("Close,Adj", "Clsoe,Adj"), GOOD_ROWS,
-                          ["missing column 'Close'", "Clsoe"]),
+    "misspelled column": (
+        HEADER.replace("Close,Adj", "Clsoe,Adj"),
+        GOOD_ROWS,
+        ["missing column 'Close'", "Clsoe"],
+    ),
     "unknown column": (HEADER + ",Foo", [r + ",1" for r in GOOD_ROWS], ["unknown column 'Foo'"]),
-    "unparseable date": (HEADER, replace_row(1, "2020-13-45,10.5,11,10,10.8,10.8,120"),
-                         ["line 3", "cannot parse the date"]),
-    "duplicate date": (HEADER, replace_row(1, "2020-01-02,10.5,11,10,10.8,10.8,120"),
-                       ["line 3", "duplicate date"]),
-    "unsorted dates": (HEADER, replace_row(2, "2020-01-01,10.8,11.2,10.6,11,11,90"),
-                       ["line 4", "not sorted"]),
-    "NaN price": (HEADER, replace_row(1, "2020-01-03,10.5,11,10,,10.8,120"),
-                  ["line 3", "Close", "not a finite number"]),
-    "inf price": (HEADER, replace_row(1, "2020-01-03,10.5,inf,10,10.8,10.8,120"),
-                  ["line 3", "High"]),
-    "zero price": (HEADER, replace_row(0, "2020-01-02,0,11,0,10.5,10.5,100"),
-                   ["line 2", "must be > 0"]),
-    "negative volume": (HEADER, replace_row(2, "2020-01-06,10.8,11.2,10.6,11,11,-5"),
-                        ["line 4", "negative Volume"]),
-    "high below close": (HEADER, replace_row(1, "2020-01-03,10.5,10.6,10,10.8,10.8,120"),
-                         ["line 3", "High is below"]),
-    "low above open": (HEADER, replace_row(1, "2020-01-03,10.5,11,10.6,10.8,10.8,120"),
-                       ["line 3", "Low is above"]),
-    "mixed time zones": (HEADER, replace_row(1, "2020-01-03T00:00:00-05:00,10.5,11,10,10.8,10.8,120"),
-                         ["line 3", "mixed time zones"]),
+    "unparseable date": (
+        HEADER,
+        replace_row(1, "2020-13-45,10.5,11,10,10.8,10.8,120"),
+        ["line 3", "cannot parse the date"],
+    ),
+    "duplicate date": (
+        HEADER,
+        replace_row(1, "2020-01-02,10.5,11,10,10.8,10.8,120"),
+        ["line 3", "duplicate date"],
+    ),
+    "unsorted dates": (
+        HEADER,
+        replace_row(2, "2020-01-01,10.8,11.2,10.6,11,11,90"),
+        ["line 4", "not sorted"],
+    ),
+    "NaN price": (
+        HEADER,
+        replace_row(1, "2020-01-03,10.5,11,10,,10.8,120"),
+        ["line 3", "Close", "not a finite number"],
+    ),
+    "inf price": (
+        HEADER,
+        replace_row(1, "2020-01-03,10.5,inf,10,10.8,10.8,120"),
+        ["line 3", "High"],
+    ),
+    "zero price": (
+        HEADER,
+        replace_row(0, "2020-01-02,0,11,0,10.5,10.5,100"),
+        ["line 2", "must be > 0"],
+    ),
+    "negative volume": (
+        HEADER,
+        replace_row(2, "2020-01-06,10.8,11.2,10.6,11,11,-5"),
+        ["line 4", "negative Volume"],
+    ),
+    "high below close": (
+        HEADER,
+        replace_row(1, "2020-01-03,10.5,10.6,10,10.8,10.8,120"),
+        ["line 3", "High is below"],
+    ),
+    "low above open": (
+        HEADER,
+        replace_row(1, "2020-01-03,10.5,11,10.6,10.8,10.8,120"),
+        ["line 3", "Low is above"],
+    ),
+    "mixed time zones": (
+        HEADER,
+        replace_row(1, "2020-01-03T00:00:00-05:00,10.5,11,10,10.8,10.8,120"),
+        ["line 3", "mixed time zones"],
+    ),
     "header only": (HEADER, [], ["no rows"]),
 }
 
@@ -125,8 +158,13 @@ def test_too_few_bars_names_the_need():
 
 def test_real_process_prints_no_traceback(tmp_path):
     path = write(tmp_path, replace_row(1, "2020-01-03,10.5,11,10,nan,10.8,120"))
-    proc = subprocess.run([sys.executable, "-m", "backtests", "data", "validate", str(path)],
-                          check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metabt", "data", "validate", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "line 3" in proc.stderr
@@ -163,7 +201,7 @@ def test_any_valid_file_loads_unchanged_and_any_broken_row_is_named(tmp_path_fac
     bad = data.draw(st.sampled_from(["", "nan", "-1", "0", "abc"]))
     cells = rows[i].split(",")
     cells[4] = bad
-    broken = [*rows[:i], ",".join(cells), *rows[i + 1:]]
+    broken = [*rows[:i], ",".join(cells), *rows[i + 1 :]]
     write(folder, broken, name="P.csv")
     with pytest.raises(DataError, match=rf"line {i + 2} "):
         load_folder(folder, ["P"])

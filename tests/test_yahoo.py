@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.errors import DataError
-from feeds.validate import validate_bars
-from feeds.yahoo import cache_path, download_bars
+from metabt.feeds.errors import DataError
+from metabt.feeds.validate import validate_bars
+from metabt.feeds.yahoo import cache_path, download_bars
 
 TODAY = date(2024, 3, 6)  # a Wednesday; bars dated on or after it are not closed yet
 
@@ -21,9 +21,16 @@ def _bars(start: str, end: str, adjusted: bool = False) -> pd.DataFrame:
     """What yfinance returns for one ticker with multi_level_index=False."""
     index = pd.bdate_range(start, end, inclusive="left", name="Date")
     close = 100.0 + np.arange(len(index), dtype=float)
-    frame = pd.DataFrame({"Open": close - 0.5, "High": close + 1.0, "Low": close - 1.0,
-                          "Close": close, "Volume": np.full(len(index), 1000, dtype=np.int64)},
-                         index=index)
+    frame = pd.DataFrame(
+        {
+            "Open": close - 0.5,
+            "High": close + 1.0,
+            "Low": close - 1.0,
+            "Close": close,
+            "Volume": np.full(len(index), 1000, dtype=np.int64),
+        },
+        index=index,
+    )
     if not adjusted:
         frame.insert(4, "Adj Close", close * 0.9)
     return frame
@@ -145,16 +152,16 @@ def test_multiindex_answer_is_flattened(monkeypatch, tmp_path):
 
     fake = FakeYF(answer=answer)
     monkeypatch.setitem(sys.modules, "yfinance", types.SimpleNamespace(download=fake.download))
-    frame = download_bars(["SPY"], "2024-01-02", "2024-02-01", cache_dir=tmp_path,
-                          today=TODAY)["SPY"]
+    frame = download_bars(["SPY"], "2024-01-02", "2024-02-01", cache_dir=tmp_path, today=TODAY)[
+        "SPY"
+    ]
     assert list(frame.columns) == ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
 
 
 @pytest.mark.parametrize("symbol", ["../x", "/etc/passwd", "a/b", "a\\b", "", "..", "SPY\n"])
 def test_symbol_that_could_escape_the_cache_is_refused(fake_yf, tmp_path, symbol):
     with pytest.raises(DataError, match="symbol"):
-        download_bars([symbol], "2024-01-02", "2024-02-01", cache_dir=tmp_path / "c",
-                      today=TODAY)
+        download_bars([symbol], "2024-01-02", "2024-02-01", cache_dir=tmp_path / "c", today=TODAY)
     assert fake_yf.calls == []
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "c").exists()
 
@@ -174,8 +181,9 @@ def test_missing_yfinance_says_how_to_install(monkeypatch, tmp_path):
 
 def test_intraday_interval_is_refused(fake_yf, tmp_path):
     with pytest.raises(DataError, match="interval '1h'"):
-        download_bars(["SPY"], "2024-01-02", "2024-02-01", interval="1h", cache_dir=tmp_path,
-                      today=TODAY)
+        download_bars(
+            ["SPY"], "2024-01-02", "2024-02-01", interval="1h", cache_dir=tmp_path, today=TODAY
+        )
     assert fake_yf.calls == []
 
 

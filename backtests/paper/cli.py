@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from backtests.heartbeat import Heartbeat
-from backtests.paper.ledger import PaperError
-from backtests.paper.sources import SOURCES
+from metabt.backtests.heartbeat import Heartbeat
+from metabt.backtests.paper.ledger import PaperError
+from metabt.backtests.paper.sources import SOURCES
 
 if TYPE_CHECKING:
-    from backtests.paper.loop import BarOutcome
+    from metabt.backtests.paper.loop import BarOutcome
 
 console = Console(soft_wrap=True)
 
@@ -40,54 +40,92 @@ def run(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
     state: StateOpt,
     source: Annotated[str, typer.Option("--source", help="replay or yfinance.")] = "replay",
-    speed: Annotated[float, typer.Option(
-        "--speed", help="Replay speed in bars per second; 0 = as fast as possible.")] = 0.0,
-    max_bars: Annotated[int | None, typer.Option(
-        "--max-bars", help="Stop after this many new bars.")] = None,
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="Folder of SYMBOL.csv files instead of the config's source.")] = None,
-    model: Annotated[Path | None, typer.Option(
-        "--model", help="Checkpoint folder; default: meta-train on bars before --start.")] = None,
-    start: Annotated[str | None, typer.Option(
-        "--start", help="First paper bar (YYYY-MM-DD); default the config's split (replay) "
-                        "or today (yfinance).")] = None,
-    poll: Annotated[float, typer.Option(
-        "--poll", help="yfinance: seconds between polls while no new bar has closed.")] = 900.0,
-    accept_revised_history: Annotated[bool, typer.Option(
-        "--accept-revised-history",
-        help="Resume although the source changed bars already traded; the changes are "
-             "logged in the ledger.")] = False,
-    allow_jumps: Annotated[bool, typer.Option(
-        "--allow-jumps", help="Accept one-bar moves beyond x10 that come back.")] = False,
-    allow_gaps: Annotated[bool, typer.Option(
-        "--allow-gaps", help="Accept more than 30 days between bars.")] = False,
+    speed: Annotated[
+        float,
+        typer.Option("--speed", help="Replay speed in bars per second; 0 = as fast as possible."),
+    ] = 0.0,
+    max_bars: Annotated[
+        int | None, typer.Option("--max-bars", help="Stop after this many new bars.")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Folder of SYMBOL.csv files instead of the config's source."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", help="Checkpoint folder; default: meta-train on bars before --start."
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help="First paper bar (YYYY-MM-DD); default the config's split (replay) "
+            "or today (yfinance).",
+        ),
+    ] = None,
+    poll: Annotated[
+        float,
+        typer.Option("--poll", help="yfinance: seconds between polls while no new bar has closed."),
+    ] = 900.0,
+    accept_revised_history: Annotated[
+        bool,
+        typer.Option(
+            "--accept-revised-history",
+            help="Resume although the source changed bars already traded; the changes are "
+            "logged in the ledger.",
+        ),
+    ] = False,
+    allow_jumps: Annotated[
+        bool, typer.Option("--allow-jumps", help="Accept one-bar moves beyond x10 that come back.")
+    ] = False,
+    allow_gaps: Annotated[
+        bool, typer.Option("--allow-gaps", help="Accept more than 30 days between bars.")
+    ] = False,
 ) -> None:
     """Paper-trade the meta-adaptive strategy bar by bar; resumable, crash-safe."""
-    from backtests.paper.loop import PaperLoop
-    from backtests.paper.session import PaperOptions, open_session
+    from metabt.backtests.paper.loop import PaperLoop
+    from metabt.backtests.paper.session import PaperOptions, open_session
 
     if source not in SOURCES:
         raise PaperError(f"--source {source!r}: use one of {', '.join(SOURCES)}")
-    options = PaperOptions(config_path=config_path, state_dir=state, source=source, speed=speed,
-                           max_bars=max_bars, data=data, model=model, start=_date(start),
-                           poll_seconds=poll, accept_revised_history=accept_revised_history,
-                           allow_jumps=allow_jumps, allow_gaps=allow_gaps)
+    options = PaperOptions(
+        config_path=config_path,
+        state_dir=state,
+        source=source,
+        speed=speed,
+        max_bars=max_bars,
+        data=data,
+        model=model,
+        start=_date(start),
+        poll_seconds=poll,
+        accept_revised_history=accept_revised_history,
+        allow_jumps=allow_jumps,
+        allow_gaps=allow_gaps,
+    )
     with Heartbeat(console):  # meta-training a new state's model can take minutes
         session = open_session(options)
     try:
         if session.revisions_accepted:
-            console.print(f"accepted {session.revisions_accepted} revised fields of bars already "
-                          "traded (--accept-revised-history); logged in the ledger's revisions "
-                          "table, the ledger keeps what was traded")
+            console.print(
+                f"accepted {session.revisions_accepted} revised fields of bars already "
+                "traded (--accept-revised-history); logged in the ledger's revisions "
+                "table, the ledger keeps what was traded"
+            )
         last = "none" if session.last_bar is None else str(session.last_bar.date())
-        console.print(f"paper run {session.run_id}: start {session.start.date()}, "
-                      f"{session.n_processed} bars already traded (last {last}), "
-                      f"checkpoint {session.checkpoint}")
+        console.print(
+            f"paper run {session.run_id}: start {session.start.date()}, "
+            f"{session.n_processed} bars already traded (last {last}), "
+            f"checkpoint {session.checkpoint}"
+        )
 
         def show(o: BarOutcome) -> None:
-            console.print(f"{o.date.date()}  bar {o.bar_no:>4}  orders {o.n_orders:>2}  "
-                          f"fills {o.n_fills:>2}  cash {o.cash:>14,.2f}  "
-                          f"equity {o.equity:>14,.2f}  {o.seconds:.3f} s")
+            console.print(
+                f"{o.date.date()}  bar {o.bar_no:>4}  orders {o.n_orders:>2}  "
+                f"fills {o.n_fills:>2}  cash {o.cash:>14,.2f}  "
+                f"equity {o.equity:>14,.2f}  {o.seconds:.3f} s"
+            )
 
         try:
             done = PaperLoop(session).run(speed=speed, max_bars=max_bars, on_bar=show)
@@ -101,23 +139,30 @@ def run(
 
 def status(state: StateOpt) -> None:
     """Positions, cash, equity, last bar and last adaptation of a paper state."""
-    from backtests.paper.status import print_status, read_status
+    from metabt.backtests.paper.status import print_status, read_status
 
     print_status(read_status(state), console)
 
 
 def report(
     state: StateOpt,
-    out: Annotated[Path, typer.Option(
-        "--out", help="Run folder to write (new or empty; an earlier run only with "
-                      "--overwrite).")],
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace the earlier run in --out (its files are removed first).")
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Run folder to write (new or empty; an earlier run only with --overwrite).",
+        ),
+    ],
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace the earlier run in --out (its files are removed first)."
+        ),
     ] = False,
 ) -> None:
-    """Write a run folder (returns, positions, trades, adaptations) and its QuantStats tear sheet."""
-    from backtests.outdir import check_out
-    from backtests.paper.status import build_paper_report
+    """Write a run folder (returns, positions, trades, adaptations) and its tear sheet."""
+    from metabt.backtests.outdir import check_out
+    from metabt.backtests.paper.status import build_paper_report
 
     check_out(out, overwrite)
     build_paper_report(state, out, console=console)
@@ -126,22 +171,29 @@ def report(
 
 def rebuild(
     state: StateOpt,
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="Folder of SYMBOL.csv files instead of the stored config's source.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Folder of SYMBOL.csv files instead of the stored config's source."
+        ),
+    ] = None,
 ) -> None:
     """Re-create a damaged paper state from its stored config, checkpoint and the source's bars."""
-    from backtests.paper.rebuild import rebuild as rebuild_state
+    from metabt.backtests.paper.rebuild import rebuild as rebuild_state
 
     done = rebuild_state(state, data)
     kept = f"; the damaged database is kept as {done.kept}" if done.kept else ""
-    console.print(f"rebuilt {state}: {done.n_bars} bars re-traded up to "
-                  f"{done.last_bar or 'the start'}, same bars as traded{kept}")
+    console.print(
+        f"rebuilt {state}: {done.n_bars} bars re-traded up to "
+        f"{done.last_bar or 'the start'}, same bars as traded{kept}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``paper`` command group (``run``, ``status``, ``report``, ``rebuild``) to ``app``."""
-    paper_app = typer.Typer(help="Paper-trade the meta-adaptive strategy on closed daily bars.",
-                            no_args_is_help=True)
+    paper_app = typer.Typer(
+        help="Paper-trade the meta-adaptive strategy on closed daily bars.", no_args_is_help=True
+    )
     paper_app.command("run")(run)
     paper_app.command("status")(status)
     paper_app.command("report")(report)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from backtests.paper.ledger import PaperError, transaction
+from metabt.backtests.paper.ledger import PaperError, transaction
 
 if TYPE_CHECKING:
-    from backtests.paper.session import Session
+    from metabt.backtests.paper.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ def _same(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def differences(stored: dict[str, pd.DataFrame], fresh: dict[str, pd.DataFrame],
-                last: pd.Timestamp) -> list[Change]:
+def differences(
+    stored: dict[str, pd.DataFrame], fresh: dict[str, pd.DataFrame], last: pd.Timestamp
+) -> list[Change]:
     """Every field where ``fresh`` differs from ``stored`` on dates both cover, up to ``last``."""
     out: list[Change] = []
     for asset, mine in stored.items():
@@ -53,8 +54,11 @@ def differences(stored: dict[str, pd.DataFrame], fresh: dict[str, pd.DataFrame],
             elif day not in a.index:
                 out.append((key, asset, ADDED, 0.0, float(b.loc[day, "close"])))
             else:
-                out.extend((key, asset, f, float(a.loc[day, f]), float(b.loc[day, f]))
-                           for f in FIELDS if not _same(float(a.loc[day, f]), float(b.loc[day, f])))
+                out.extend(
+                    (key, asset, f, float(a.loc[day, f]), float(b.loc[day, f]))
+                    for f in FIELDS
+                    if not _same(float(a.loc[day, f]), float(b.loc[day, f]))
+                )
     return sorted(out)
 
 
@@ -86,22 +90,29 @@ def check_history(session: Session, accept: bool) -> list[Change]:
     first = min(f.index[0] for f in session.frames.values() if not f.empty)
     fresh = session.source.bars_between(first, session.last_bar)
     changes = differences(session.frames, fresh, session.last_bar)
-    known = set(session.conn.execute(
-        "SELECT date, asset, field, source FROM revisions").fetchall())
+    known = set(session.conn.execute("SELECT date, asset, field, source FROM revisions").fetchall())
     new = [c for c in changes if (c[0], c[1], c[2], c[4]) not in known]
     if not new:
         return []
     if not accept:
         more = f" (and {len(new) - 1} more changes)" if len(new) > 1 else ""
-        raise PaperError(f"{session.state_dir}: {_describe(new[0])}{more}: a vendor revision or "
-                         "another file; the ledger keeps what was traded. Restore the original "
-                         "data, or pass --accept-revised-history to continue (the changes are "
-                         "logged in the ledger)")
+        raise PaperError(
+            f"{session.state_dir}: {_describe(new[0])}{more}: a vendor revision or "
+            "another file; the ledger keeps what was traded. Restore the original "
+            "data, or pass --accept-revised-history to continue (the changes are "
+            "logged in the ledger)"
+        )
     now = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
     with transaction(session.conn):
         session.conn.executemany(
             "INSERT OR IGNORE INTO revisions (date, asset, field, traded, source, logged) "
-            "VALUES (?, ?, ?, ?, ?, ?)", [(*c, now) for c in new])
-    log.warning("%s: accepted %d revised past bar fields (first: %s); logged in the ledger",
-                session.state_dir, len(new), _describe(new[0]))
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(*c, now) for c in new],
+        )
+    log.warning(
+        "%s: accepted %d revised past bar fields (first: %s); logged in the ledger",
+        session.state_dir,
+        len(new),
+        _describe(new[0]),
+    )
     return new

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from feeds.errors import DataError
+from metabt.feeds.errors import DataError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -35,16 +35,32 @@ LOCK_FILE = "paper.lock"
 
 #: Ledger tables: columns in order (``date`` first everywhere) and the natural key.
 LEDGER: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "orders": (("date", "asset", "seq", "order_id", "run_id", "target_weight", "order_target",
-                "size", "ref_price"), ("order_id",)),
-    "fills": (("date", "asset", "fill_id", "order_id", "size", "price", "value", "commission"),
-              ("fill_id",)),
+    "orders": (
+        (
+            "date",
+            "asset",
+            "seq",
+            "order_id",
+            "run_id",
+            "target_weight",
+            "order_target",
+            "size",
+            "ref_price",
+        ),
+        ("order_id",),
+    ),
+    "fills": (
+        ("date", "asset", "fill_id", "order_id", "size", "price", "value", "commission"),
+        ("fill_id",),
+    ),
     "order_status": (("date", "order_id", "status"), ("order_id", "status")),
     "positions": (("date", "asset", "size", "close", "value"), ("date", "asset")),
     "targets": (("date", "asset", "weight"), ("date", "asset")),
     "account": (("date", "cash", "equity"), ("date",)),
-    "adaptations": (("date", "asset", "seq", "trigger", "window", "loss_before", "loss_after"),
-                    ("date", "asset", "seq")),
+    "adaptations": (
+        ("date", "asset", "seq", "trigger", "window", "loss_before", "loss_after"),
+        ("date", "asset", "seq"),
+    ),
 }
 BAR_COLUMNS = ("date", "asset", "open", "high", "low", "close", "volume", "live")
 
@@ -110,17 +126,21 @@ class StateLock:
             folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise PaperError(f"{folder}: cannot write the paper state ({exc.strerror}); "
-                             "`metabt paper run` needs a writable folder (`metabt paper status` "
-                             "reads a read-only one)") from None
+            raise PaperError(
+                f"{folder}: cannot write the paper state ({exc.strerror}); "
+                "`metabt paper run` needs a writable folder (`metabt paper status` "
+                "reads a read-only one)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise PaperError(f"{self.path.parent}: this paper state is in use by another "
-                             f"`metabt paper run` (pid {holder}); stop that process first or "
-                             "use another --state folder") from None
+            raise PaperError(
+                f"{self.path.parent}: this paper state is in use by another "
+                f"`metabt paper run` (pid {holder}); stop that process first or "
+                "use another --state folder"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -147,15 +167,19 @@ def check_state_dir(state_dir: Path) -> None:
     """Refuse a ``--state`` that names a file (a state is a folder)."""
     state = Path(state_dir)
     if state.exists() and not state.is_dir():
-        raise PaperError(f"--state {state}: is a file, not a folder; pass the folder of a "
-                         "paper state (or a new folder to start one)")
+        raise PaperError(
+            f"--state {state}: is a file, not a folder; pass the folder of a "
+            "paper state (or a new folder to start one)"
+        )
 
 
 def damaged(state_dir: Path, what: str) -> PaperError:
     """The one message for a state database that cannot be trusted, with the way out."""
-    return PaperError(f"{db_path(state_dir)}: the paper state is damaged ({what}); rebuild it "
-                      f"from its config, checkpoint and bars with `metabt paper rebuild --state "
-                      f"{state_dir}` (the damaged file is kept beside it)")
+    return PaperError(
+        f"{db_path(state_dir)}: the paper state is damaged ({what}); rebuild it "
+        f"from its config, checkpoint and bars with `metabt paper rebuild --state "
+        f"{state_dir}` (the damaged file is kept beside it)"
+    )
 
 
 def _open(path: Path, read_only: bool) -> sqlite3.Connection:
@@ -163,8 +187,9 @@ def _open(path: Path, read_only: bool) -> sqlite3.Connection:
         if path.is_file() and path.stat().st_size > 0:
             # Checked through a connection that writes nothing (no -wal, no -shm, no
             # journal-mode change): a damaged file must stay exactly as it was found.
-            _check_integrity(sqlite3.connect(f"file:{path}?immutable=1", uri=True),
-                             path.parent, keep=False)
+            _check_integrity(
+                sqlite3.connect(f"file:{path}?immutable=1", uri=True), path.parent, keep=False
+            )
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -214,8 +239,10 @@ def connect(state_dir: Path, read_only: bool = False) -> sqlite3.Connection:
     check_state_dir(state_dir)
     path = db_path(state_dir)
     if read_only and not path.is_file():
-        raise PaperError(f"{state_dir}: no paper state here ({DB_FILE} missing); start one "
-                         "with `metabt paper run CONFIG --state DIR`")
+        raise PaperError(
+            f"{state_dir}: no paper state here ({DB_FILE} missing); start one "
+            "with `metabt paper run CONFIG --state DIR`"
+        )
     conn = None
     try:
         conn = _open(path, read_only)
@@ -225,12 +252,15 @@ def connect(state_dir: Path, read_only: bool = False) -> sqlite3.Connection:
             conn.close()
         text = str(exc)
         if read_only and ("readonly" in text or "unable to open" in text):
-            raise PaperError(f"{state_dir}: cannot read the paper state ({text}); check the "
-                             "folder's permissions") from None
+            raise PaperError(
+                f"{state_dir}: cannot read the paper state ({text}); check the folder's permissions"
+            ) from None
         if "readonly" in text or "unable to open" in text:
-            raise PaperError(f"{state_dir}: cannot open the paper state for writing ({text}); "
-                             "`metabt paper run` needs a writable folder, `metabt paper "
-                             "status` reads a read-only one") from None
+            raise PaperError(
+                f"{state_dir}: cannot open the paper state for writing ({text}); "
+                "`metabt paper run` needs a writable folder, `metabt paper "
+                "status` reads a read-only one"
+            ) from None
         raise damaged(state_dir, text) from None
     except sqlite3.DatabaseError as exc:
         if conn is not None:
@@ -260,20 +290,26 @@ def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
 
 
 def write_meta(conn: sqlite3.Connection, values: dict[str, str]) -> None:
-    conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                     sorted(values.items()))
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", sorted(values.items())
+    )
 
 
 def insert_bars(conn: sqlite3.Connection, rows: list[tuple]) -> int:
     """Insert bar rows (``BAR_COLUMNS`` order); rows already there are left alone."""
     before = conn.total_changes
-    conn.executemany(f"INSERT OR IGNORE INTO bars ({', '.join(BAR_COLUMNS)}) "
-                     f"VALUES ({', '.join('?' * len(BAR_COLUMNS))})", rows)
+    conn.executemany(
+        f"INSERT OR IGNORE INTO bars ({', '.join(BAR_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(BAR_COLUMNS))})",
+        rows,
+    )
     return conn.total_changes - before
 
 
 def read_bars(conn: sqlite3.Connection) -> list[tuple]:
-    return conn.execute(f"SELECT {', '.join(BAR_COLUMNS)} FROM bars ORDER BY asset, date").fetchall()
+    return conn.execute(
+        f"SELECT {', '.join(BAR_COLUMNS)} FROM bars ORDER BY asset, date"
+    ).fetchall()
 
 
 def insert_rows(conn: sqlite3.Connection, rows: Rows) -> int:
@@ -282,13 +318,13 @@ def insert_rows(conn: sqlite3.Connection, rows: Rows) -> int:
     for table, items in rows.items():
         cols = LEDGER[table][0]
         quoted = ", ".join(f'"{c}"' for c in cols)
-        conn.executemany(f"INSERT OR IGNORE INTO {table} ({quoted}) "
-                         f"VALUES ({', '.join('?' * len(cols))})", items)
+        conn.executemany(
+            f"INSERT OR IGNORE INTO {table} ({quoted}) VALUES ({', '.join('?' * len(cols))})", items
+        )
     return conn.total_changes - before
 
 
-def read_rows(conn: sqlite3.Connection, date: str | None = None,
-              upto: str | None = None) -> Rows:
+def read_rows(conn: sqlite3.Connection, date: str | None = None, upto: str | None = None) -> Rows:
     """Ledger rows in key order: all of them, those dated ``date``, or those ``<= upto``."""
     out: Rows = {}
     for table, (cols, key) in LEDGER.items():
@@ -299,8 +335,9 @@ def read_rows(conn: sqlite3.Connection, date: str | None = None,
         elif upto is not None:
             where, args = "WHERE date <= ?", (upto,)
         order = ", ".join(f'"{c}"' for c in key)
-        out[table] = conn.execute(f"SELECT {quoted} FROM {table} {where} ORDER BY {order}",
-                                  args).fetchall()
+        out[table] = conn.execute(
+            f"SELECT {quoted} FROM {table} {where} ORDER BY {order}", args
+        ).fetchall()
     return out
 
 
@@ -317,8 +354,11 @@ def sort_rows(rows: Rows) -> Rows:
 def _same(a: object, b: object) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         # Last-bit differences (another BLAS, another CPU) are not a divergence.
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(
-            float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+        return (
+            isinstance(a, (int, float))
+            and isinstance(b, (int, float))
+            and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+        )
     return a == b
 
 
@@ -329,8 +369,12 @@ def first_difference(stored: Rows, rebuilt: Rows) -> str | None:
         for i in range(max(len(a), len(b))):
             ra = a[i] if i < len(a) else None
             rb = b[i] if i < len(b) else None
-            if ra is None or rb is None or len(ra) != len(rb) or not all(
-                    _same(x, y) for x, y in zip(ra, rb)):
+            if (
+                ra is None
+                or rb is None
+                or len(ra) != len(rb)
+                or not all(_same(x, y) for x, y in zip(ra, rb))
+            ):
                 return f"{table}: stored {ra}, rebuilt {rb}"
     return None
 

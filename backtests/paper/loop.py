@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from backtests.paper.ledger import (
+from metabt.backtests.paper.ledger import (
     PaperError,
     bars_digest,
     first_difference,
@@ -33,10 +33,10 @@ from backtests.paper.ledger import (
     read_rows,
     transaction,
 )
-from backtests.paper.manifest import record_bar
-from backtests.paper.session import Session
-from backtests.paper.simulate import rows_on, simulate
-from backtests.paper.sources import Bar
+from metabt.backtests.paper.manifest import record_bar
+from metabt.backtests.paper.session import Session
+from metabt.backtests.paper.simulate import rows_on, simulate
+from metabt.backtests.paper.sources import Bar
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ def _crash_plan() -> tuple[str, int] | None:
         return None
     point, _, bar = raw.partition(":")
     if point not in CRASH_POINTS or not bar.isdigit():
-        raise PaperError(f"{CRASH_ENV}={raw!r}: use <point>:<bar number>, point one of "
-                         f"{', '.join(CRASH_POINTS)}")
+        raise PaperError(
+            f"{CRASH_ENV}={raw!r}: use <point>:<bar number>, point one of {', '.join(CRASH_POINTS)}"
+        )
     return point, int(bar)
 
 
@@ -86,14 +87,19 @@ class PaperLoop:
         frames = {}
         for asset, frame in self.s.frames.items():
             if asset in bar.rows:
-                row = pd.DataFrame([bar.rows[asset]], columns=frame.columns,
-                                   index=pd.DatetimeIndex([bar.date], name="date"))
+                row = pd.DataFrame(
+                    [bar.rows[asset]],
+                    columns=frame.columns,
+                    index=pd.DatetimeIndex([bar.date], name="date"),
+                )
                 frame = pd.concat([frame, row])
             frames[asset] = frame
         unknown = set(bar.rows) - set(frames)
         if unknown:
-            raise PaperError(f"bar {bar.date.date()} holds symbols {sorted(unknown)} this paper "
-                             "state does not trade; use the config the state was started with")
+            raise PaperError(
+                f"bar {bar.date.date()} holds symbols {sorted(unknown)} this paper "
+                "state does not trade; use the config the state was started with"
+            )
         return frames
 
     def _stored_frames_upto(self, bar: Bar) -> dict[str, pd.DataFrame]:
@@ -101,9 +107,11 @@ class PaperLoop:
         for asset, frame in self.s.frames.items():
             stored = tuple(map(float, frame.loc[bar.date])) if bar.date in frame.index else None
             if stored != bar.rows.get(asset):
-                raise PaperError(f"bar {bar.date.date()} of {asset} differs from the one "
-                                 f"already traded on ({stored} stored, {bar.rows.get(asset)} "
-                                 "now); the ledger keeps what was traded")
+                raise PaperError(
+                    f"bar {bar.date.date()} of {asset} differs from the one "
+                    f"already traded on ({stored} stored, {bar.rows.get(asset)} "
+                    "now); the ledger keeps what was traded"
+                )
         return {a: f.loc[f.index <= bar.date] for a, f in self.s.frames.items()}
 
     def process_bar(self, bar: Bar) -> BarOutcome:
@@ -121,23 +129,26 @@ class PaperLoop:
         if again:
             seen = s.conn.execute("SELECT bar_no FROM processed WHERE date = ?", (day,)).fetchone()
             if seen is None:
-                raise PaperError(f"bar {day} is older than the last paper bar "
-                                 f"{s.last_bar.date()} and was never traded; the ledger is "
-                                 "not rewritten after the fact")
+                raise PaperError(
+                    f"bar {day} is older than the last paper bar "
+                    f"{s.last_bar.date()} and was never traded; the ledger is "
+                    "not rewritten after the fact"
+                )
             bar_no, frames = int(seen[0]), self._stored_frames_upto(bar)
         else:
             bar_no, frames = s.n_processed + 1, self._frames_with(bar)
         t0 = time.perf_counter()
-        rows, messages = simulate(frames, s.params, s.costs, s.features, s.start, s.run_id,
-                                  s.cash)
+        rows, messages = simulate(frames, s.params, s.costs, s.features, s.start, s.run_id, s.cash)
         for message in messages:
             if message not in self._warned:
                 self._warned.add(message)
                 log.warning("%s: %s", day, message)
         new = rows_on(rows, day)
         if not new["account"]:
-            raise PaperError(f"bar {day}: the strategy did not trade on it (is it before the "
-                             f"paper start {s.start.date()}?)")
+            raise PaperError(
+                f"bar {day}: the strategy did not trade on it (is it before the "
+                f"paper start {s.start.date()}?)"
+            )
         bar_rows = [(day, a, *row, 1) for a, row in bar.rows.items()]
         with transaction(s.conn):
             inserted = insert_bars(s.conn, bar_rows)
@@ -148,26 +159,34 @@ class PaperLoop:
             inserted += s.conn.execute(
                 "INSERT OR IGNORE INTO processed (date, bar_no, n_orders, n_fills, seconds) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (day, bar_no, len(new["orders"]), len(new["fills"]), seconds)).rowcount
+                (day, bar_no, len(new["orders"]), len(new["fills"]), seconds),
+            ).rowcount
             self._crash_point("fills", bar_no)
             # INSERT OR IGNORE keeps a stored row; make sure it is the row we meant.
             diff = first_difference(read_rows(s.conn, date=day), new)
             if diff is not None:
-                raise PaperError(f"bar {day}: the ledger already holds other rows for this bar "
-                                 f"({diff}); the state was written by other code or data")
+                raise PaperError(
+                    f"bar {day}: the ledger already holds other rows for this bar "
+                    f"({diff}); the state was written by other code or data"
+                )
         self._crash_point("committed", bar_no)
         if not again:
             s.frames, s.last_bar, s.n_processed = frames, bar.date, bar_no
             # After the commit: the database is the record, the manifest the way back to it.
             record_bar(s.state_dir, day, bars_digest(s.conn))
         cash, equity = new["account"][0][1:]
-        return BarOutcome(bar.date, bar_no, len(new["orders"]), len(new["fills"]), cash, equity,
-                          inserted, seconds)
+        return BarOutcome(
+            bar.date, bar_no, len(new["orders"]), len(new["fills"]), cash, equity, inserted, seconds
+        )
 
-    def run(self, speed: float = 0.0, max_bars: int | None = None,
-            on_bar: Callable[[BarOutcome], None] | None = None,
-            sleep: Callable[[float], None] = time.sleep,
-            until: pd.Timestamp | None = None) -> int:
+    def run(
+        self,
+        speed: float = 0.0,
+        max_bars: int | None = None,
+        on_bar: Callable[[BarOutcome], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        until: pd.Timestamp | None = None,
+    ) -> int:
         """Process new bars from the session's source until it ends or ``max_bars`` are done.
 
         Parameters

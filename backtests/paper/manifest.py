@@ -18,12 +18,23 @@ import json
 import os
 from pathlib import Path
 
-from backtests.paper.ledger import PaperError
+from metabt.backtests.paper.ledger import PaperError
 
 MANIFEST_FILE = "paper.json"
 #: Meta keys copied from the database into the manifest.
-KEYS = ("format", "run_id", "start", "cash", "config_hash", "config_json", "checkpoint",
-        "checkpoint_sha256", "source", "assets", "created")
+KEYS = (
+    "format",
+    "run_id",
+    "start",
+    "cash",
+    "config_hash",
+    "config_json",
+    "checkpoint",
+    "checkpoint_sha256",
+    "source",
+    "assets",
+    "created",
+)
 
 
 def manifest_path(state_dir: Path) -> Path:
@@ -56,12 +67,15 @@ def read_manifest(state_dir: Path) -> dict[str, str] | None:
     try:
         values = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise PaperError(f"{path}: unreadable ({exc}); it cannot be used to rebuild the state")\
-            from None
+        raise PaperError(
+            f"{path}: unreadable ({exc}); it cannot be used to rebuild the state"
+        ) from None
     missing = [k for k in KEYS if not isinstance(values, dict) or k not in values]
     if missing:
-        raise PaperError(f"{path}: missing key {missing[0]!r}; it was not written by metabt "
-                         "and cannot be used to rebuild the state")
+        raise PaperError(
+            f"{path}: missing key {missing[0]!r}; it was not written by metabt "
+            "and cannot be used to rebuild the state"
+        )
     return values
 
 

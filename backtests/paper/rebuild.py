@@ -19,11 +19,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from backtests.config import parse_config, with_overrides
-from backtests.paper.ledger import DB_FILE, PaperError, StateLock, bars_digest, connect, db_path
-from backtests.paper.loop import PaperLoop
-from backtests.paper.manifest import MANIFEST_FILE, read_manifest, write_manifest
-from backtests.paper.session import (
+from metabt.backtests.config import parse_config, with_overrides
+from metabt.backtests.paper.ledger import (
+    DB_FILE,
+    PaperError,
+    StateLock,
+    bars_digest,
+    connect,
+    db_path,
+)
+from metabt.backtests.paper.loop import PaperLoop
+from metabt.backtests.paper.manifest import MANIFEST_FILE, read_manifest, write_manifest
+from metabt.backtests.paper.session import (
     _checkpoint_path,
     _load_checked,
     checkpoint_sha256,
@@ -31,7 +38,7 @@ from backtests.paper.session import (
     initialise,
     make_session,
 )
-from backtests.paper.sources import make_source
+from metabt.backtests.paper.sources import make_source
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +77,32 @@ def rebuild(state_dir: Path, data: Path | None = None) -> Rebuilt:
     state = Path(state_dir)
     manifest = read_manifest(state)
     if manifest is None:
-        raise _refuse(state, f"there is no {MANIFEST_FILE} (the state was made by an older "
-                             "metabt, or this is not a paper state); start a new --state folder")
+        raise _refuse(
+            state,
+            f"there is no {MANIFEST_FILE} (the state was made by an older "
+            "metabt, or this is not a paper state); start a new --state folder",
+        )
     with StateLock(state):
         config = parse_config(json.loads(manifest["config_json"]), f"{state / MANIFEST_FILE}")
         if data is not None:
             config = with_overrides(config, source="csv", path=str(data))
         if config_hash(config) != manifest["config_hash"]:
-            raise _refuse(state, "the stored config no longer hashes to the recorded value "
-                                 "(another metabt version?)")
+            raise _refuse(
+                state,
+                "the stored config no longer hashes to the recorded value "
+                "(another metabt version?)",
+            )
         start = pd.Timestamp(manifest["start"])
         checkpoint = _checkpoint_path(state, manifest["checkpoint"])
-        if not checkpoint.is_dir() or checkpoint_sha256(checkpoint) != manifest[
-                "checkpoint_sha256"]:
-            raise _refuse(state, f"the checkpoint {checkpoint} is missing or changed since the "
-                                 "run started; restore it (same files)")
+        if (
+            not checkpoint.is_dir()
+            or checkpoint_sha256(checkpoint) != manifest["checkpoint_sha256"]
+        ):
+            raise _refuse(
+                state,
+                f"the checkpoint {checkpoint} is missing or changed since the "
+                "run started; restore it (same files)",
+            )
         model = _load_checked(checkpoint, start, config)
         source = make_source(manifest["source"], config, state)
         scratch = state / SCRATCH
@@ -93,26 +111,45 @@ def rebuild(state_dir: Path, data: Path | None = None) -> Rebuilt:
         try:
             conn = connect(scratch)
             try:
-                meta = initialise(state, conn, config, source, start, manifest["source"],
-                                  checkpoint, progress=False, stored_as=manifest["checkpoint"])
+                meta = initialise(
+                    state,
+                    conn,
+                    config,
+                    source,
+                    start,
+                    manifest["source"],
+                    checkpoint,
+                    progress=False,
+                    stored_as=manifest["checkpoint"],
+                )
                 if meta["run_id"] != manifest["run_id"]:
-                    raise _refuse(state, f"the rebuilt run id {meta['run_id']} is not the stored "
-                                         f"{manifest['run_id']}")
-                session = make_session(scratch, conn, StateLock(scratch), config, source, meta,
-                                       checkpoint, model)
+                    raise _refuse(
+                        state,
+                        f"the rebuilt run id {meta['run_id']} is not the stored "
+                        f"{manifest['run_id']}",
+                    )
+                session = make_session(
+                    scratch, conn, StateLock(scratch), config, source, meta, checkpoint, model
+                )
                 last = manifest.get("last_bar") or ""
                 if last:
                     PaperLoop(session).run(until=pd.Timestamp(last))
                 got = "" if session.last_bar is None else str(session.last_bar.date())
                 if got != last:
-                    raise _refuse(state, f"the source's bars end at {got or 'the start'}, the "
-                                         f"state had traded up to {last}; restore that data "
-                                         "(--data DIR)")
+                    raise _refuse(
+                        state,
+                        f"the source's bars end at {got or 'the start'}, the "
+                        f"state had traded up to {last}; restore that data "
+                        "(--data DIR)",
+                    )
                 digest = bars_digest(conn)
                 if manifest.get("bars_sha256") and digest != manifest["bars_sha256"]:
-                    raise _refuse(state, "the source's bars are not the ones that were traded "
-                                         "(a vendor revision or another file); restore the "
-                                         "original data (--data DIR)")
+                    raise _refuse(
+                        state,
+                        "the source's bars are not the ones that were traded "
+                        "(a vendor revision or another file); restore the "
+                        "original data (--data DIR)",
+                    )
                 n_bars = session.n_processed
             finally:
                 conn.close()

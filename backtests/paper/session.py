@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from backtests.config import StudyConfig, build_specs, load_config, with_overrides
-from backtests.paper.history import check_history
-from backtests.paper.ledger import (
+from metabt.backtests.config import StudyConfig, build_specs, load_config, with_overrides
+from metabt.backtests.paper.history import check_history
+from metabt.backtests.paper.ledger import (
     DB_FILE,
     PaperError,
     StateLock,
@@ -41,17 +41,17 @@ from backtests.paper.ledger import (
     transaction,
     write_meta,
 )
-from backtests.paper.manifest import MANIFEST_FILE, read_manifest, write_manifest
-from backtests.paper.simulate import DEFAULT_CASH, simulate
-from backtests.paper.sources import ReplaySource, YahooSource, make_source, utc_today
-from backtests.runner import meta_adaptive_params, train_meta, warmup_start
-from feeds.errors import DataError
-from feeds.features import FeatureSpec
-from feeds.loaders import Frames, slice_period
-from metamodels.checkpoint import SIDECAR_FILE, WEIGHTS_FILE, CheckpointError
-from metamodels.model import MetaModel
-from metamodels.model_io import load_model, save_model
-from strategies.engine import CostSpec
+from metabt.backtests.paper.manifest import MANIFEST_FILE, read_manifest, write_manifest
+from metabt.backtests.paper.simulate import DEFAULT_CASH, simulate
+from metabt.backtests.paper.sources import ReplaySource, YahooSource, make_source, utc_today
+from metabt.backtests.runner import meta_adaptive_params, train_meta, warmup_start
+from metabt.feeds.errors import DataError
+from metabt.feeds.features import FeatureSpec
+from metabt.feeds.loaders import Frames, slice_period
+from metabt.metamodels.checkpoint import SIDECAR_FILE, WEIGHTS_FILE, CheckpointError
+from metabt.metamodels.model import MetaModel
+from metabt.metamodels.model_io import load_model, save_model
+from metabt.strategies.engine import CostSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class PaperOptions:
         max_bars (int | None): stop after this many new bars (None = until the source ends).
         data (Path | None): folder of SYMBOL.csv files instead of the config's source.
         model (Path | None): checkpoint folder; None = meta-train before the start.
-        start (date | None): first paper bar; default the config's split (replay) or today (yfinance).
+        start (date | None): first paper bar; default the split (replay) or today (yfinance).
         poll_seconds (float): yfinance: wait between polls when no new bar has closed.
         accept_revised_history (bool): resume although the source changed bars already
             traded (the changes are logged in the ledger's ``revisions`` table).
@@ -122,8 +122,10 @@ class Session:
 
 def resolve_config(options: PaperOptions) -> StudyConfig:
     config = load_config(options.config_path)
-    overrides: dict[str, object] = {"allow_jumps": options.allow_jumps or None,
-                                    "allow_gaps": options.allow_gaps or None}
+    overrides: dict[str, object] = {
+        "allow_jumps": options.allow_jumps or None,
+        "allow_gaps": options.allow_gaps or None,
+    }
     if options.data is not None:
         overrides.update(source="csv", path=str(options.data))
     return with_overrides(config, **overrides)
@@ -150,18 +152,23 @@ def checkpoint_sha256(folder: Path) -> str:
 def _load_checked(path: Path, start: pd.Timestamp, config: StudyConfig) -> MetaModel:
     model, last_bar = load_model(path)
     if last_bar >= start:
-        raise DataError(f"{path}: trained on bars up to {last_bar.date()}, on or after the paper "
-                        f"start {start.date()}; it has seen the period it would trade. Re-train "
-                        "or pass a later --start")
+        raise DataError(
+            f"{path}: trained on bars up to {last_bar.date()}, on or after the paper "
+            f"start {start.date()}; it has seen the period it would trade. Re-train "
+            "or pass a later --start"
+        )
     if model.feature_spec != build_specs(config).features:
-        raise DataError(f"{path}: its feature spec differs from the config's [features]; use "
-                        "the config it was trained with")
+        raise DataError(
+            f"{path}: its feature spec differs from the config's [features]; use "
+            "the config it was trained with"
+        )
     return model
 
 
 def _frames_from_rows(rows: list[tuple], assets: list[str]) -> Frames:
-    table = pd.DataFrame(rows, columns=["date", "asset", "open", "high", "low", "close",
-                                        "volume", "live"])
+    table = pd.DataFrame(
+        rows, columns=["date", "asset", "open", "high", "low", "close", "volume", "live"]
+    )
     frames: Frames = {}
     # The feeds go to Cerebro in the source's order, as in the backtest: orders are
     # submitted (and so funded at the next open) in that order.
@@ -174,28 +181,42 @@ def _frames_from_rows(rows: list[tuple], assets: list[str]) -> Frames:
 
 
 def _bar_rows(frames: Frames, live: int) -> list[tuple]:
-    return [(d.date().isoformat(), s, *map(float, row), live)
-            for s, f in frames.items()
-            for d, row in zip(f.index, f[["open", "high", "low", "close", "volume"]].to_numpy())]
+    return [
+        (d.date().isoformat(), s, *map(float, row), live)
+        for s, f in frames.items()
+        for d, row in zip(f.index, f[["open", "high", "low", "close", "volume"]].to_numpy())
+    ]
 
 
-def paper_start(options: PaperOptions, config: StudyConfig,
-                source: ReplaySource | YahooSource) -> pd.Timestamp:
+def paper_start(
+    options: PaperOptions, config: StudyConfig, source: ReplaySource | YahooSource
+) -> pd.Timestamp:
     """The first paper bar: ``--start``, else the split (replay) or today (yfinance)."""
-    start = pd.Timestamp(options.start or (config.data.split if options.source == "replay"
-                                           else utc_today()))
+    start = pd.Timestamp(
+        options.start or (config.data.split if options.source == "replay" else utc_today())
+    )
     if isinstance(source, ReplaySource):
         last = source.last_date()
         if last is not None and start > last:
-            raise DataError(f"--start {start.date()} is after the last bar of the data "
-                            f"({last.date()}); nothing would be traded. Pick a start on or "
-                            "before it, or use --source yfinance for live bars")
+            raise DataError(
+                f"--start {start.date()} is after the last bar of the data "
+                f"({last.date()}); nothing would be traded. Pick a start on or "
+                "before it, or use --source yfinance for live bars"
+            )
     return start
 
 
-def initialise(state: Path, conn: sqlite3.Connection, config: StudyConfig,
-               source: ReplaySource | YahooSource, start: pd.Timestamp, source_name: str,
-               model: Path | None, progress: bool, stored_as: str | None = None) -> dict[str, str]:
+def initialise(
+    state: Path,
+    conn: sqlite3.Connection,
+    config: StudyConfig,
+    source: ReplaySource | YahooSource,
+    start: pd.Timestamp,
+    source_name: str,
+    model: Path | None,
+    progress: bool,
+    stored_as: str | None = None,
+) -> dict[str, str]:
     """Store the warm-up bars and the run metadata of a new state (one transaction).
 
     ``model`` is a checkpoint to trade (None: meta-train on the bars before
@@ -206,8 +227,10 @@ def initialise(state: Path, conn: sqlite3.Connection, config: StudyConfig,
     history = source.history(start)
     empty = [s for s, f in history.items() if f.empty]
     if not history or empty:
-        raise DataError(f"no bars before the paper start {start.date()} for "
-                        f"{', '.join(empty) or 'any symbol'}; pick a later --start")
+        raise DataError(
+            f"no bars before the paper start {start.date()} for "
+            f"{', '.join(empty) or 'any symbol'}; pick a later --start"
+        )
     if model is not None:
         model_path = Path(model).resolve()
         _load_checked(model_path, start, config)
@@ -218,24 +241,34 @@ def initialise(state: Path, conn: sqlite3.Connection, config: StudyConfig,
     ckpt = checkpoint_sha256(model_path)
     weights = hashlib.sha256((model_path / WEIGHTS_FILE).read_bytes()).hexdigest()
     chash = config_hash(config)
-    run_id = hashlib.sha256(f"{chash}|{start.date()}|{weights}|{DEFAULT_CASH}".encode()
-                            ).hexdigest()[:12]
+    run_id = hashlib.sha256(
+        f"{chash}|{start.date()}|{weights}|{DEFAULT_CASH}".encode()
+    ).hexdigest()[:12]
     warm = slice_period(history, warmup_start(config, start), None)
-    stored = stored_as or (str(model_path.relative_to(state.resolve())) if model_path.is_relative_to(
-        state.resolve()) else str(model_path))
+    stored = stored_as or (
+        str(model_path.relative_to(state.resolve()))
+        if model_path.is_relative_to(state.resolve())
+        else str(model_path)
+    )
     meta = {
-        "format": "metabt-paper-1", "run_id": run_id, "start": str(start.date()),
-        "cash": repr(DEFAULT_CASH), "config_hash": chash,
+        "format": "metabt-paper-1",
+        "run_id": run_id,
+        "start": str(start.date()),
+        "cash": repr(DEFAULT_CASH),
+        "config_hash": chash,
         "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
-        "checkpoint": stored, "checkpoint_sha256": ckpt, "source": source_name,
+        "checkpoint": stored,
+        "checkpoint_sha256": ckpt,
+        "source": source_name,
         "assets": json.dumps(list(warm)),
         "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
     }
     with transaction(conn):
         insert_bars(conn, _bar_rows(warm, live=0))
         write_meta(conn, meta)
-    log.info("new paper state %s: run %s, start %s, checkpoint %s", state, run_id,
-             start.date(), stored)
+    log.info(
+        "new paper state %s: run %s, start %s, checkpoint %s", state, run_id, start.date(), stored
+    )
     return meta
 
 
@@ -244,29 +277,40 @@ def _checkpoint_path(state: Path, stored: str) -> Path:
     return path if path.is_absolute() else state.resolve() / path
 
 
-def _resume(options: PaperOptions, conn: sqlite3.Connection, meta: dict[str, str],
-            config: StudyConfig) -> tuple[pd.Timestamp, Path, MetaModel]:
+def _resume(
+    options: PaperOptions, conn: sqlite3.Connection, meta: dict[str, str], config: StudyConfig
+) -> tuple[pd.Timestamp, Path, MetaModel]:
     state = Path(options.state_dir)
     if meta.get("config_hash") != config_hash(config):
-        raise PaperError(f"{state}: this state was started with another config (hash "
-                         f"{meta.get('config_hash', '?')[:12]}); pass the same CONFIG or use "
-                         "a new --state folder")
+        raise PaperError(
+            f"{state}: this state was started with another config (hash "
+            f"{meta.get('config_hash', '?')[:12]}); pass the same CONFIG or use "
+            "a new --state folder"
+        )
     start = pd.Timestamp(meta["start"])
     if options.start is not None and pd.Timestamp(options.start) != start:
-        raise PaperError(f"{state}: this state trades from {start.date()}, not --start "
-                         f"{options.start}; drop --start or use a new --state folder")
+        raise PaperError(
+            f"{state}: this state trades from {start.date()}, not --start "
+            f"{options.start}; drop --start or use a new --state folder"
+        )
     path = _checkpoint_path(state, meta["checkpoint"])
     if options.model is not None and Path(options.model).resolve() != path:
-        raise PaperError(f"{state}: this state trades checkpoint {path}, not --model "
-                         f"{options.model}; drop --model or use a new --state folder")
+        raise PaperError(
+            f"{state}: this state trades checkpoint {path}, not --model "
+            f"{options.model}; drop --model or use a new --state folder"
+        )
     if not path.is_dir():
-        raise CheckpointError(f"{path}: the checkpoint this paper state trades is gone; restore "
-                              "it (same files) to resume")
+        raise CheckpointError(
+            f"{path}: the checkpoint this paper state trades is gone; restore "
+            "it (same files) to resume"
+        )
     digest = checkpoint_sha256(path)
     if digest != meta["checkpoint_sha256"]:
-        raise CheckpointError(f"{path}: changed since this paper state started (sha256 "
-                              f"{digest[:12]}... vs {meta['checkpoint_sha256'][:12]}...); "
-                              "restore the original checkpoint or use a new --state folder")
+        raise CheckpointError(
+            f"{path}: changed since this paper state started (sha256 "
+            f"{digest[:12]}... vs {meta['checkpoint_sha256'][:12]}...); "
+            "restore the original checkpoint or use a new --state folder"
+        )
     return start, path, _load_checked(path, start, config)
 
 
@@ -300,8 +344,9 @@ def open_session(options: PaperOptions, progress: bool = True) -> Session:
             if manifest is not None:
                 raise _lost(state)
             start = start or paper_start(options, config, source)
-            meta = initialise(state, conn, config, source, start, options.source, options.model,
-                              progress)
+            meta = initialise(
+                state, conn, config, source, start, options.source, options.model, progress
+            )
             write_manifest(state, {**meta, "last_bar": "", "bars_sha256": bars_digest(conn)})
         meta = read_meta(conn)
         start, path, model = _resume(options, conn, meta, config)
@@ -317,22 +362,40 @@ def open_session(options: PaperOptions, progress: bool = True) -> Session:
 
 
 def _lost(state: Path) -> PaperError:
-    return PaperError(f"{state}: {DB_FILE} is missing or empty but {MANIFEST_FILE} shows a paper "
-                      f"run was started here; re-create it with `metabt paper rebuild --state "
-                      f"{state}`")
+    return PaperError(
+        f"{state}: {DB_FILE} is missing or empty but {MANIFEST_FILE} shows a paper "
+        f"run was started here; re-create it with `metabt paper rebuild --state "
+        f"{state}`"
+    )
 
 
-def make_session(state: Path, conn: sqlite3.Connection, lock: StateLock, config: StudyConfig,
-                 source: ReplaySource | YahooSource, meta: dict[str, str], checkpoint: Path,
-                 model: MetaModel) -> Session:
+def make_session(
+    state: Path,
+    conn: sqlite3.Connection,
+    lock: StateLock,
+    config: StudyConfig,
+    source: ReplaySource | YahooSource,
+    meta: dict[str, str],
+    checkpoint: Path,
+    model: MetaModel,
+) -> Session:
     """A :class:`Session` over the stored bars and ledger of ``conn``."""
     specs = build_specs(config)
     session = Session(
-        state_dir=state, conn=conn, lock=lock, config=config, source=source,
-        start=pd.Timestamp(meta["start"]), run_id=meta["run_id"],
-        params=meta_adaptive_params(config, model, specs), costs=specs.costs,
-        features=specs.features, cash=float(meta["cash"]), checkpoint=checkpoint,
-        frames=_frames_from_rows(read_bars(conn), json.loads(meta["assets"])))
+        state_dir=state,
+        conn=conn,
+        lock=lock,
+        config=config,
+        source=source,
+        start=pd.Timestamp(meta["start"]),
+        run_id=meta["run_id"],
+        params=meta_adaptive_params(config, model, specs),
+        costs=specs.costs,
+        features=specs.features,
+        cash=float(meta["cash"]),
+        checkpoint=checkpoint,
+        frames=_frames_from_rows(read_bars(conn), json.loads(meta["assets"])),
+    )
     processed = conn.execute("SELECT max(date), count(*) FROM processed").fetchone()
     session.last_bar = None if processed[0] is None else pd.Timestamp(processed[0])
     session.n_processed = int(processed[1])
@@ -343,12 +406,25 @@ def verify(session: Session) -> None:
     """Replay every stored bar and check the stored ledger is what the strategy does."""
     if session.last_bar is None:
         return
-    rebuilt, _ = simulate(session.frames, session.params, session.costs, session.features,
-                          session.start, session.run_id, session.cash)
+    rebuilt, _ = simulate(
+        session.frames,
+        session.params,
+        session.costs,
+        session.features,
+        session.start,
+        session.run_id,
+        session.cash,
+    )
     diff = first_difference(read_rows(session.conn), rebuilt)
     if diff is not None:
-        raise PaperError(f"{session.state_dir}: replaying the {session.n_processed} stored bars "
-                         f"does not reproduce the stored ledger ({diff}); the code, the "
-                         "checkpoint or the stored bars changed, start a new --state folder")
-    log.info("resumed %s: %d bars reproduced, last %s", session.state_dir, session.n_processed,
-             session.last_bar.date())
+        raise PaperError(
+            f"{session.state_dir}: replaying the {session.n_processed} stored bars "
+            f"does not reproduce the stored ledger ({diff}); the code, the "
+            "checkpoint or the stored bars changed, start a new --state folder"
+        )
+    log.info(
+        "resumed %s: %d bars reproduced, last %s",
+        session.state_dir,
+        session.n_processed,
+        session.last_bar.date(),
+    )

@@ -23,18 +23,22 @@ from collections import defaultdict
 import backtrader as bt
 import pandas as pd
 
-from backtests.paper.ledger import Rows, sort_rows
-from feeds.btfeed import make_feature_feed
-from feeds.features import FeatureSpec
-from strategies.engine import BacktestResult, CostSpec, run_backtest
-from strategies.meta_adaptive import MetaAdaptiveStrategy
+from metabt.backtests.paper.ledger import Rows, sort_rows
+from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.features import FeatureSpec
+from metabt.strategies.engine import BacktestResult, CostSpec, run_backtest
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CASH = 1_000_000.0
-_TERMINAL = {bt.Order.Completed: "filled", bt.Order.Margin: "rejected",
-             bt.Order.Rejected: "rejected", bt.Order.Canceled: "canceled",
-             bt.Order.Expired: "expired"}
+_TERMINAL = {
+    bt.Order.Completed: "filled",
+    bt.Order.Margin: "rejected",
+    bt.Order.Rejected: "rejected",
+    bt.Order.Canceled: "canceled",
+    bt.Order.Expired: "expired",
+}
 
 
 class LedgerStrategy(MetaAdaptiveStrategy):
@@ -51,27 +55,50 @@ class LedgerStrategy(MetaAdaptiveStrategy):
         if self.trading:
             # Before super().next(): the broker has filled this bar's opening orders
             # and values the book at this close; the new orders only fill tomorrow.
-            self.p.recorder["snapshots"].append((
-                self.datetime[0], self.broker.getcash(), self.broker.getvalue(),
-                [(d._name, float(self.getposition(d).size), float(d.close[0]))
-                 for d in self.datas]))
+            self.p.recorder["snapshots"].append(
+                (
+                    self.datetime[0],
+                    self.broker.getcash(),
+                    self.broker.getvalue(),
+                    [
+                        (d._name, float(self.getposition(d).size), float(d.close[0]))
+                        for d in self.datas
+                    ],
+                )
+            )
         super().next()
 
-    def order_target_percent(self, data: bt.LineSeries = None, target: float = 0.0,
-                             **kwargs: object) -> bt.Order | None:
+    def order_target_percent(
+        self, data: bt.LineSeries = None, target: float = 0.0, **kwargs: object
+    ) -> bt.Order | None:
         order = super().order_target_percent(data=data, target=target, **kwargs)
         if order is not None:
-            self.p.recorder["orders"].append((self.datetime[0], data._name, float(target),
-                                              order.ref, float(order.created.size),
-                                              float(order.created.price)))
+            self.p.recorder["orders"].append(
+                (
+                    self.datetime[0],
+                    data._name,
+                    float(target),
+                    order.ref,
+                    float(order.created.size),
+                    float(order.created.price),
+                )
+            )
         return order
 
     def notify_order(self, order: bt.Order) -> None:
         super().notify_order(order)
         rec = self.p.recorder
         for bit in order.executed.iterpending():
-            rec["fills"].append((bit.dt, order.data._name, order.ref, float(bit.size),
-                                 float(bit.price), float(bit.comm)))
+            rec["fills"].append(
+                (
+                    bit.dt,
+                    order.data._name,
+                    order.ref,
+                    float(bit.size),
+                    float(bit.price),
+                    float(bit.comm),
+                )
+            )
         if order.status in _TERMINAL:
             rec["statuses"].append((self.datetime[0], order.ref, _TERMINAL[order.status]))
 
@@ -87,13 +114,26 @@ def order_id(run_id: str, asset: str, date: str, seq: int) -> str:
     return f"{run_id}:{asset}:{date}:{seq}"
 
 
-def _ledger_rows(rec: dict[str, list], result: BacktestResult, run_id: str,
-                 start: pd.Timestamp) -> Rows:
+def _ledger_rows(
+    rec: dict[str, list], result: BacktestResult, run_id: str, start: pd.Timestamp
+) -> Rows:
     days: dict[float, str] = {}
-    weights = {(d.date().isoformat(), a): float(w)
-               for d, a, w in result.weights[["date", "asset", "weight"]].itertuples(index=False)}
-    rows: Rows = {name: [] for name in ("orders", "fills", "order_status", "positions",
-                                        "targets", "account", "adaptations")}
+    weights = {
+        (d.date().isoformat(), a): float(w)
+        for d, a, w in result.weights[["date", "asset", "weight"]].itertuples(index=False)
+    }
+    rows: Rows = {
+        name: []
+        for name in (
+            "orders",
+            "fills",
+            "order_status",
+            "positions",
+            "targets",
+            "account",
+            "adaptations",
+        )
+    }
     ids: dict[int, str] = {}
     seqs: defaultdict[tuple[str, str], int] = defaultdict(int)
     for t, asset, target, ref, size, price in rec["orders"]:
@@ -101,13 +141,15 @@ def _ledger_rows(rec: dict[str, list], result: BacktestResult, run_id: str,
         seq = seqs[(asset, day)]
         seqs[(asset, day)] += 1
         ids[ref] = oid = order_id(run_id, asset, day, seq)
-        rows["orders"].append((day, asset, seq, oid, run_id, weights[(day, asset)], target,
-                               size, price))
+        rows["orders"].append(
+            (day, asset, seq, oid, run_id, weights[(day, asset)], target, size, price)
+        )
     bits: defaultdict[str, int] = defaultdict(int)
     for t, asset, ref, size, price, comm in rec["fills"]:
         oid = ids[ref]
-        rows["fills"].append((_day(t, days), asset, f"{oid}:f{bits[oid]}", oid, size, price,
-                              size * price, comm))
+        rows["fills"].append(
+            (_day(t, days), asset, f"{oid}:f{bits[oid]}", oid, size, price, size * price, comm)
+        )
         bits[oid] += 1
     for t, ref, status in rec["statuses"]:
         rows["order_status"].append((_day(t, days), ids[ref], status))
@@ -122,16 +164,30 @@ def _ledger_rows(rec: dict[str, list], result: BacktestResult, run_id: str,
         if pd.Timestamp(day) < start:  # warm-up adaptations are not part of the paper run
             continue
         key = (day, ev["asset"])
-        rows["adaptations"].append((day, ev["asset"], ev_seq[key], ev["trigger"],
-                                    int(ev["window"]), float(ev["loss_before"]),
-                                    float(ev["loss_after"])))
+        rows["adaptations"].append(
+            (
+                day,
+                ev["asset"],
+                ev_seq[key],
+                ev["trigger"],
+                int(ev["window"]),
+                float(ev["loss_before"]),
+                float(ev["loss_after"]),
+            )
+        )
         ev_seq[key] += 1
     return sort_rows(rows)
 
 
-def simulate(frames: dict[str, pd.DataFrame], params: dict, costs: CostSpec,
-             features: FeatureSpec, start: pd.Timestamp, run_id: str,
-             cash: float = DEFAULT_CASH) -> tuple[Rows, list[str]]:
+def simulate(
+    frames: dict[str, pd.DataFrame],
+    params: dict,
+    costs: CostSpec,
+    features: FeatureSpec,
+    start: pd.Timestamp,
+    run_id: str,
+    cash: float = DEFAULT_CASH,
+) -> tuple[Rows, list[str]]:
     """Ledger rows of every bar from ``start`` on, for the bars in ``frames``.
 
     Parameters
@@ -160,9 +216,15 @@ def simulate(frames: dict[str, pd.DataFrame], params: dict, costs: CostSpec,
     rec: dict[str, list] = {"orders": [], "fills": [], "statuses": [], "snapshots": []}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = run_backtest(frames, LedgerStrategy, {**params, "recorder": rec}, costs,
-                              trade_start=start, cash=cash,
-                              feed_factory=lambda s, f: make_feature_feed(s, f, features))
+        result = run_backtest(
+            frames,
+            LedgerStrategy,
+            {**params, "recorder": rec},
+            costs,
+            trade_start=start,
+            cash=cash,
+            feed_factory=lambda s, f: make_feature_feed(s, f, features),
+        )
     return _ledger_rows(rec, result, run_id, start), [str(w.message) for w in caught]
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from backtests.config import StudyConfig
-from backtests.data import load_study_data
-from feeds.errors import DataError
-from feeds.loaders import Frames, slice_period
-from feeds.validate import validate_bars
+from metabt.backtests.config import StudyConfig
+from metabt.backtests.data import load_study_data
+from metabt.feeds.errors import DataError
+from metabt.feeds.loaders import Frames, slice_period
+from metabt.feeds.validate import validate_bars
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +32,26 @@ SOURCES = ("replay", "yfinance")
 
 @dataclass(frozen=True)
 class Bar:
-    """One closed trading day: ``date`` and each asset's OHLCV row (assets without a bar are absent)."""
+    """One closed trading day: ``date`` and each asset's OHLCV row (absent: no bar that day)."""
 
     date: pd.Timestamp
     rows: dict[str, tuple[float, float, float, float, float]]
 
 
-def bars_after(frames: Frames, after: pd.Timestamp | None,
-               first: pd.Timestamp | None = None) -> list[Bar]:
-    """Every trading day of ``frames`` later than ``after`` (and on or after ``first``), in order."""
+def bars_after(
+    frames: Frames, after: pd.Timestamp | None, first: pd.Timestamp | None = None
+) -> list[Bar]:
+    """Every trading day of ``frames`` after ``after`` (and on or after ``first``), in order."""
     dates = sorted(set().union(*(f.index for f in frames.values())))
     out = []
     for day in dates:
         if (after is not None and day <= after) or (first is not None and day < first):
             continue
-        rows = {s: tuple(float(v) for v in f.loc[day, list(PRICE_COLUMNS)])
-                for s, f in frames.items() if day in f.index}
+        rows = {
+            s: tuple(float(v) for v in f.loc[day, list(PRICE_COLUMNS)])
+            for s, f in frames.items()
+            if day in f.index
+        }
         out.append(Bar(pd.Timestamp(day), rows))
     return out
 
@@ -113,15 +117,24 @@ class YahooSource:
 
     name = "yfinance"
 
-    def __init__(self, config: StudyConfig, poll_cache: str | Path, poll_seconds: float = 900.0,
-                 download: Callable[..., dict[str, pd.DataFrame]] | None = None,
-                 today: Callable[[], date] = utc_today,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        poll_cache: str | Path,
+        poll_seconds: float = 900.0,
+        download: Callable[..., dict[str, pd.DataFrame]] | None = None,
+        today: Callable[[], date] = utc_today,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if config.data.symbols == "all":
-            raise DataError("--source yfinance needs an explicit symbol list in the config "
-                            "(data.symbols = [\"SPY\", ...])")
+            raise DataError(
+                "--source yfinance needs an explicit symbol list in the config "
+                '(data.symbols = ["SPY", ...])'
+            )
         if download is None:
-            from feeds.yahoo import download_bars  # optional extra: imported only when asked for
+            from metabt.feeds.yahoo import (
+                download_bars,
+            )  # optional extra: imported only when asked for
 
             download = download_bars
         self.symbols = list(config.data.symbols)
@@ -136,8 +149,9 @@ class YahooSource:
 
     def _fetch(self, start: object, cache_dir: str | Path, refresh: bool) -> Frames:
         today = self._today()
-        raw = self._download(self.symbols, start, None, cache_dir=cache_dir, refresh=refresh,
-                             today=today)
+        raw = self._download(
+            self.symbols, start, None, cache_dir=cache_dir, refresh=refresh, today=today
+        )
         checks = {"allow_jumps": self.allow_jumps, "allow_gaps": self.allow_gaps}
         frames = {s: validate_bars(f, f"yfinance:{s}", **checks) for s, f in raw.items()}
         # Never act on a bar that may still be forming.
@@ -176,8 +190,11 @@ class YahooSource:
         while True:
             fresh = self.poll(after, start)
             if not fresh:
-                log.info("no new closed bar after %s; next poll in %.0f s",
-                         None if after is None else after.date(), self.poll_seconds)
+                log.info(
+                    "no new closed bar after %s; next poll in %.0f s",
+                    None if after is None else after.date(),
+                    self.poll_seconds,
+                )
                 self._sleep(self.poll_seconds)
                 continue
             for bar in fresh:
@@ -185,8 +202,9 @@ class YahooSource:
                 yield bar
 
 
-def make_source(name: str, config: StudyConfig, state_dir: Path,
-                poll_seconds: float = 900.0) -> ReplaySource | YahooSource:
+def make_source(
+    name: str, config: StudyConfig, state_dir: Path, poll_seconds: float = 900.0
+) -> ReplaySource | YahooSource:
     """The bar source called ``name`` (``replay`` or ``yfinance``)."""
     if name == "replay":
         return ReplaySource(config)

@@ -14,7 +14,7 @@ This package file imports nothing heavy, so ``metabt`` works without the
 
 from __future__ import annotations
 
-from feeds.errors import DataError
+from metabt.feeds.errors import DataError
 
 
 class ServeError(DataError):

@@ -26,21 +26,21 @@ from typing import Any
 import pandas as pd
 from fastapi import APIRouter, Depends, FastAPI
 
-from backtests.paper.ledger import PaperError
-from backtests.paper.status import read_status
-from backtests.serve import ServeError
-from backtests.serve.auth import KeyChecker, load_keys
-from backtests.serve.decision import decide_last_bar
-from backtests.serve.errors import ApiError, BodyLimit, install_error_handlers
-from backtests.serve.registry import ServedModel, load_registry, valid_id
-from backtests.serve.schemas import (
+from metabt.backtests.paper.ledger import PaperError
+from metabt.backtests.paper.status import read_status
+from metabt.backtests.serve import ServeError
+from metabt.backtests.serve.auth import KeyChecker, load_keys
+from metabt.backtests.serve.decision import decide_last_bar
+from metabt.backtests.serve.errors import ApiError, BodyLimit, install_error_handlers
+from metabt.backtests.serve.registry import ServedModel, load_registry, valid_id
+from metabt.backtests.serve.schemas import (
     AssetDecision,
     SignalRequest,
     SignalResponse,
     apply_settings,
     frames_from_request,
 )
-from feeds.errors import DataError
+from metabt.feeds.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -93,31 +93,50 @@ def _clean(value: Any) -> Any:
 def paper_status(root: Path | None, name: str) -> dict[str, Any]:
     """``GET /v1/paper/{name}``: the state opened read-only (never locked, never written)."""
     if root is None:
-        raise ApiError(404, "not_found", "this server serves no paper states; start it with "
-                       "--paper DIR (the folder holding --state folders)")
+        raise ApiError(
+            404,
+            "not_found",
+            "this server serves no paper states; start it with "
+            "--paper DIR (the folder holding --state folders)",
+        )
     if not _PAPER_NAME.fullmatch(name) or ".." in name:
-        raise ApiError(400, "invalid_name", f"paper state name {name!r}: letters, digits and "
-                       ". _ - only, no paths")
+        raise ApiError(
+            400,
+            "invalid_name",
+            f"paper state name {name!r}: letters, digits and . _ - only, no paths",
+        )
     state = (root / name).resolve()
     if state.parent != root.resolve() or not state.is_dir():
         raise ApiError(404, "not_found", f"no paper state {name!r}")
     try:
         status = read_status(state)
     except PaperError as exc:
-        raise ApiError(404, "not_found", f"paper state {name!r}: "
-                       f"{str(exc).split(': ', 1)[-1]}") from None
-    return _clean({
-        "name": name, "run_id": status.run_id, "start": status.start,
-        "checkpoint": Path(status.checkpoint).name, "bars_traded": status.n_bars,
-        "last_bar": status.last_bar, "cash": status.cash, "equity": status.equity,
-        "positions": status.positions.to_dict(orient="records"),
-        "pending_orders": status.pending.to_dict(orient="records"),
-        "last_adaptation": status.last_adaptation, "mean_seconds_per_bar": status.mean_seconds,
-    })
+        raise ApiError(
+            404, "not_found", f"paper state {name!r}: {str(exc).split(': ', 1)[-1]}"
+        ) from None
+    return _clean(
+        {
+            "name": name,
+            "run_id": status.run_id,
+            "start": status.start,
+            "checkpoint": Path(status.checkpoint).name,
+            "bars_traded": status.n_bars,
+            "last_bar": status.last_bar,
+            "cash": status.cash,
+            "equity": status.equity,
+            "positions": status.positions.to_dict(orient="records"),
+            "pending_orders": status.pending.to_dict(orient="records"),
+            "last_adaptation": status.last_adaptation,
+            "mean_seconds_per_bar": status.mean_seconds,
+        }
+    )
 
 
-def create_app(options: ServeOptions, keys: tuple[str, ...] | None = None,
-               models: dict[str, ServedModel] | None = None) -> FastAPI:
+def create_app(
+    options: ServeOptions,
+    keys: tuple[str, ...] | None = None,
+    models: dict[str, ServedModel] | None = None,
+) -> FastAPI:
     """Build the application: load the models, the keys and the routes.
 
     Raises
@@ -125,29 +144,39 @@ def create_app(options: ServeOptions, keys: tuple[str, ...] | None = None,
     ServeError
         No key configured without ``insecure_local``, or nothing to serve.
     """
-    keys = load_keys(Path(options.keys_file) if options.keys_file else None) \
-        if keys is None else keys
+    keys = (
+        load_keys(Path(options.keys_file) if options.keys_file else None) if keys is None else keys
+    )
     if not keys and not options.insecure_local:
-        raise ServeError("no API key configured: set METABT_API_KEYS=key1,key2 or pass "
-                         "--keys-file FILE (or --insecure-local to serve 127.0.0.1 without keys)")
+        raise ServeError(
+            "no API key configured: set METABT_API_KEYS=key1,key2 or pass "
+            "--keys-file FILE (or --insecure-local to serve 127.0.0.1 without keys)"
+        )
     registry = load_registry(Path(options.models)) if models is None else models
     paper_root = Path(options.paper) if options.paper else None
     checker = KeyChecker(keys)
 
-    app = FastAPI(title="metabt model service", version=_version(),
-                  description="Decisions of metabt's meta-learned trading policies over HTTP: "
-                              "the same target weights `metabt backtest` trades.")
+    app = FastAPI(
+        title="metabt model service",
+        version=_version(),
+        description="Decisions of metabt's meta-learned trading policies over HTTP: "
+        "the same target weights `metabt backtest` trades.",
+    )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
 
     def served(model_id: str) -> ServedModel:
         if not valid_id(model_id):
-            raise ApiError(400, "invalid_id", f"model id {model_id!r}: letters, digits and "
-                           ". _ - only, no paths")
+            raise ApiError(
+                400,
+                "invalid_id",
+                f"model id {model_id!r}: letters, digits and . _ - only, no paths",
+            )
         found = registry.get(model_id)
         if found is None:
-            raise ApiError(404, "not_found", f"no model {model_id!r}; GET /v1/models lists "
-                           "the ones served")
+            raise ApiError(
+                404, "not_found", f"no model {model_id!r}; GET /v1/models lists the ones served"
+            )
         return found
 
     @app.get("/health", tags=["service"])
@@ -173,9 +202,12 @@ def create_app(options: ServeOptions, keys: tuple[str, ...] | None = None,
             decision = decide_last_bar(found.model, frames, config)
         except DataError as exc:  # the engine's own checks of the frames
             raise ApiError(422, "invalid_bars", str(exc)) from None
-        return SignalResponse(model=found.id, asof=decision.asof.date().isoformat(),
-                              assets={s: AssetDecision(**d) for s, d in decision.assets.items()},
-                              warnings=decision.warnings)
+        return SignalResponse(
+            model=found.id,
+            asof=decision.asof.date().isoformat(),
+            assets={s: AssetDecision(**d) for s, d in decision.assets.items()},
+            warnings=decision.warnings,
+        )
 
     @v1.get("/paper/{name}", tags=["paper"])
     def paper(name: str) -> dict[str, Any]:

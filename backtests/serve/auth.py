@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from backtests.serve.errors import ApiError, ServeError
+from metabt.backtests.serve.errors import ApiError, ServeError
 
 KEYS_ENV = "METABT_API_KEYS"
 # auto_error=False: a missing header is answered by KeyChecker with the service's own 401.
@@ -30,14 +30,17 @@ MIN_KEY_LENGTH = 16
 
 def _check(key: str, where: str) -> str:
     if len(key) < MIN_KEY_LENGTH or any(c.isspace() for c in key):
-        raise ServeError(f"{where}: an API key is {len(key)} characters or holds spaces; use "
-                         f"keys of at least {MIN_KEY_LENGTH} characters without spaces, e.g. "
-                         "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        raise ServeError(
+            f"{where}: an API key is {len(key)} characters or holds spaces; use "
+            f"keys of at least {MIN_KEY_LENGTH} characters without spaces, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
     return key
 
 
-def load_keys(keys_file: Path | None = None, environ: dict[str, str] | None = None
-              ) -> tuple[str, ...]:
+def load_keys(
+    keys_file: Path | None = None, environ: dict[str, str] | None = None
+) -> tuple[str, ...]:
     """The configured API keys (environment first, then the file), without duplicates.
 
     Raises
@@ -52,8 +55,9 @@ def load_keys(keys_file: Path | None = None, environ: dict[str, str] | None = No
         try:
             lines = path.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ServeError(f"{path}: cannot read the keys file ({exc}); pass a text file "
-                             "with one key per line") from None
+            raise ServeError(
+                f"{path}: cannot read the keys file ({exc}); pass a text file with one key per line"
+            ) from None
         for n, line in enumerate(lines, start=1):
             text = line.split("#", 1)[0].strip()
             if text:
@@ -89,8 +93,12 @@ class KeyChecker:
             return
         challenge = {"WWW-Authenticate": "Bearer"}
         if credentials is None or credentials.scheme.lower() != "bearer":
-            raise ApiError(401, "unauthorized", "missing API key; send the header "
-                           "'Authorization: Bearer <key>'", challenge)
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing API key; send the header 'Authorization: Bearer <key>'",
+                challenge,
+            )
         if not self.matches(credentials.credentials):
             raise ApiError(401, "unauthorized", "wrong API key", challenge)
 

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from backtests.config import StudyConfig, build_specs
-from backtests.runner import meta_adaptive_params
-from feeds.btfeed import make_feature_feed
-from feeds.loaders import Frames
-from metamodels.model import MetaModel
-from strategies.engine import run_backtest
-from strategies.meta_adaptive import MetaAdaptiveStrategy
+from metabt.backtests.config import StudyConfig, build_specs
+from metabt.backtests.runner import meta_adaptive_params
+from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.loaders import Frames
+from metabt.metamodels.model import MetaModel
+from metabt.strategies.engine import run_backtest
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 # Backtrader keeps state in class attributes and warnings.catch_warnings is process-wide,
 # so one backtest runs at a time per process; the work is CPU-bound under the GIL anyway,
@@ -99,9 +99,14 @@ def decide_last_bar(model: MetaModel, frames: Frames, config: StudyConfig) -> De
     positions: dict[str, float] = {}
     with _ENGINE_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = run_backtest(frames, _LastPositions, {**params, "positions_out": positions},
-                              specs.costs, trade_start=asof,
-                              feed_factory=lambda s, f: make_feature_feed(s, f, specs.features))
+        result = run_backtest(
+            frames,
+            _LastPositions,
+            {**params, "positions_out": positions},
+            specs.costs,
+            trade_start=asof,
+            feed_factory=lambda s, f: make_feature_feed(s, f, specs.features),
+        )
     last = result.weights.loc[result.weights["date"] == asof]
     weights = dict(zip(last["asset"], last["weight"].astype(float)))
     today = _day(asof)

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backtests.serve import ServeError
+from metabt.backtests.serve import ServeError
 
 __all__ = ["ApiError", "BodyLimit", "ServeError", "error_response", "install_error_handlers"]
 
@@ -29,16 +29,24 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type",
-                 422: "invalid_request"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+}
 
 
 class ApiError(Exception):
     """A request the service refuses: HTTP status, a short code and one line of detail."""
 
-    def __init__(self, status: int, error: str, detail: str,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
@@ -46,8 +54,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(status: int, error: str, detail: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -93,8 +102,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error",
-                              "the service failed on this request; the server log has the cause")
+        return error_response(
+            500,
+            "internal_error",
+            "the service failed on this request; the server log has the cause",
+        )
 
 
 class BodyLimit:
@@ -106,25 +118,35 @@ class BodyLimit:
     ``max_bytes`` of it.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
-                 max_bytes: int) -> None:
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int
+    ) -> None:
         self.app = app
         self.max_bytes = int(max_bytes)
 
     async def _refuse(self, send: Send, status: int, error: str, detail: str) -> None:
         body = json.dumps({"error": error, "detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = (f"request body over {self.max_bytes:,} bytes; send fewer bars or assets "
-                   "per request (the server's --max-body-bytes)")
+        too_big = (
+            f"request body over {self.max_bytes:,} bytes; send fewer bars or assets "
+            "per request (the server's --max-body-bytes)"
+        )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backtests.config import ConfigError, Specs, StudyConfig, build_specs, parse_config
-from backtests.paper.session import checkpoint_sha256
-from backtests.serve import ServeError
-from feeds.errors import DataError
-from metamodels.checkpoint import SIDECAR_FILE, CheckpointError
-from metamodels.model import MetaModel
-from metamodels.model_io import load_model
+from metabt.backtests.config import ConfigError, Specs, StudyConfig, build_specs, parse_config
+from metabt.backtests.paper.session import checkpoint_sha256
+from metabt.backtests.serve import ServeError
+from metabt.feeds.errors import DataError
+from metabt.metamodels.checkpoint import SIDECAR_FILE, CheckpointError
+from metabt.metamodels.model import MetaModel
+from metabt.metamodels.model_io import load_model
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,16 @@ class ServedModel:
             "id": self.id,
             "algorithm": self.model.algorithm,
             "training_period": {"start": start, "end": end},
-            "features": {**dataclasses.asdict(self.specs.features),
-                         "names": list(self.specs.features.names)},
+            "features": {
+                **dataclasses.asdict(self.specs.features),
+                "names": list(self.specs.features.names),
+            },
             "assets": assets,
             "data_source": data.source,
-            "policy": {**dataclasses.asdict(self.model.policy_spec),
-                       "hidden": list(self.model.policy_spec.hidden)},
+            "policy": {
+                **dataclasses.asdict(self.model.policy_spec),
+                "hidden": list(self.model.policy_spec.hidden),
+            },
             "inner_steps": self.model.inner_steps,
             "strategy": self.config.strategy.model_dump(mode="json"),
             "detector": self.config.detector.model_dump(mode="json"),
@@ -111,22 +115,29 @@ def load_one(root: Path, folder: Path) -> ServedModel:
     """
     ident = model_id(root, folder)
     if not valid_id(ident):
-        raise DataError(f"{folder}: its id {ident!r} is not a valid model id (letters, digits "
-                        "and . _ - only); rename the folder")
+        raise DataError(
+            f"{folder}: its id {ident!r} is not a valid model id (letters, digits "
+            "and . _ - only); rename the folder"
+        )
     before = checkpoint_sha256(folder)
     model, _ = load_model(folder)
     sidecar = json.loads((folder / SIDECAR_FILE).read_text())
     # The files were hashed before and after loading: what is served is what was checked.
     if checkpoint_sha256(folder) != before:
-        raise CheckpointError(f"{folder}: changed while it was being loaded; restart the service "
-                              "once the copy is complete")
+        raise CheckpointError(
+            f"{folder}: changed while it was being loaded; restart the service "
+            "once the copy is complete"
+        )
     config = parse_config(sidecar["config"], f"{folder / SIDECAR_FILE} (stored config)")
     specs = build_specs(config)
     if model.feature_spec != specs.features:
-        raise CheckpointError(f"{folder}: the sidecar's feature spec differs from its stored "
-                              "config's [features]; re-save the checkpoint from its training run")
-    return ServedModel(ident, folder, model, config, specs, str(sidecar["sha256"]),
-                       str(sidecar["created"]))
+        raise CheckpointError(
+            f"{folder}: the sidecar's feature spec differs from its stored "
+            "config's [features]; re-save the checkpoint from its training run"
+        )
+    return ServedModel(
+        ident, folder, model, config, specs, str(sidecar["sha256"]), str(sidecar["created"])
+    )
 
 
 def load_registry(root: Path) -> dict[str, ServedModel]:
@@ -139,8 +150,10 @@ def load_registry(root: Path) -> dict[str, ServedModel]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ServeError(f"--models {root}: not a folder; pass the folder holding checkpoint "
-                         "folders (model.safetensors + model.json)")
+        raise ServeError(
+            f"--models {root}: not a folder; pass the folder holding checkpoint "
+            "folders (model.safetensors + model.json)"
+        )
     models: dict[str, ServedModel] = {}
     skipped = 0
     for sidecar in sorted(root.rglob(SIDECAR_FILE)):
@@ -156,16 +169,30 @@ def load_registry(root: Path) -> dict[str, ServedModel]:
             continue
         if served.id in models:
             skipped += 1
-            log.warning("not serving %s: id %r is already taken by %s", folder, served.id,
-                        models[served.id].path)
+            log.warning(
+                "not serving %s: id %r is already taken by %s",
+                folder,
+                served.id,
+                models[served.id].path,
+            )
             continue
         models[served.id] = served
-        log.info("serving %s as %r (%s, trained %s .. %s, sha256 %s)", folder, served.id,
-                 served.model.algorithm, *(served.model.train_period or ("?", "?")),
-                 served.sha256[:12])
+        log.info(
+            "serving %s as %r (%s, trained %s .. %s, sha256 %s)",
+            folder,
+            served.id,
+            served.model.algorithm,
+            *(served.model.train_period or ("?", "?")),
+            served.sha256[:12],
+        )
     if not models:
-        found = f"{skipped} checkpoints there were refused (see the log)" if skipped else \
-            "no checkpoint folder (model.json + model.safetensors) there"
-        raise ServeError(f"--models {root}: nothing to serve, {found}; train one with "
-                         "`metabt train CONFIG --out DIR`")
+        found = (
+            f"{skipped} checkpoints there were refused (see the log)"
+            if skipped
+            else "no checkpoint folder (model.json + model.safetensors) there"
+        )
+        raise ServeError(
+            f"--models {root}: nothing to serve, {found}; train one with "
+            "`metabt train CONFIG --out DIR`"
+        )
     return models

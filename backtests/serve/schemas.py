@@ -18,11 +18,11 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from backtests.config import ConfigError, StudyConfig, parse_config
-from backtests.serve.errors import ApiError
-from feeds.errors import DataError
-from feeds.loaders import Frames
-from feeds.validate import require_bars, validate_bars, validate_symbol
+from metabt.backtests.config import ConfigError, StudyConfig, parse_config
+from metabt.backtests.serve.errors import ApiError
+from metabt.feeds.errors import DataError
+from metabt.feeds.loaders import Frames
+from metabt.feeds.validate import require_bars, validate_bars, validate_symbol
 
 # Only what changes how the stored model trades; features, windows of the task and
 # the objective are fixed by training, and data/meta sections mean nothing here.
@@ -47,8 +47,9 @@ class Bar(_Strict):
 class Settings(_Strict):
     """Overrides of the model's stored strategy settings (keys as in the study TOML)."""
 
-    strategy: dict[str, Any] = Field(default_factory=dict,
-                                     examples=[{"min_window": 60, "long_only": True}])
+    strategy: dict[str, Any] = Field(
+        default_factory=dict, examples=[{"min_window": 60, "long_only": True}]
+    )
     detector: dict[str, Any] = Field(default_factory=dict, examples=[{"name": "cusum"}])
 
 
@@ -61,12 +62,16 @@ class SignalRequest(_Strict):
 
 class AssetDecision(BaseModel):
     weight: float = Field(description="target portfolio weight for the next open")
-    position: float | None = Field(description="the policy's position in [-1, 1] before "
-                                               "sizing; null if the features are undefined")
-    change_detected: bool = Field(description="the regime detector fired on the last bar and "
-                                              "the policy was re-adapted")
-    last_change: str | None = Field(description="last bar on which a detected change "
-                                                "re-adapted the policy")
+    position: float | None = Field(
+        description="the policy's position in [-1, 1] before "
+        "sizing; null if the features are undefined"
+    )
+    change_detected: bool = Field(
+        description="the regime detector fired on the last bar and the policy was re-adapted"
+    )
+    last_change: str | None = Field(
+        description="last bar on which a detected change re-adapted the policy"
+    )
     last_adaptation: str | None
     trigger: str | None = Field(description="what caused the last adaptation")
     window: int = Field(description="bars of the last adaptation window (0 = never adapted)")
@@ -116,12 +121,18 @@ def frames_from_request(bars: dict[str, list[Bar]], min_bars: int) -> Frames:
             validate_symbol(symbol)
             if not rows:
                 raise DataError(f"{where}: no bars; send at least {min_bars}, oldest first")
-            raw = pd.DataFrame({
-                "Date": [r.date for r in rows], "Open": [r.open for r in rows],
-                "High": [r.high for r in rows], "Low": [r.low for r in rows],
-                "Close": [r.close for r in rows], "Volume": [r.volume for r in rows]},
+            raw = pd.DataFrame(
+                {
+                    "Date": [r.date for r in rows],
+                    "Open": [r.open for r in rows],
+                    "High": [r.high for r in rows],
+                    "Low": [r.low for r in rows],
+                    "Close": [r.close for r in rows],
+                    "Volume": [r.volume for r in rows],
+                },
                 # object: an error quotes the value as sent (nan), not as numpy's repr
-                dtype=object)
+                dtype=object,
+            )
             frame = validate_bars(raw, where)
             require_bars(frame, min_bars, where, "the strategy's warm-up (strategy.warmup_bars)")
         except DataError as exc:
@@ -131,7 +142,10 @@ def frames_from_request(bars: dict[str, list[Bar]], min_bars: int) -> Frames:
     first = next(iter(ends))
     for symbol, end in ends.items():
         if end != ends[first]:
-            raise ApiError(422, "invalid_bars",
-                           f"bars.{symbol}: last bar {end.date()} differs from {first}'s "
-                           f"{ends[first].date()}; send every asset up to the same date")
+            raise ApiError(
+                422,
+                "invalid_bars",
+                f"bars.{symbol}: last bar {end.date()} differs from {first}'s "
+                f"{ends[first].date()}; send every asset up to the same date",
+            )
     return frames
