@@ -13,11 +13,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from metabt.reports.comparison import compare, print_comparison, to_markdown
+from metabt.reports.comparison import compare
+from metabt.reports.markdown import to_markdown
 from metabt.reports.metrics import Metrics, compute_metrics, write_metrics
 from metabt.reports.plots import plot_equity
 from metabt.reports.runfolder import SUBJECT, load_run, ordered_strategies
 from metabt.reports.tearsheet import write_tearsheet
+from metabt.reports.terminal import print_comparison
+from metabt.reports.verdict import BASIS_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,8 @@ def build_reports(run_dir: Path, console: Console | None = None, *, reps: int = 
     elif bench is None:
         heading = f"{study.title}: {subject} (no static comparator in this run)"
     else:
-        heading = f"{study.title}: {subject} vs {bench} ({comparison.best_static_basis})"
+        basis = BASIS_TEXT[comparison.best_static_basis]
+        heading = f"{study.title}: {subject} vs {bench} ({basis})"
     write_tearsheet(
         returns[subject],
         returns[bench] if bench else None,

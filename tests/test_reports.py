@@ -13,10 +13,13 @@ import quantstats as qs
 from rich.console import Console
 
 from metabt.reports.build import OUTPUT_FILES, build_reports
-from metabt.reports.comparison import compare, print_comparison, to_markdown
+from metabt.reports.comparison import compare
 from metabt.reports.errors import ReportError
+from metabt.reports.markdown import to_markdown
 from metabt.reports.metrics import compute_metrics, turnover, write_metrics
 from metabt.reports.runfolder import read_returns, read_study
+from metabt.reports.terminal import print_comparison
+from metabt.reports.verdict import verdict
 
 PPY = 252
 ASSETS = ("AAA", "BBB")
@@ -172,12 +175,12 @@ def test_verdict_says_lost_when_the_meta_strategy_is_clearly_worse(tmp_path: Pat
         {"meta_adaptive": -2.5, "sma_cross": 2.5, "momentum": 0.0},
         train_best={"sma_cross": 1.0, "momentum": 0.2},
     )
-    assert c.verdict.startswith("meta_adaptive LOST to sma_cross (best static, chosen in-sample)")
-    assert "(significant at 95%)" in c.verdict
-    assert c.verdict in to_markdown(c)
+    assert verdict(c).startswith("meta_adaptive LOST to sma_cross (best static, chosen in-sample)")
+    assert "(significant at 95%)" in verdict(c)
+    assert verdict(c) in to_markdown(c)
     console = Console(record=True, width=400)
     print_comparison(c, console)
-    assert c.verdict in console.export_text()
+    assert verdict(c) in console.export_text()
 
 
 def test_verdict_says_won_when_the_meta_strategy_is_clearly_better(tmp_path: Path) -> None:
@@ -186,22 +189,22 @@ def test_verdict_says_won_when_the_meta_strategy_is_clearly_better(tmp_path: Pat
         {"meta_adaptive": 3.0, "sma_cross": -1.5, "momentum": 0.0},
         train_best={"sma_cross": 1.0, "momentum": 0.2},
     )
-    assert c.verdict.startswith("meta_adaptive WON against sma_cross")
-    assert "(significant at 95%)" in c.verdict
+    assert verdict(c).startswith("meta_adaptive WON against sma_cross")
+    assert "(significant at 95%)" in verdict(c)
 
 
 def test_best_static_is_chosen_in_sample_not_on_the_test_period(tmp_path: Path) -> None:
     sharpes = {"meta_adaptive": 0.5, "sma_cross": 3.0, "momentum": -1.0}
     c = _comparison(tmp_path / "a", sharpes, train_best={"sma_cross": 0.1, "momentum": 0.9})
     assert c.best_static == "momentum"
-    assert c.verdict.startswith(
+    assert verdict(c).startswith(
         "meta_adaptive WON against momentum (best static, chosen in-sample)"
     )
     # ... and a test-period loss to another static strategy is still said plainly.
-    assert "It LOST to sma_cross on the test period" in c.verdict
+    assert "It LOST to sma_cross on the test period" in verdict(c)
     # Without in-sample Sharpes it falls back to the test period and says so.
     c = _comparison(tmp_path / "b", sharpes, train_best=None)
-    assert c.best_static == "sma_cross" and "TEST Sharpe" in c.verdict
+    assert c.best_static == "sma_cross" and "TEST Sharpe" in verdict(c)
 
 
 def test_run_without_meta_adaptive_still_builds(tmp_path: Path) -> None:
