@@ -28,6 +28,12 @@ from metabt.reports.significance import (
 
 #: The ablations of meta_adaptive, each taking one ingredient away.
 ABLATIONS: tuple[str, ...] = ("meta_frozen", "meta_calendar", "meta_random_init", "erm_static")
+#: The comparator a trader asks about first, whatever was tuned.
+BUY_AND_HOLD = "buy_and_hold"
+#: Two CAGRs or volatilities "differ a lot" when the larger is this many times the smaller
+#: (or they have opposite signs) and they are at least a percentage point apart: then a
+#: similar Sharpe hides a very different return or risk, and the verdict says so.
+SCALE_RATIO = 1.5
 
 
 class Outcome(Enum):
@@ -63,6 +69,8 @@ class Comparison:
         The interval of ``Sharpe(subject) - Sharpe(other)`` for every other strategy.
     outcomes : Mapping[str, Outcome]
         The same pairs as categories.
+    scale_differs : Mapping[str, bool]
+        Per pair: the CAGRs or the volatilities differ a lot (see :data:`SCALE_RATIO`).
     ceiling_shares : Mapping[str, float]
         Synthetic studies: each learned strategy's Sharpe over the ceiling's
         (empty when there is no ceiling or its Sharpe is not positive).
@@ -81,14 +89,29 @@ class Comparison:
     dsr: Mapping[str, float]
     pairs: Mapping[str, SharpeDiffCI]
     outcomes: Mapping[str, Outcome]
+    scale_differs: Mapping[str, bool]
     ceiling_shares: Mapping[str, float]
 
     @property
+    def headline_comparators(self) -> list[str]:
+        """Buy-and-hold and the best static comparator (once if they are the same), if present."""
+        names = [n for n in (BUY_AND_HOLD, self.best_static) if n in self.outcomes]
+        return list(dict.fromkeys(names))
+
+    @property
     def headline(self) -> Outcome | None:
-        """The outcome against the best static comparator; None when there is no verdict."""
-        if self.subject is None or self.best_static is None:
+        """The outcome against the headline comparators taken together.
+
+        A significant loss to either is a loss; a win needs significant wins over
+        both; otherwise the result is level (or undefined). None: no verdict.
+        """
+        outcomes = {self.outcomes[n] for n in self.headline_comparators}
+        if not outcomes:
             return None
-        return self.outcomes[self.best_static]
+        for outcome in (Outcome.LOST, Outcome.UNDEFINED, Outcome.LEVEL):
+            if outcome in outcomes:
+                return outcome
+        return Outcome.BEAT
 
 
 def pick_best_static(
@@ -122,6 +145,16 @@ def outcome_of(ci: SharpeDiffCI, mine: float | None, theirs: float | None) -> Ou
     if not ci.significant:
         return Outcome.LEVEL
     return Outcome.BEAT if ci.diff > 0 else Outcome.LOST
+
+
+def differ_a_lot(a: float | None, b: float | None) -> bool:
+    """Two annual figures (fractions) far enough apart to be worth stating next to a Sharpe."""
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    if abs(a - b) < 0.01:
+        return False
+    small, large = sorted((abs(a), abs(b)))
+    return a * b < 0 or large >= SCALE_RATIO * small
 
 
 def _ceiling_shares(metrics: Metrics) -> dict[str, float]:
@@ -192,6 +225,13 @@ def compare(
         other: outcome_of(ci, metrics[subject]["sharpe"], metrics[other]["sharpe"])
         for other, ci in pairs.items()
     }
+    scale_differs = {
+        other: any(
+            differ_a_lot(metrics[subject][key], metrics[other][key])
+            for key in ("cagr", "volatility")
+        )
+        for other in pairs
+    }
     return Comparison(
         title=study.title,
         start=returns.index[0],
@@ -206,5 +246,6 @@ def compare(
         dsr=dsr,
         pairs=pairs,
         outcomes=outcomes,
+        scale_differs=scale_differs,
         ceiling_shares=_ceiling_shares(metrics),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from metabt.reports.comparison import Comparison
 from metabt.reports.tables import pair_rows, strategy_rows
-from metabt.reports.verdict import BASIS_TEXT, ablations, deflation, verdict
+from metabt.reports.verdict import BASIS_TEXT, ceiling, deflation, verdict, verdict_details
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -25,7 +25,10 @@ def period(c: Comparison) -> str:
 def to_markdown(c: Comparison) -> str:
     """The text of ``comparison.md``."""
     out = [f"# {c.title}", "", period(c), "", "## Verdict", "", f"**{verdict(c)}**", ""]
-    out += [line + "\n" for line in (deflation(c), ablations(c)) if line]
+    details = verdict_details(c)
+    if details:
+        out += [f"- {line}" for line in details] + [""]
+    out += [line + "\n" for line in (deflation(c), ceiling(c)) if line]
     out += ["## Strategies", "", _md_table(*strategy_rows(c)), ""]
     if c.pairs:
         ci = next(iter(c.pairs.values()))

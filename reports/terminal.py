@@ -11,7 +11,7 @@ from rich.table import Table
 
 from metabt.reports.comparison import Comparison, Outcome
 from metabt.reports.tables import pair_rows, strategy_rows
-from metabt.reports.verdict import ablations, deflation, verdict
+from metabt.reports.verdict import ceiling, deflation, verdict, verdict_details
 
 OUTCOME_STYLE: dict[Outcome | None, str] = {
     Outcome.BEAT: "bold green",
@@ -40,7 +40,9 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
         for row in rows:
             pairs.add_row(*row)
         console.print(pairs)
-    console.print(verdict(c), style=OUTCOME_STYLE[c.headline], markup=False)
-    for line in (deflation(c), ablations(c)):
+    # Prose is printed as it is: no markup, and no highlighting of the numbers in it,
+    # which would break the verdict's single colour.
+    console.print(verdict(c), style=OUTCOME_STYLE[c.headline], markup=False, highlight=False)
+    for line in (*verdict_details(c), deflation(c), ceiling(c)):
         if line:
-            console.print(line, markup=False)
+            console.print(line, markup=False, highlight=False)

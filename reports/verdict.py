@@ -1,4 +1,4 @@
-"""The comparison in words: the verdict, the deflated Sharpe and the ablations.
+"""The comparison in words: the verdict and its numbers, the deflated Sharpe, the ceiling.
 
 Every sentence is written here from a :class:`~metabt.reports.comparison.Comparison`
 and nothing else, so ``comparison.md`` and the console say the same thing.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from metabt.reports.comparison import ABLATIONS, ComparatorBasis, Comparison
+from metabt.reports.comparison import ABLATIONS, ComparatorBasis, Comparison, Outcome
 from metabt.reports.runfolder import CEILING, STATIC_COMPARATORS, SUBJECT
 from metabt.reports.significance import SharpeDiffCI
 
@@ -52,42 +52,112 @@ def significance(ci: SharpeDiffCI) -> str:
     return f"significant at {ci.level:.0%}" if ci.significant else "not significant"
 
 
+def _name_of(c: Comparison, name: str) -> str:
+    if name != c.best_static:
+        return name
+    if c.best_static_basis is ComparatorBasis.IN_SAMPLE:
+        return f"{name}, the best static comparator chosen in-sample"
+    return (
+        f"{name}, the best static comparator by TEST Sharpe "
+        "(study.json has no in-sample train_best, so the choice looks ahead)"
+    )
+
+
+def _against(c: Comparison, name: str) -> str:
+    """``beat X (significant at 95%)``, ``was level with X (not significant)``, ..."""
+    outcome, who = c.outcomes[name], _name_of(c, name)
+    if outcome is Outcome.UNDEFINED:
+        return f"cannot be compared with {who} (a Sharpe or its interval is undefined)"
+    if outcome is Outcome.LEVEL:
+        return f"was level with {who} (not significant)"
+    verb = "beat" if outcome is Outcome.BEAT else "lost to"
+    return f"{verb} {who} ({significance(c.pairs[name])})"
+
+
+def _ablation_summary(c: Comparison) -> str:
+    """What the ablations say each ingredient added, grouped by outcome."""
+    effects = {
+        Outcome.BEAT: "helped",
+        Outcome.LOST: "hurt",
+        Outcome.LEVEL: "made no significant difference",
+        Outcome.UNDEFINED: "cannot be judged (flat returns)",
+    }
+    groups: dict[Outcome, list[str]] = {}
+    for name in ABLATIONS:
+        if name in c.outcomes:
+            groups.setdefault(c.outcomes[name], []).append(ABLATION_MEANS[name])
+    if not groups:
+        return ""
+    level = next(ci.level for ci in c.pairs.values())
+    parts = []
+    for outcome, effect in effects.items():
+        if outcome in groups:
+            named = _and(groups[outcome])
+            sig = (
+                f" (significant at {level:.0%})" if outcome in (Outcome.BEAT, Outcome.LOST) else ""
+            )
+            parts.append(f"{named} {effect}{sig}")
+    return "Its ablations: " + "; ".join(parts) + "."
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def verdict(c: Comparison) -> str:
-    """The verdict: the subject against the best static comparator, then any test-period loss."""
-    subject, best = c.subject, c.best_static
-    if subject is None:
+    """The headline in plain words: buy-and-hold, the best static comparator, the ablations."""
+    if c.subject is None:
         return (
             f"No verdict: {SUBJECT} is not in returns.csv, "
             "so this run has no meta strategy to judge."
         )
-    if best is None:
+    if not c.headline_comparators:
         return (
             f"No verdict: returns.csv holds no static comparator ({', '.join(STATIC_COMPARATORS)})."
         )
-    metrics, pairs = c.metrics, c.pairs
-    ci = pairs[best]
-    mine, theirs = metrics[subject]["sharpe"], metrics[best]["sharpe"]
-    if mine is None or theirs is None or not math.isfinite(ci.diff):
-        return f"No verdict: the Sharpe of {subject} or {best} is undefined (flat returns)."
-    outcome = "WON against" if ci.diff > 0 else "LOST to" if ci.diff < 0 else "TIED with"
-    cagr = f"; CAGR {fmt(metrics[subject]['cagr'], 'pct')} vs {fmt(metrics[best]['cagr'], 'pct')}"
-    # The headline comparator is picked in-sample; still say plainly when another static
-    # strategy did better on the test period, so a "WON" never hides a loss.
+    against = " and ".join(_against(c, n) for n in c.headline_comparators)
+    ablations = _ablation_summary(c)
+    return f"{c.subject} {against}." + (f" {ablations}" if ablations else "")
+
+
+def _numbers(c: Comparison, other: str) -> str:
+    """Sharpe, difference and interval; CAGR and volatility too when they differ a lot."""
+    mine, theirs = c.metrics[c.subject], c.metrics[other]
+    ci = c.pairs[other]
+    text = (
+        f"Sharpe {fmt(mine['sharpe'])} vs {fmt(theirs['sharpe'])}, difference "
+        f"{fmt(ci.diff, 'signed')}, {ci_text(ci)} ({significance(ci)})"
+    )
+    if c.scale_differs[other]:
+        text += (
+            f"; CAGR {fmt(mine['cagr'], 'pct')} vs {fmt(theirs['cagr'], 'pct')}, volatility "
+            f"{fmt(mine['volatility'], 'pct')} vs {fmt(theirs['volatility'], 'pct')}"
+        )
+    return text
+
+
+def verdict_details(c: Comparison) -> list[str]:
+    """One line of numbers per comparison the verdict makes, then any static that did better."""
+    if c.subject is None or not c.headline_comparators:
+        return []
+    lines = [f"against {n}: {_numbers(c, n)}." for n in c.headline_comparators]
+    lines += [
+        f"against {n} (what {ABLATION_MEANS[n]} adds): {_numbers(c, n)}."
+        for n in ABLATIONS
+        if n in c.pairs
+    ]
+    # The best static comparator is picked in-sample; still say plainly when another
+    # static strategy did better on the test period, so a headline never hides a loss.
     better = [
         n
         for n in STATIC_COMPARATORS
-        if n != best and n in pairs and math.isfinite(pairs[n].diff) and pairs[n].diff < 0
+        if n in c.pairs and n not in c.headline_comparators and c.pairs[n].diff < 0
     ]
-    also = "".join(
-        f" It LOST to {n} on the test period: Sharpe {fmt(mine)} vs "
-        f"{fmt(metrics[n]['sharpe'])}, {ci_text(pairs[n])} ({significance(pairs[n])})."
+    lines += [
+        f"{n} (static, not the one chosen in-sample) had a higher test Sharpe: {_numbers(c, n)}."
         for n in better
-    )
-    return (
-        f"{subject} {outcome} {best} ({BASIS_TEXT[c.best_static_basis]}): Sharpe {fmt(mine)} vs "
-        f"{fmt(theirs)}, difference {fmt(ci.diff, 'signed')}, {ci_text(ci)} "
-        f"({significance(ci)}){cagr}." + also
-    )
+    ]
+    return lines
 
 
 def deflation(c: Comparison) -> str:
@@ -105,31 +175,10 @@ def deflation(c: Comparison) -> str:
     )
 
 
-def ablations(c: Comparison) -> str:
-    """What each ingredient added, then (synthetic studies) the shares of the ceiling."""
-    if c.subject is None:
-        return ""
-    parts = []
-    for name in ABLATIONS:
-        ci = c.pairs.get(name)
-        if ci is None:
-            continue
-        what = ABLATION_MEANS[name]
-        if not math.isfinite(ci.diff):
-            parts.append(f"{what}: undefined ({name} or {c.subject} is flat)")
-            continue
-        effect = "helped" if ci.diff > 0 else "hurt" if ci.diff < 0 else "changed nothing"
-        parts.append(
-            f"{what} {effect} ({fmt(ci.diff, 'signed')} Sharpe vs {name}, "
-            f"{ci_text(ci)}, {significance(ci)})"
-        )
-    text = "Ablations: " + "; ".join(parts) + "." if parts else "Ablations: none in this run."
-    return text + _ceiling_shares(c)
-
-
-def _ceiling_shares(c: Comparison) -> str:
+def ceiling(c: Comparison) -> str:
+    """Synthetic studies: each learned strategy's Sharpe as a share of the ceiling's."""
     if not c.ceiling_shares:
         return ""
     shares = ", ".join(f"{n} {100 * share:.0f}%" for n, share in c.ceiling_shares.items())
     bound = c.metrics[CEILING]["sharpe"]
-    return f" Share of the ceiling {CEILING} (Sharpe {fmt(bound)}, told the true regime): {shares}."
+    return f"Share of the ceiling {CEILING} (Sharpe {fmt(bound)}, told the true regime): {shares}."

@@ -13,13 +13,13 @@ import quantstats as qs
 from rich.console import Console
 
 from metabt.reports.build import OUTPUT_FILES, build_reports
-from metabt.reports.comparison import compare
+from metabt.reports.comparison import Outcome, compare, differ_a_lot
 from metabt.reports.errors import ReportError
 from metabt.reports.markdown import to_markdown
 from metabt.reports.metrics import compute_metrics, turnover, write_metrics
-from metabt.reports.runfolder import read_returns, read_study
+from metabt.reports.runfolder import Study, read_returns, read_study
 from metabt.reports.terminal import print_comparison
-from metabt.reports.verdict import verdict
+from metabt.reports.verdict import verdict, verdict_details
 
 PPY = 252
 ASSETS = ("AAA", "BBB")
@@ -107,7 +107,7 @@ def test_build_writes_every_report_file(built: tuple[Path, dict]) -> None:
     # The benchmark is the static comparator chosen in-sample, not a ticker.
     assert "meta_adaptive vs sma_cross" in html and "SMA_CROSS" in html
     md = (run / "comparison.md").read_text(encoding="utf-8")
-    assert "meta_adaptive WON against sma_cross (best static, chosen in-sample)" in md
+    assert "sma_cross, the best static comparator chosen in-sample" in md
 
 
 def test_metrics_json_matches_quantstats_on_returns_csv(built: tuple[Path, dict]) -> None:
@@ -175,33 +175,134 @@ def test_verdict_says_lost_when_the_meta_strategy_is_clearly_worse(tmp_path: Pat
         {"meta_adaptive": -2.5, "sma_cross": 2.5, "momentum": 0.0},
         train_best={"sma_cross": 1.0, "momentum": 0.2},
     )
-    assert verdict(c).startswith("meta_adaptive LOST to sma_cross (best static, chosen in-sample)")
-    assert "(significant at 95%)" in verdict(c)
+    assert c.outcomes["sma_cross"] is Outcome.LOST and c.headline is Outcome.LOST
+    assert verdict(c).startswith(
+        "meta_adaptive lost to sma_cross, the best static comparator chosen in-sample "
+        "(significant at 95%)."
+    )
     assert verdict(c) in to_markdown(c)
     console = Console(record=True, width=400)
     print_comparison(c, console)
     assert verdict(c) in console.export_text()
 
 
-def test_verdict_says_won_when_the_meta_strategy_is_clearly_better(tmp_path: Path) -> None:
+def test_verdict_says_beat_when_the_meta_strategy_is_clearly_better(tmp_path: Path) -> None:
     c = _comparison(
         tmp_path,
         {"meta_adaptive": 3.0, "sma_cross": -1.5, "momentum": 0.0},
         train_best={"sma_cross": 1.0, "momentum": 0.2},
     )
-    assert verdict(c).startswith("meta_adaptive WON against sma_cross")
-    assert "(significant at 95%)" in verdict(c)
+    assert c.outcomes["sma_cross"] is Outcome.BEAT
+    assert verdict(c).startswith(
+        "meta_adaptive beat sma_cross, the best static comparator chosen in-sample "
+        "(significant at 95%)."
+    )
+
+
+def test_verdict_says_level_when_the_interval_contains_zero(tmp_path: Path) -> None:
+    c = _comparison(
+        tmp_path,
+        {"meta_adaptive": 1.0, "sma_cross": 0.6, "momentum": 0.0},
+        train_best={"sma_cross": 1.0, "momentum": 0.2},
+    )
+    ci = c.pairs["sma_cross"]
+    # A higher Sharpe whose interval contains 0: not a win.
+    assert ci.diff > 0 and ci.low < 0 < ci.high
+    assert c.outcomes["sma_cross"] is Outcome.LEVEL
+    assert verdict(c).startswith(
+        "meta_adaptive was level with sma_cross, the best static comparator chosen in-sample "
+        "(not significant)."
+    )
+    assert "beat" not in verdict(c) and "WON" not in to_markdown(c)
+
+
+def test_verdict_leads_with_buy_and_hold_and_the_best_static_then_the_ablations(
+    tmp_path: Path,
+) -> None:
+    c = _comparison(
+        tmp_path,
+        {
+            "meta_adaptive": 2.0,
+            "meta_frozen": 2.0,
+            "meta_random_init": -2.0,
+            "buy_and_hold": 5.0,
+            "sma_cross": -2.0,
+        },
+        train_best={"sma_cross": 1.0, "buy_and_hold": 0.2},
+    )
+    text = verdict(c)
+    assert text.startswith(
+        "meta_adaptive lost to buy_and_hold (significant at 95%) and beat sma_cross, "
+        "the best static comparator chosen in-sample (significant at 95%)."
+    )
+    assert c.headline is Outcome.LOST  # one significant loss is enough to say lost
+    assert "the meta-learned init helped (significant at 95%)" in text
+    assert c.outcomes["meta_frozen"] in (Outcome.LEVEL, Outcome.BEAT, Outcome.LOST)
+    assert "against meta_frozen (what adaptation adds): Sharpe" in to_markdown(c)
+
+
+def test_terminal_colour_follows_the_outcome_not_the_words(tmp_path: Path) -> None:
+    # meta_adaptive beats the comparator chosen in-sample but not another static one
+    # on the test period: the details mention the better one; the colour stays green.
+    c = _comparison(
+        tmp_path,
+        {"meta_adaptive": 3.0, "sma_cross": -1.5, "momentum": 4.0},
+        train_best={"sma_cross": 1.0, "momentum": 0.2},
+    )
+    assert c.headline is Outcome.BEAT
+    console = Console(record=True, width=100, force_terminal=True, color_system="standard")
+    print_comparison(c, console)
+    out = console.export_text(styles=True)
+    assert "\x1b[1;32mmeta_adaptive beat sma_cross" in out
+    assert "momentum (static, not the one chosen in-sample) had a higher test Sharpe" in out
+
+
+def test_cagr_and_volatility_are_stated_when_they_differ_a_lot() -> None:
+    rng = np.random.default_rng(3)
+    idx = pd.bdate_range("2022-01-03", periods=500, name="date")
+    base = rng.normal(0.0006, 0.01, len(idx))
+    returns = pd.DataFrame(
+        {
+            "meta_adaptive": 0.4 * base,  # the same Sharpe at less than half the risk
+            "buy_and_hold": base,
+            "sma_cross": 0.4 * rng.normal(0.0006, 0.01, len(idx)),
+        },
+        index=idx,
+    )
+    empty = pd.DataFrame(columns=["date", "strategy", "asset", "weight"])
+    metrics = compute_metrics(returns, empty, empty, empty, PPY)
+    study = Study(periods_per_year=PPY, train_best={"sma_cross": 1.0, "buy_and_hold": 0.5})
+    c = compare(returns, metrics, study, reps=200)
+    assert c.scale_differs == {"buy_and_hold": True, "sma_cross": False}
+    lines = {line.split(":")[0]: line for line in verdict_details(c)}
+    assert "CAGR" in lines["against buy_and_hold"] and "volatility" in lines["against buy_and_hold"]
+    assert "CAGR" not in lines["against sma_cross"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "far"),
+    [
+        (0.033, 0.073, True),  # the README's demo: 3.3% vs 7.3% CAGR
+        (0.113, 0.126, False),
+        (0.02, -0.02, True),
+        (0.004, -0.005, False),  # under a percentage point apart
+        (None, 0.05, False),
+    ],
+)
+def test_differ_a_lot(a: float | None, b: float | None, far: bool) -> None:
+    assert differ_a_lot(a, b) is far
 
 
 def test_best_static_is_chosen_in_sample_not_on_the_test_period(tmp_path: Path) -> None:
     sharpes = {"meta_adaptive": 0.5, "sma_cross": 3.0, "momentum": -1.0}
     c = _comparison(tmp_path / "a", sharpes, train_best={"sma_cross": 0.1, "momentum": 0.9})
     assert c.best_static == "momentum"
-    assert verdict(c).startswith(
-        "meta_adaptive WON against momentum (best static, chosen in-sample)"
-    )
+    assert "momentum, the best static comparator chosen in-sample" in verdict(c)
     # ... and a test-period loss to another static strategy is still said plainly.
-    assert "It LOST to sma_cross on the test period" in verdict(c)
+    assert any(
+        line.startswith("sma_cross (static, not the one chosen in-sample) had a higher test")
+        for line in verdict_details(c)
+    )
     # Without in-sample Sharpes it falls back to the test period and says so.
     c = _comparison(tmp_path / "b", sharpes, train_best=None)
     assert c.best_static == "sma_cross" and "TEST Sharpe" in verdict(c)

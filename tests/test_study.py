@@ -308,7 +308,7 @@ def test_demo_runs_offline_end_to_end(tmp_path, run_cli, monkeypatch):
         assert (out / name).is_file(), name
     verdict = (out / "comparison.md").read_text()
     assert (
-        ("meta_adaptive WON" in verdict)
-        or ("meta_adaptive LOST" in verdict)
-        or ("meta_adaptive TIED" in verdict)
+        ("meta_adaptive beat" in verdict)
+        or ("meta_adaptive lost to" in verdict)
+        or ("meta_adaptive was level with" in verdict)
     )
