@@ -90,6 +90,6 @@ def build_reports(run_dir: Path, console: Console | None = None, *, reps: int = 
         f"{returns.index[-1].date()}",
     )
     if console is not None:
-        print_comparison(comparison, console)
+        print_comparison(comparison, console, full_table=run.path / "comparison.md")
     log.info("reports written to %s", run.path)
     return metrics

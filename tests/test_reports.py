@@ -352,3 +352,22 @@ def test_study_typo_gets_a_did_you_mean(tmp_path: Path) -> None:
     path.write_text(json.dumps({"periods_per_year": 252, "n_trial": {}}), encoding="utf-8")
     with pytest.raises(ReportError, match="did you mean 'n_trials'"):
         read_study(path)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_terminal_table_fits_the_width_without_cutting_a_cell(
+    built: tuple[Path, dict], width: int
+) -> None:
+    run, _ = built
+    console = Console(record=True, width=width)
+    build_reports(run, console=console, reps=50)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= width
+    # Fitting by cutting cells would keep the width too: every cell must be whole.
+    assert not any("…" in line for line in lines)
+    header = next(line for line in lines if line.lstrip().startswith("Strategy"))
+    for column in ("Sharpe", "Diff [95% CI]", "Result", "CAGR", "Vol", "Max DD"):
+        assert column in header, (width, column)
+    for name in NAMES:
+        assert any(line.lstrip().startswith(name) for line in lines), name
+    assert f"Every metric, PSR, DSR and trials: {run / 'comparison.md'}" in "".join(lines)
