@@ -86,6 +86,7 @@ def build_reports(run_dir: Path, console: Console | None = None, *, reps: int = 
         regime_changes=study.regime_changes,
         adaptations=run.adaptations,
         subject=comparison.subject or SUBJECT,
+        best_static=comparison.best_static,
         title=f"{study.title}: equity after costs, {returns.index[0].date()} to "
         f"{returns.index[-1].date()}",
     )

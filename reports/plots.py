@@ -1,4 +1,11 @@
-"""``equity.png``: every strategy's growth of 1, with regime changes and adaptations marked.
+"""``equity.png``: the growth of 1, the ablations against the meta policy, the adaptations.
+
+Three panels. On top, the curves a trader compares first stand out (the meta
+policy, buy-and-hold, the best static comparator and, in synthetic studies, the
+ceiling); the other static comparators are thin and faint. The meta policy and
+its ablations trade the same network and their curves lie on top of each other,
+so the middle panel shows each ablation *relative to* ``meta_adaptive``: above 0,
+the ablation did better. The strip at the bottom marks the detected regime changes.
 
 Drawn with matplotlib's object API on an Agg canvas rather than pyplot, so
 writing the plot neither depends on nor changes the user's backend.
@@ -11,33 +18,51 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from metabt.reports.runfolder import SUBJECT, ordered_strategies
+from metabt.reports.comparison import ABLATIONS
+from metabt.reports.runfolder import CEILING, SUBJECT, ordered_strategies
 
-# Fixed colour and line per strategy so figures from different runs compare at a
-# glance: the subject bold, ablations solid/dashed, static comparators dotted.
-STYLES: dict[str, dict[str, object]] = {
-    "meta_adaptive": {"color": "#1f4e9c", "lw": 2.6, "ls": "-", "zorder": 10},
-    "meta_frozen": {"color": "#6baed6", "lw": 1.5, "ls": "--"},
-    "meta_calendar": {"color": "#2ca02c", "lw": 1.5, "ls": "--"},
-    "meta_random_init": {"color": "#9467bd", "lw": 1.5, "ls": "--"},
-    "erm_static": {"color": "#8c564b", "lw": 1.5, "ls": "-."},
-    "buy_and_hold": {"color": "#444444", "lw": 1.6, "ls": "-"},
-    "sma_cross": {"color": "#d62728", "lw": 1.4, "ls": ":"},
-    "momentum": {"color": "#ff7f0e", "lw": 1.4, "ls": ":"},
-    "rsi_reversion": {"color": "#e377c2", "lw": 1.4, "ls": ":"},
+# Fixed colours so figures from different runs compare at a glance.
+SUBJECT_COLOUR = "#1f4e9c"
+BUY_AND_HOLD_COLOUR = "#222222"
+BEST_STATIC_COLOUR = "#d62728"
+CEILING_COLOUR = "#2ca02c"
+#: The ablations (and the oracle) in the relative panel: distinct hues and dashes.
+VARIANT_STYLES: dict[str, dict[str, object]] = {
+    "meta_frozen": {"color": "#17becf", "ls": "-"},
+    "meta_calendar": {"color": "#ff7f0e", "ls": "--"},
+    "meta_random_init": {"color": "#9467bd", "ls": "-."},
+    "erm_static": {"color": "#8c564b", "ls": ":"},
+    "meta_oracle": {"color": "#2ca02c", "ls": "--"},
 }
-_OTHER_COLOURS = ("#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939")
+#: The other static comparators: context, thin and faint.
+_CONTEXT_COLOURS = ("#e377c2", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#ff9896", "#8c6d31")
 _MAX_LABELLED_CHANGES = 40  # beyond this, asset labels on the change lines overlap
 
 
-def _style(name: str, i: int) -> dict[str, object]:
-    return STYLES.get(
-        name, {"color": _OTHER_COLOURS[i % len(_OTHER_COLOURS)], "lw": 1.3, "ls": "-"}
-    )
+def _top_style(name: str, subject: str, best_static: str | None, k: int) -> dict[str, object]:
+    """Line style in the top panel: the headline curves bold, the rest thin context."""
+    if name == subject:
+        return {"color": SUBJECT_COLOUR, "lw": 2.8, "ls": "-", "zorder": 10, "alpha": 1.0}
+    if name == "buy_and_hold":
+        return {"color": BUY_AND_HOLD_COLOUR, "lw": 2.0, "ls": "-", "zorder": 8, "alpha": 1.0}
+    if name == best_static:
+        return {"color": BEST_STATIC_COLOUR, "lw": 2.0, "ls": "-", "zorder": 8, "alpha": 1.0}
+    if name == CEILING:
+        return {"color": CEILING_COLOUR, "lw": 1.8, "ls": "--", "zorder": 7, "alpha": 0.9}
+    colour = _CONTEXT_COLOURS[k % len(_CONTEXT_COLOURS)]
+    return {"color": colour, "lw": 1.0, "ls": "-", "zorder": 2, "alpha": 0.55}
+
+
+def _label(name: str, subject: str, best_static: str | None, final: float) -> str:
+    role = {subject: "meta policy", "buy_and_hold": "buy and hold", CEILING: "ceiling"}.get(name)
+    if name == best_static:
+        role = "best static" if role is None else f"{role}; best static"
+    return f"{name}  ({final:.2f}x" + (f", {role})" if role else ")")
 
 
 def plot_equity(
@@ -47,6 +72,7 @@ def plot_equity(
     regime_changes: Sequence[tuple[pd.Timestamp, str]] = (),
     adaptations: pd.DataFrame | None = None,
     subject: str = SUBJECT,
+    best_static: str | None = None,
     title: str = "",
 ) -> Path:
     """Write the equity-curve figure to ``path`` (PNG).
@@ -63,7 +89,10 @@ def plot_equity(
         ``adaptations.csv`` rows (``date, strategy, asset``); the rows of
         ``subject`` are drawn as ticks in a strip below the curves, one row per asset.
     subject : str
-        Strategy whose adaptation events are shown and whose curve is bold.
+        The meta policy: bold on top, the reference of the relative panel, and
+        the strategy whose adaptation events are shown.
+    best_static : str, optional
+        The static comparator the verdict uses; drawn bold next to buy-and-hold.
     title : str
         Figure heading.
 
@@ -90,31 +119,39 @@ def plot_equity(
     changes = [(d, a) for d, a in regime_changes if lo <= d <= hi]
     assets = sorted(events["asset"].unique()) if not events.empty else []
     strip = subject in names
+    variants = [n for n in (*ABLATIONS, "meta_oracle") if n in names] if strip else []
 
-    fig = Figure(figsize=(12, 7.5 if strip else 6.5), dpi=110, layout="constrained")
+    heights = (
+        [5.0]
+        + ([2.2] if variants else [])
+        + ([0.6 + 0.25 * min(len(assets) or 1, 8)] if strip else [])
+    )
+    fig = Figure(figsize=(12, 1.2 + sum(heights)), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    if strip:
-        rows = max(1, len(assets))
-        ax, ev = fig.subplots(
-            2, 1, sharex=True, gridspec_kw={"height_ratios": [5, 0.6 + 0.25 * min(rows, 8)]}
-        )
-    else:
-        ax, ev = fig.subplots(1, 1), None
+    axes = fig.subplots(
+        len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights}, squeeze=False
+    )[:, 0]
+    ax = axes[0]
+    rel = axes[1] if variants else None
+    ev = axes[-1] if strip else None
 
-    for i, name in enumerate(names):
-        st = _style(name, i)
-        final = equity[name].iloc[-1]
+    # Context first, headline curves last so they are drawn (and listed) on top.
+    headline = [n for n in (subject, "buy_and_hold", best_static, CEILING) if n in names]
+    context = [n for n in names if n not in headline and n not in variants]
+    for k, name in enumerate(context + list(dict.fromkeys(reversed(headline)))):
+        st = _top_style(name, subject, best_static, k)
         ax.plot(
             equity.index,
             equity[name],
-            label=f"{name}  ({final:.2f}x)",
+            label=_label(name, subject, best_static, equity[name].iloc[-1]),
             color=st["color"],
             lw=st["lw"],
             ls=st["ls"],
-            zorder=st.get("zorder", 3),
+            alpha=st["alpha"],
+            zorder=st["zorder"],
         )
     ax.axhline(1.0, color="black", lw=0.6, alpha=0.5)
-    values = equity.to_numpy()
+    values = equity[headline + context].to_numpy()
     if (values > 0).all():
         ax.set_yscale("log")
         # Plain numbers (0.8, 1, 1.5) read better than 10^0 on a narrow log range.
@@ -136,17 +173,16 @@ def plot_equity(
     )
 
     for k, (when, asset) in enumerate(changes):
-        for axis in (ax, ev):
-            if axis is not None:
-                axis.axvline(
-                    when,
-                    color="#7f7f7f",
-                    lw=1.0,
-                    ls="--",
-                    alpha=0.8,
-                    zorder=1,
-                    label="true regime change" if (axis is ax and k == 0) else None,
-                )
+        for axis in axes:
+            axis.axvline(
+                when,
+                color="#7f7f7f",
+                lw=1.0,
+                ls="--",
+                alpha=0.8,
+                zorder=1,
+                label="true regime change" if (axis is ax and k == 0) else None,
+            )
         if asset and len(changes) <= _MAX_LABELLED_CHANGES:
             ax.annotate(
                 asset,
@@ -159,7 +195,11 @@ def plot_equity(
                 fontsize=7,
                 color="#555555",
             )
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: _legend_rank(labels[i], headline))
     ax.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         fontsize=9,
@@ -167,34 +207,87 @@ def plot_equity(
         title="strategy (final value)",
         title_fontsize=9,
     )
-
+    if rel is not None:
+        _relative_panel(rel, equity, subject, variants)
     if ev is not None:
-        if assets:
-            ypos = {a: i for i, a in enumerate(assets)}
-            ev.scatter(
-                events["date"],
-                events["asset"].map(ypos),
-                marker="|",
-                s=120,
-                color=STYLES[SUBJECT]["color"],
-                linewidths=1.4,
-                zorder=5,
-            )
-            ev.set_yticks(range(len(assets)), labels=assets, fontsize=8)
-            ev.set_ylim(-0.7, len(assets) - 0.3)
-        else:
-            ev.set_yticks([])
-            ev.text(
-                0.5,
-                0.5,
-                f"no regime change detected for {subject}",
-                ha="center",
-                va="center",
-                transform=ev.transAxes,
-                fontsize=9,
-                color="#555555",
-            )
-        ev.set_title(f"{subject}: detected regime changes ({len(events)})", loc="left", fontsize=9)
-        ev.grid(True, axis="x", alpha=0.3)
+        _event_strip(ev, events, assets, subject)
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+def _legend_rank(label: str, headline: list[str]) -> int:
+    """Headline curves first, in their fixed order; then the rest as drawn."""
+    name = label.split("  (")[0]
+    return headline.index(name) if name in headline else len(headline)
+
+
+def relative_growth(equity: pd.DataFrame, subject: str, others: list[str]) -> pd.DataFrame:
+    """Each of ``others``' growth of 1 over the subject's, minus 1, in percent.
+
+    Above 0 the other strategy has grown more since the start; two curves that lie
+    on top of each other in the growth panel separate here.
+    """
+    return 100.0 * (equity[others].div(equity[subject], axis=0) - 1.0)
+
+
+def _relative_panel(ax: Axes, equity: pd.DataFrame, subject: str, variants: list[str]) -> None:
+    """Each ablation's growth relative to the subject's, in percent: above 0 it did better."""
+    relative = relative_growth(equity, subject, variants)
+    for name in variants:
+        st = VARIANT_STYLES.get(name, {"color": "#7f7f7f", "ls": "-"})
+        ax.plot(
+            equity.index,
+            relative[name],
+            color=st["color"],
+            ls=st["ls"],
+            lw=1.6,
+            label=f"{name}  ({relative[name].iloc[-1]:+.1f}%)",
+        )
+    ax.axhline(0.0, color=SUBJECT_COLOUR, lw=1.6)
+    ax.grid(True, alpha=0.3)
+    ax.set_ylabel(f"vs {subject} (%)")
+    ax.set_title(
+        f"Ablations relative to {subject}: their growth of 1 / {subject}'s - 1, in % "
+        "(above 0: the ablation did better)",
+        loc="left",
+        fontsize=9,
+    )
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=9,
+        frameon=False,
+        title="ablation (at the end)",
+        title_fontsize=9,
+    )
+
+
+def _event_strip(ev: Axes, events: pd.DataFrame, assets: list[str], subject: str) -> None:
+    """One row per asset, a tick at each regime change the subject's detector reported."""
+    if assets:
+        ypos = {a: i for i, a in enumerate(assets)}
+        ev.scatter(
+            events["date"],
+            events["asset"].map(ypos),
+            marker="|",
+            s=120,
+            color=SUBJECT_COLOUR,
+            linewidths=1.4,
+            zorder=5,
+        )
+        ev.set_yticks(range(len(assets)), labels=assets, fontsize=8)
+        ev.set_ylim(-0.7, len(assets) - 0.3)
+    else:
+        ev.set_yticks([])
+        ev.text(
+            0.5,
+            0.5,
+            f"no regime change detected for {subject}",
+            ha="center",
+            va="center",
+            transform=ev.transAxes,
+            fontsize=9,
+            color="#555555",
+        )
+    ev.set_title(f"{subject}: detected regime changes ({len(events)})", loc="left", fontsize=9)
+    ev.grid(True, axis="x", alpha=0.3)
