@@ -395,33 +395,11 @@ def bench(
     """Speed, measured side by side in one run: meta-learners vs references, detectors, strategy."""
     import json
 
-    from rich.table import Table
+    from metabt.backtests.bench_report import bench_stages, bench_table, run_stages, target_summary
 
-    from metabt.metamodels.bench import run_bench
-    from metabt.strategies.detector_bench import bench_ar_flips, bench_detectors
-    from metabt.strategies.speed_bench import bench_strategy_speed
-
-    figures = run_bench(repeats=repeats)
-    flips = bench_ar_flips()
-    figures["detectors"] = {
-        name: {**row, **flips[name]} for name, row in bench_detectors()["detectors"].items()
-    }
-    figures.update(bench_strategy_speed(repeats=max(1, repeats // 2)))
-    if serve:
-        from metabt.backtests.serve.bench import bench_serve
-
-        figures.update(bench_serve())
-    table = Table(title="metabt bench (medians)")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key, value in figures.items():
-        if key == "detectors":
-            for name, stats in value.items():
-                for k, v in stats.items():
-                    table.add_row(f"detectors.{name}.{k}", "n/a" if v is None else f"{v:.4g}")
-        else:
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    console.print(table)
+    figures = run_stages(bench_stages(repeats, serve), console)
+    console.print(bench_table(figures))
+    console.print(target_summary(figures), highlight=False)
     if json_path is not None:
         json_path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
         console.print(f"wrote {json_path}")

@@ -45,10 +45,16 @@ class Heartbeat:
         Seconds between lines; default from ``METABT_PROGRESS_EVERY`` or 30.
     enabled : bool, optional
         Default: only when ``console`` is not a terminal (a terminal has live bars).
+    step : str, optional
+        What is running, shown until a module logs a step of its own.
     """
 
     def __init__(
-        self, console: Console, every: float | None = None, enabled: bool | None = None
+        self,
+        console: Console,
+        every: float | None = None,
+        enabled: bool | None = None,
+        step: str = "starting",
     ) -> None:
         self.console = console
         self.every = every if every is not None else float(os.environ.get(ENV, "30"))
@@ -56,6 +62,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handler = _LastStep()
+        self._handler.text = step
         self._levels: dict[str, int] = {}
 
     def _beat(self) -> None:
