@@ -171,7 +171,10 @@ def data_validate(
     allow_jumps: JumpsOpt = False,
     allow_gaps: GapsOpt = False,
 ) -> None:
-    """Check Yahoo-layout CSV files: one line per file, every bad one on stderr, exit 2 if any."""
+    """Check CSV files of bars; report every bad one.
+
+    Check Yahoo-layout CSV files: one line per file, every bad one on stderr, exit 2 if any.
+    """
     files: list[Path] = []
     errors: list[str] = []
     for path in paths:
@@ -206,7 +209,10 @@ def data_validate(
 
 @app.command()
 def demo(out: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
-    """The main job: the basket study on the bundled sample data, offline."""
+    """Run the main study offline on the bundled data.
+
+    The main job: the basket study on the bundled sample data, offline.
+    """
     config = load_config(configs_dir() / "basket.toml")
     # The default folder belongs to the demo: running it again replaces it.
     out = _run(config, out or Path("runs") / "demo", overwrite=overwrite or out is None)
@@ -237,7 +243,10 @@ def backtest(
     allow_jumps: JumpsOpt = False,
     allow_gaps: GapsOpt = False,
 ) -> None:
-    """Meta-train on [start, split), tune the comparators there, trade [split, end]."""
+    """Run a study: train, tune, trade the test period.
+
+    Meta-train on [start, split), tune the comparators there, trade [split, end].
+    """
     config = _resolve(config_path, data, symbols, start, split, end, allow_jumps, allow_gaps)
     if refit_every is not None:
         config = config.model_copy(
@@ -263,7 +272,10 @@ def train(
     allow_jumps: JumpsOpt = False,
     allow_gaps: GapsOpt = False,
 ) -> None:
-    """Meta-train on [start, split) of the configured assets and save a checkpoint."""
+    """Meta-train only, and save a checkpoint.
+
+    Meta-train on [start, split) of the configured assets and save a checkpoint.
+    """
     from metabt.backtests.config import build_specs
     from metabt.backtests.data import load_study_data
     from metabt.backtests.runner import train_meta
@@ -330,8 +342,9 @@ def sweep(
         typer.Option("--workers", min=1, help="Local worker processes (ignored with --cluster)."),
     ] = 2,
 ) -> None:
-    """Run the product of seeds x grid x walk-forward x universes as studies on Dask.
+    """Run many studies on Dask: seeds x grid x universes.
 
+    Run the product of seeds x grid x walk-forward x universes as studies on Dask.
     Each run is a normal run folder under OUT/runs/<hash>/; finished runs are skipped,
     so running the same command again resumes (or does nothing).
     """
@@ -392,7 +405,11 @@ def bench(
         ),
     ] = False,
 ) -> None:
-    """Speed, measured side by side in one run: meta-learners vs references, detectors, strategy."""
+    """Measure speed and detection against their targets.
+
+    Speed, measured side by side in one run: meta-learners vs references, detectors,
+    strategy; a progress line per stage, then every figure next to its target.
+    """
     import json
 
     from metabt.backtests.bench_report import bench_stages, bench_table, run_stages, target_summary
@@ -407,7 +424,10 @@ def bench(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
-    """Rebuild metrics.json, tearsheet.html, comparison.md and equity.png from a run folder."""
+    """Rebuild the reports of a run folder.
+
+    Rebuild metrics.json, tearsheet.html, comparison.md and equity.png from a run folder.
+    """
     from metabt.reports.build import build_reports
 
     build_reports(run_dir, console=console)

@@ -84,7 +84,10 @@ def run(
         bool, typer.Option("--allow-gaps", help="Accept more than 30 days between bars.")
     ] = False,
 ) -> None:
-    """Paper-trade the meta-adaptive strategy bar by bar; resumable, crash-safe."""
+    """Paper-trade bar by bar; resumable, crash-safe.
+
+    Paper-trade the meta-adaptive strategy bar by bar; resumable, crash-safe.
+    """
     from metabt.backtests.paper.loop import PaperLoop
     from metabt.backtests.paper.session import PaperOptions, open_session
 
@@ -138,7 +141,10 @@ def run(
 
 
 def status(state: StateOpt) -> None:
-    """Positions, cash, equity, last bar and last adaptation of a paper state."""
+    """Show a paper state: positions, cash, equity.
+
+    Positions, cash, equity, last bar and last adaptation of a paper state.
+    """
     from metabt.backtests.paper.status import print_status, read_status
 
     print_status(read_status(state), console)
@@ -160,7 +166,10 @@ def report(
         ),
     ] = False,
 ) -> None:
-    """Write a run folder (returns, positions, trades, adaptations) and its tear sheet."""
+    """Write a paper state's run folder and tear sheet.
+
+    Write a run folder (returns, positions, trades, adaptations) and its tear sheet.
+    """
     from metabt.backtests.outdir import check_out
     from metabt.backtests.paper.status import build_paper_report
 
@@ -178,7 +187,10 @@ def rebuild(
         ),
     ] = None,
 ) -> None:
-    """Re-create a damaged paper state from its stored config, checkpoint and the source's bars."""
+    """Re-create a damaged paper state.
+
+    Re-create a damaged paper state from its stored config, checkpoint and the source's bars.
+    """
     from metabt.backtests.paper.rebuild import rebuild as rebuild_state
 
     done = rebuild_state(state, data)

@@ -60,7 +60,10 @@ def serve(
     ] = 4_000_000,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve the decisions of trained models over HTTP (FastAPI + uvicorn, OpenAPI at /docs)."""
+    """Serve trained models' decisions over HTTP.
+
+    Serve the decisions of trained models over HTTP (FastAPI + uvicorn, OpenAPI at /docs).
+    """
     try:
         import uvicorn
 
