@@ -277,7 +277,7 @@ def train(
     Meta-train on [start, split) of the configured assets and save a checkpoint.
     """
     from metabt.backtests.config import build_specs
-    from metabt.backtests.data import load_study_data
+    from metabt.backtests.data import bar_dates, load_study_data
     from metabt.backtests.runner import train_meta
     from metabt.metamodels.model_io import save_model
 
@@ -294,9 +294,14 @@ def train(
         )
     save_model(model, out, config.model_dump(mode="json", exclude_none=True))
     best = model.history.get("val_loss") or [float("nan")]
+    frames = study_data.frames
+    periods = f"trained on bars {bar_dates(frames, *model.train_period)}"
+    if model.val_period is not None:
+        periods += f", validated on bars {bar_dates(frames, *model.val_period)}"
     console.print(
         f"saved {out} ({model.algorithm}, best step {model.best_step}, "
-        f"best validation loss {min(best):.4f}, trained on {model.train_period})"
+        f"best validation loss {min(best):.4f}); {periods}",
+        highlight=False,
     )
 
 

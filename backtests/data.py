@@ -137,3 +137,16 @@ def load_study_data(config: StudyConfig) -> StudyData:
         }
     log.info("loaded %d symbols from %s", len(frames), source)
     return StudyData(frames, regimes, source)
+
+
+def bar_dates(frames: Frames, start: object, end: object) -> str:
+    """``first .. last`` date of the bars of any symbol in ``[start, end)``, for messages.
+
+    Periods are kept half-open inside metabt (the end is the first bar *not* used);
+    people read the first and last bar actually used.
+    """
+    dates = pd.DatetimeIndex(sorted(set().union(*(f.index for f in frames.values()))))
+    inside = dates[(dates >= pd.Timestamp(start)) & (dates < pd.Timestamp(end))]
+    if inside.empty:
+        return "no bars"
+    return f"{inside[0].date()} .. {inside[-1].date()}"

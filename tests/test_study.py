@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -195,6 +196,13 @@ def test_a_later_split_trains_on_more_data(tmp_path, run_cli):
         out = tmp_path / split
         result = run_cli("train", TINY, "--split", split, "--out", out)
         assert result.code == 0, result.err
+        # The periods are printed as the dates of the first and last bar used.
+        found = re.search(
+            r"trained on bars (\S+) \.\. (\S+), validated on bars (\S+) \.\. (\S+)", result.out
+        )
+        assert found, result.out
+        first, last_train, first_val, last_val = map(pd.Timestamp, found.groups())
+        assert first < last_train < first_val <= last_val < pd.Timestamp(split)
         model, last_bar = load_model(out)
         assert last_bar < pd.Timestamp(split)
         periods.append(last_bar)
