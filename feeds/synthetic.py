@@ -349,8 +349,9 @@ def read_regimes_csv(
     path = Path(folder) / REGIMES_FILE
     if not path.is_file():
         raise DataError(
-            f"{path}: no regimes file; write the folder with "
-            "metabt.feeds.synthetic.write_csv_folder"
+            f"{path}: not found, so the true regimes of these bars are unknown; only a folder "
+            "of synthetic bars saved together with its regimes has this file (in Python: "
+            "write_csv_folder from metabt.feeds.synthetic)"
         )
     table = pd.read_csv(path, parse_dates=["date"])
     missing = {"date", "symbol", "regime"} - set(table.columns)

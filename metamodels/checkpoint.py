@@ -326,8 +326,8 @@ def _resolve_folder(path: Path) -> Path:
             f"previous one at {backups[-1]}; rename that folder to {path}"
         )
     raise CheckpointError(
-        f"checkpoint {path} not found; pass the folder written by "
-        f"save_checkpoint (it holds {WEIGHTS_FILE} and {SIDECAR_FILE})"
+        f"checkpoint {path} not found; pass the folder `metabt train --out` (or a run's "
+        f"model/ folder) holds, with {WEIGHTS_FILE} and {SIDECAR_FILE}"
     )
 
 
@@ -348,7 +348,7 @@ def _read_sidecar(file: Path) -> CheckpointMeta:
     if not file.is_file():
         raise CheckpointError(
             f"{file}: sidecar missing; a checkpoint folder holds {WEIGHTS_FILE} "
-            f"and {SIDECAR_FILE} written together by save_checkpoint"
+            f"and {SIDECAR_FILE}, saved together: copy the whole folder or train again"
         )
     try:
         raw = json.loads(

@@ -34,8 +34,8 @@ def _spec(cls: type, fields: dict[str, Any], path: Path, key: str) -> Any:
         return cls(**fields)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
-            f"{path}: sidecar key {key!r} does not describe a valid "
-            f"{cls.__name__} ({exc}); re-train or fix model.json"
+            f"{path}: sidecar key {key!r} does not hold valid {key} settings "
+            f"({exc}); re-train or fix model.json"
         ) from None
 
 
