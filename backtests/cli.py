@@ -42,7 +42,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect and check bar data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-# Piped or captured output gets a fixed wide layout, so log lines are not cut at 80 columns.
+# Piped or captured output gets a fixed wide layout rather than rich's default 80 columns.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 # Errors that mean "the input is wrong": one line and exit 2, never a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
