@@ -114,7 +114,7 @@ def bench_table(figures: Figures) -> Table:
     table.add_column("figure", overflow="fold")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
-    table.add_column("")
+    table.add_column("result")
     rows = _flat(figures)
     measured = {k for k, _ in rows}
     for key, value in rows:

@@ -97,7 +97,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "best_ar_flip_detect_30",
-        "best detector with <= 1 false alarm per 1,000 bars: AR flips caught within 30 bars",
+        "AR flips caught in 30 bars, best detector with <= 1 false alarm / 1,000 bars",
         ">=",
         0.7,
         "",
