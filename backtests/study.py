@@ -147,6 +147,10 @@ def run_study(
     Returns the metrics of every strategy (as in ``metrics.json``).
     """
     console = console or Console(stderr=True)
+    if config.study == "volatility":
+        from metabt.backtests.volatility import run_volatility_study
+
+        return run_volatility_study(config, out, console)
     data = load_study_data(config)
     last_bar = max(f.index[-1] for f in data.frames.values())
     splits = segment_splits(config, last_bar)

@@ -1,0 +1,340 @@
+"""The volatility study: does a meta-learned forecaster keep risk closer to target?
+
+``study = "volatility"`` in a config runs this instead of the trading study:
+
+1. meta-train the volatility forecaster (``[meta]``: algorithm, steps, step sizes) on
+   tasks from the training period of every asset except ``volatility.heldout``;
+2. forecast next-bar variance with every estimator (EWM, GARCH(1,1), GJR-GARCH, HAR-RV,
+   meta), each from bars ``<= t`` only, the fitted ones fitted before the split and
+   re-fitted on the walk-forward schedule;
+3. score the forecasts on the test period against the variance proxy of the next bar:
+   QLIKE, MSE of the log variance, and the Mincer-Zarnowitz R^2 (proxy regressed on
+   forecast, per asset, averaged), over all bars and over the ``after_change`` bars that
+   follow each change the detector reports, on the meta-trained and the held-out assets;
+4. measure how close each estimator keeps risk to target: for every asset and month,
+   the realised vol of the return sized by the forecast (``r_{t+1} / sigma_t``) against 1,
+   and the share of months within 10%; and backtest the vol-targeted comparators
+   (after costs) sized by each of ``trade_estimators``.
+
+The run folder holds ``config.toml``, ``study.json``, ``volatility.json`` (the numbers),
+``volatility.md`` (the tables) and ``model_vol/`` (the forecaster's checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from metabt.backtests.config import ConfigError, StudyConfig, build_specs, dump_config
+from metabt.backtests.data import load_study_data
+from metabt.backtests.runner import true_changes, warmup_start
+from metabt.feeds.loaders import slice_period
+from metabt.feeds.tasks import TaskSpec
+from metabt.feeds.vol_features import VAR_FLOOR, VolFeatureSpec, variance_proxy
+from metabt.metamodels.vol_model import save_vol_model, train_vol_model
+from metabt.reports.metrics import return_metrics
+from metabt.strategies.detectors import detect_changes, make_detector
+from metabt.strategies.engine import run_backtest
+from metabt.strategies.static import STATIC_STRATEGIES
+from metabt.strategies.vol_estimators import (
+    MetaVolSchedule,
+    Schedule,
+    forecast_variances,
+)
+
+log = logging.getLogger(__name__)
+WITHIN = 0.10  # a month is "on target" when its realised vol is within 10% of the target
+MIN_MONTH_BARS = 10  # shorter months (the edges of the test period) are not scored
+
+
+# -- accuracy -------------------------------------------------------------------------
+def accuracy(forecast: np.ndarray, proxy: np.ndarray) -> dict[str, float | int]:
+    """QLIKE, MSE of log variance and Mincer-Zarnowitz R^2 of paired rows (finite only).
+
+    QLIKE is ``y/f - log(y/f) - 1`` (0 for a perfect forecast; Patton 2011), the proxy
+    floored at ``VAR_FLOOR`` inside the logs (a bar with no price change).
+    """
+    ok = np.isfinite(forecast) & np.isfinite(proxy)
+    f, y = forecast[ok], proxy[ok]
+    if len(f) < 3:
+        return {"qlike": np.nan, "mse_log": np.nan, "mz_r2": np.nan, "n": int(len(f))}
+    ratio = np.maximum(y, VAR_FLOOR) / f
+    qlike = float(np.mean(y / f - np.log(ratio) - 1.0))
+    mse_log = float(np.mean((np.log(np.maximum(y, VAR_FLOOR)) - np.log(f)) ** 2))
+    corr = np.corrcoef(f, y)[0, 1] if f.std() > 0 and y.std() > 0 else 0.0
+    return {"qlike": qlike, "mse_log": mse_log, "mz_r2": float(corr**2), "n": int(len(f))}
+
+
+def _rows(
+    forecasts: dict[str, pd.Series],
+    proxies: dict[str, pd.Series],
+    masks: dict[str, np.ndarray],
+    symbols: list[str],
+) -> dict[str, float | int]:
+    """Pooled QLIKE / MSE over ``symbols``' masked bars; MZ R^2 averaged over symbols."""
+    f = np.concatenate([forecasts[s].to_numpy()[masks[s]] for s in symbols] or [np.empty(0)])
+    y = np.concatenate([proxies[s].to_numpy()[masks[s]] for s in symbols] or [np.empty(0)])
+    out = accuracy(f, y)
+    r2 = [
+        accuracy(forecasts[s].to_numpy()[masks[s]], proxies[s].to_numpy()[masks[s]])
+        for s in symbols
+    ]
+    out["mz_r2"] = float(np.nanmean([r["mz_r2"] for r in r2])) if r2 else np.nan
+    return out
+
+
+def after_change_mask(index: pd.DatetimeIndex, alarm_bars: list[int], bars: int) -> np.ndarray:
+    """True on the ``bars`` bars starting at each alarm (the alarm bar included)."""
+    mask = np.zeros(len(index), bool)
+    for a in alarm_bars:
+        mask[a : a + bars] = True
+    return mask
+
+
+def alarm_bars(frame: pd.DataFrame, detector: str, settings: dict[str, Any]) -> list[int]:
+    """Bars at which the detector, run causally over the returns, reports a change."""
+    det = make_detector(detector, **settings)
+    r = np.log(frame["close"]).diff().to_numpy()
+    return [t for t in range(1, len(r)) if np.isfinite(r[t]) and det.update(r[t])]
+
+
+# -- risk against target ----------------------------------------------------------------
+def monthly_risk(variance: pd.Series, frame: pd.DataFrame) -> pd.Series:
+    """Realised vol, per month, of the next-bar return divided by the forecast vol.
+
+    A perfect forecast gives 1 (up to sampling noise); months are those of the
+    return's bar. ``variance`` must be restricted to the bars to score.
+    """
+    r_next = np.log(frame["close"]).diff().shift(-1).reindex(variance.index)
+    z = (r_next / np.sqrt(variance)).dropna()
+    months = z.groupby(z.index.to_period("M"))
+    rv = months.apply(lambda s: float(np.sqrt(np.mean(s**2))))
+    return rv[months.size() >= MIN_MONTH_BARS]
+
+
+def noise_ceiling(month_sizes: list[int], seed: int = 0, reps: int = 200) -> float:
+    """Share of months within ``WITHIN`` of target for a forecast equal to the true vol
+    of Gaussian returns: the best any estimator can do with so few bars a month."""
+    rng = np.random.default_rng(seed)
+    hits = [
+        abs(np.sqrt(np.mean(rng.standard_normal(n) ** 2)) - 1.0) <= WITHIN
+        for _ in range(reps)
+        for n in month_sizes
+    ]
+    return float(np.mean(hits))
+
+
+# -- the study ----------------------------------------------------------------------------
+def _check_heldout(config: StudyConfig, symbols: list[str]) -> list[str]:
+    heldout = config.volatility.heldout
+    missing = [s for s in heldout if s not in symbols]
+    if missing:
+        raise ConfigError(
+            f"volatility.heldout names {missing[0]!r}, which is not among the study's "
+            f"symbols ({', '.join(symbols)}); list only symbols in data.symbols"
+        )
+    if len(heldout) >= len(symbols):
+        raise ConfigError("volatility.heldout leaves no symbol to meta-train on; hold out fewer")
+    return list(heldout)
+
+
+def run_volatility_study(config: StudyConfig, out: Path, console: Console | None = None) -> dict:
+    """Run the volatility study of ``config`` into the run folder ``out``; return its numbers."""
+    console = console or Console(stderr=True)
+    vol = config.volatility
+    specs = build_specs(config)
+    data = load_study_data(config)
+    symbols = list(data.frames)
+    heldout = _check_heldout(config, symbols)
+    trained = [s for s in symbols if s not in heldout]
+    split = pd.Timestamp(config.data.split)
+    feature_spec = VolFeatureSpec(**vol.features.model_dump())
+    task_spec = TaskSpec(
+        min_support=vol.min_window,
+        max_support=vol.max_window,
+        min_query=1,
+        max_query=config.task.max_query,
+        change_share=config.task.change_share,
+    )
+    train_frames = {s: data.frames[s] for s in trained}
+    if data.regimes is not None:
+        changes = {s: [t for t in c if t < split] for s, c in true_changes(data.regimes).items()}
+    else:
+        before = slice_period(train_frames, None, split)
+        changes = {
+            s: detect_changes(f, vol.detector, **vol.detector_settings) for s, f in before.items()
+        }
+    console.print(
+        f"meta-training the volatility forecaster on {', '.join(trained)} before {split.date()}"
+    )
+    model = train_vol_model(
+        train_frames, feature_spec, task_spec, specs.train, config.data.start, split, changes
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / "config.toml")
+    save_vol_model(model, out / "model_vol", config.model_dump(mode="json", exclude_none=True))
+
+    schedule = Schedule(split, vol.refit_every)
+    meta_schedule = MetaVolSchedule(
+        vol.detector, dict(vol.detector_settings), vol.min_window, vol.max_window, vol.readapt_every
+    )
+    wanted = list(dict.fromkeys([*vol.estimators, *vol.trade_estimators]))
+    forecasts = {
+        name: forecast_variances(
+            data.frames, name, schedule, model, meta_schedule, feature_spec.proxy
+        )
+        for name in wanted
+    }
+    # The proxy of bar t+1, aligned with the forecast made at t.
+    proxies = {s: variance_proxy(f, feature_spec.proxy).shift(-1) for s, f in data.frames.items()}
+    test = {s: np.asarray(f.index >= split) for s, f in data.frames.items()}
+    after = {
+        s: test[s]
+        & after_change_mask(
+            f.index, alarm_bars(f, vol.detector, vol.detector_settings), vol.after_change
+        )
+        for s, f in data.frames.items()
+    }
+    table: dict[str, dict[str, Any]] = {}
+    for name in vol.estimators:
+        fc = forecasts[name]
+        row: dict[str, Any] = {}
+        for label, group in (("", trained), ("heldout_", heldout)):
+            if not group:
+                continue
+            for period, masks in (("all", test), ("after_change", after)):
+                acc = _rows(fc, proxies, masks, group)
+                row[f"qlike_{label}{period}"] = acc["qlike"]
+                row[f"mse_log_{label}{period}"] = acc["mse_log"]
+                row[f"mz_r2_{label}{period}"] = acc["mz_r2"]
+                row[f"n_{label}{period}"] = acc["n"]
+        row["mz_r2"] = row["mz_r2_all"]
+        risk = pd.concat(
+            [monthly_risk(fc[s][test[s]], data.frames[s]) for s in symbols], ignore_index=True
+        )
+        row["months_within_10pct"] = float((abs(risk - 1.0) <= WITHIN).mean())
+        row["mean_abs_risk_error"] = float(abs(risk - 1.0).mean())
+        table[name] = row
+    sizes = [
+        int(n)
+        for s in symbols
+        for n in data.frames[s].index[test[s]].to_period("M").value_counts()
+        if n >= MIN_MONTH_BARS
+    ]
+    backtests = _backtests(config, data.frames, forecasts, split, specs.costs)
+    result = {
+        "split": str(split.date()),
+        "assets": trained,
+        "heldout": heldout,
+        "proxy": feature_spec.proxy,
+        "after_change_bars": vol.after_change,
+        "months_within_10pct_ceiling": noise_ceiling(sizes, seed=config.seed),
+        "forecaster": {
+            "algorithm": model.algorithm,
+            "inputs": list(feature_spec.names),
+            "weights": [float(w) for w in model.params["w0"][:, 0]],
+            "bias": float(model.params["b0"][0]),
+            "inner_steps": model.inner_steps,
+        },
+        "backtests": backtests,
+        **table,
+    }
+    (out / "volatility.json").write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+    (out / "study.json").write_text(
+        json.dumps({"study": "volatility", "split": str(split.date())}) + "\n"
+    )
+    (out / "volatility.md").write_text(render_markdown(result, vol.estimators))
+    console.print(_console_table(result, vol.estimators))
+    return result
+
+
+def _backtests(
+    config: StudyConfig,
+    frames: dict[str, pd.DataFrame],
+    forecasts: dict[str, dict[str, pd.Series]],
+    split: pd.Timestamp,
+    costs: Any,
+) -> dict[str, dict[str, Any]]:
+    """Sharpe, vol and drawdown of each vol-targeted comparator sized by each estimator."""
+    vol = config.volatility
+    end = None if config.data.end is None else pd.Timestamp(config.data.end) + pd.Timedelta(days=1)
+    bars = slice_period(frames, warmup_start(config, split), end)
+    out: dict[str, dict[str, Any]] = {}
+    for strategy in vol.strategies:
+        for name in vol.trade_estimators:
+            sizing = {s: np.sqrt(v) for s, v in forecasts[name].items()}
+            params = {"vol_target": config.strategy.vol_target, "vol_forecast": sizing}
+            res = run_backtest(bars, STATIC_STRATEGIES[strategy], params, costs, trade_start=split)
+            m = return_metrics(res.returns, 252)
+            monthly = res.returns.groupby(res.returns.index.to_period("M")).std() * np.sqrt(252)
+            out[f"{strategy}@{name}"] = {
+                "sharpe": m.get("sharpe"),
+                "volatility": m.get("volatility"),
+                "max_drawdown": m.get("max_drawdown"),
+                # how steady the portfolio's risk is month to month (sd / mean of monthly vol)
+                "monthly_vol_dispersion": float(monthly.std() / monthly.mean()),
+            }
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+COLUMNS = (
+    ("qlike_all", "QLIKE all"),
+    ("qlike_after_change", "QLIKE after change"),
+    ("qlike_heldout_all", "QLIKE held-out"),
+    ("qlike_heldout_after_change", "QLIKE held-out after change"),
+    ("mse_log_all", "MSE log var"),
+    ("mz_r2", "MZ R^2"),
+    ("mz_r2_heldout_all", "MZ R^2 held-out"),
+    ("months_within_10pct", "months within 10%"),
+)
+
+
+def render_markdown(result: dict, estimators: list[str]) -> str:
+    """The accuracy and risk tables of ``volatility.json`` as markdown."""
+    lines = [
+        f"# Volatility forecasts, test period from {result['split']}",
+        "",
+        f"Proxy: {result['proxy']}; after change = the {result['after_change_bars']} bars "
+        f"after each detected change. Held-out: {', '.join(result['heldout']) or 'none'}.",
+        "",
+        "| estimator | " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    for name in estimators:
+        row = result[name]
+        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(k)) for k, _ in COLUMNS) + " |")
+    lines += [
+        "",
+        f"A forecast equal to the true vol of Gaussian returns would put "
+        f"{result['months_within_10pct_ceiling']:.0%} of these months within 10%.",
+        "",
+        "| strategy (after costs) | Sharpe | vol | max drawdown | monthly vol dispersion |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in result["backtests"].items():
+        lines.append(
+            f"| {name} | {_fmt(m['sharpe'], 2)} | {_fmt(m['volatility'])} | "
+            f"{_fmt(m['max_drawdown'])} | {_fmt(m['monthly_vol_dispersion'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _console_table(result: dict, estimators: list[str]) -> Table:
+    table = Table(title=f"volatility forecasts from {result['split']}")
+    table.add_column("estimator")
+    for _, title in COLUMNS:
+        table.add_column(title, justify="right")
+    for name in estimators:
+        table.add_row(name, *(_fmt(result[name].get(k)) for k, _ in COLUMNS))
+    return table
