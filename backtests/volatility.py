@@ -65,11 +65,37 @@ def accuracy(forecast: np.ndarray, proxy: np.ndarray) -> dict[str, float | int]:
     f, y = forecast[ok], proxy[ok]
     if len(f) < 3:
         return {"qlike": np.nan, "mse_log": np.nan, "mz_r2": np.nan, "n": int(len(f))}
-    ratio = np.maximum(y, VAR_FLOOR) / f
-    qlike = float(np.mean(y / f - np.log(ratio) - 1.0))
+    qlike = float(np.mean(qlike_terms(f, y)))
     mse_log = float(np.mean((np.log(np.maximum(y, VAR_FLOOR)) - np.log(f)) ** 2))
     corr = np.corrcoef(f, y)[0, 1] if f.std() > 0 and y.std() > 0 else 0.0
     return {"qlike": qlike, "mse_log": mse_log, "mz_r2": float(corr**2), "n": int(len(f))}
+
+
+def qlike_terms(forecast: np.ndarray, proxy: np.ndarray) -> np.ndarray:
+    """Per-bar QLIKE (NaN where either side is missing)."""
+    ratio = np.maximum(proxy, VAR_FLOOR) / forecast
+    return proxy / forecast - np.log(ratio) - 1.0
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, block: int) -> dict[str, Any]:
+    """Mean of ``a - b`` per bar and a 95% interval from means of ``block``-bar blocks.
+
+    Consecutive bars' losses are correlated (volatility clusters, and the bars after
+    one change are one episode), so the interval treats each block as one observation.
+    """
+    d = a - b
+    d = d[np.isfinite(d)]
+    n_blocks = len(d) // block
+    if n_blocks < 2:
+        return {"diff": float(d.mean()) if len(d) else np.nan, "ci95": [np.nan, np.nan]}
+    means = d[: n_blocks * block].reshape(n_blocks, block).mean(1)
+    half = 1.96 * means.std(ddof=1) / np.sqrt(n_blocks)
+    return {"diff": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)]}
+
+
+def _pool(series: dict[str, pd.Series], masks: dict[str, np.ndarray], symbols: list[str]):
+    """The masked bars of ``symbols``, one asset after another, as one array."""
+    return np.concatenate([series[s].to_numpy()[masks[s]] for s in symbols] or [np.empty(0)])
 
 
 def _rows(
@@ -79,9 +105,7 @@ def _rows(
     symbols: list[str],
 ) -> dict[str, float | int]:
     """Pooled QLIKE / MSE over ``symbols``' masked bars; MZ R^2 averaged over symbols."""
-    f = np.concatenate([forecasts[s].to_numpy()[masks[s]] for s in symbols] or [np.empty(0)])
-    y = np.concatenate([proxies[s].to_numpy()[masks[s]] for s in symbols] or [np.empty(0)])
-    out = accuracy(f, y)
+    out = accuracy(_pool(forecasts, masks, symbols), _pool(proxies, masks, symbols))
     r2 = [
         accuracy(forecasts[s].to_numpy()[masks[s]], proxies[s].to_numpy()[masks[s]])
         for s in symbols
@@ -215,6 +239,13 @@ def run_volatility_study(config: StudyConfig, out: Path, console: Console | None
                 row[f"mse_log_{label}{period}"] = acc["mse_log"]
                 row[f"mz_r2_{label}{period}"] = acc["mz_r2"]
                 row[f"n_{label}{period}"] = acc["n"]
+                if "meta" in forecasts and name != "meta":
+                    y = _pool(proxies, masks, group)
+                    row[f"qlike_{label}{period}_minus_meta"] = paired_difference(
+                        qlike_terms(_pool(fc, masks, group), y),
+                        qlike_terms(_pool(forecasts["meta"], masks, group), y),
+                        vol.after_change,
+                    )
         row["mz_r2"] = row["mz_r2_all"]
         risk = pd.concat(
             [monthly_risk(fc[s][test[s]], data.frames[s]) for s in symbols], ignore_index=True
@@ -314,6 +345,24 @@ def render_markdown(result: dict, estimators: list[str]) -> str:
     for name in estimators:
         row = result[name]
         lines.append(f"| {name} | " + " | ".join(_fmt(row.get(k)) for k, _ in COLUMNS) + " |")
+    cells = [k for k, _ in COLUMNS[:4] if f"{k}_minus_meta" in result[estimators[0]]]
+    if "meta" in estimators and cells:
+        lines += [
+            "",
+            "QLIKE minus meta's (> 0: meta forecast better), 95% interval over 20-bar blocks:",
+            "",
+            "| estimator | " + " | ".join(dict(COLUMNS)[k] for k in cells) + " |",
+            "|---" * (len(cells) + 1) + "|",
+        ]
+        for name in (e for e in estimators if e != "meta"):
+            diffs = [result[name][f"{k}_minus_meta"] for k in cells]
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    f"{_fmt(d['diff'])} [{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}]" for d in diffs
+                )
+                + " |"
+            )
     lines += [
         "",
         f"A forecast equal to the true vol of Gaussian returns would put "

@@ -21,6 +21,8 @@ the bars after ``t`` and checks nothing up to ``t`` moves):
     detector last reported (the ``bocpd`` detector watches the returns for volatility
     changes); until ``min_window`` such bars exist it forecasts with the meta-learned
     initial weights.
+``meta_frozen``
+    The ablation: the meta-learned initial weights, never adapted.
 
 :func:`forecast_vols` returns them as daily **volatility** series, the form
 ``TargetWeightStrategy(vol_forecast=...)`` sizes positions by.
@@ -28,6 +30,7 @@ the bars after ``t`` and checks nothing up to ``t`` moves):
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +51,7 @@ from metabt.feeds.vol_features import (
 from metabt.metamodels.vol_model import VolModel
 from metabt.strategies.detectors import make_detector
 
-ESTIMATORS = ("ewm", "garch", "gjr_garch", "har", "meta")
+ESTIMATORS = ("ewm", "garch", "gjr_garch", "har", "meta", "meta_frozen")
 # arch fits better-conditioned likelihoods on percent returns.
 _PCT = 100.0
 
@@ -230,8 +233,10 @@ def forecast_variances(
     """Next-bar variance forecasts of ``estimator`` for every asset."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"volatility estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if estimator == "meta" and model is None:
-        raise ValueError("the 'meta' volatility estimator needs a trained VolModel")
+    if estimator.startswith("meta") and model is None:
+        raise ValueError(f"the {estimator!r} volatility estimator needs a trained VolModel")
+    if estimator == "meta_frozen":
+        model = dataclasses.replace(model, inner_steps=0)  # type: ignore[arg-type]
     out = {}
     for name, frame in frames.items():
         if estimator == "ewm":

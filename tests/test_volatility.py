@@ -9,14 +9,23 @@ import pytest
 import torch
 
 from metabt.backtests.config import ConfigError, parse_config
-from metabt.backtests.volatility import _check_heldout, accuracy, monthly_risk
+from metabt.backtests.volatility import (
+    _check_heldout,
+    accuracy,
+    monthly_risk,
+    paired_difference,
+)
+from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.features import FeatureSpec, trailing_vol
+from metabt.feeds.loaders import load_sample
 from metabt.feeds.synthetic import SyntheticMarketSpec, make_regime_market
 from metabt.feeds.tasks import TaskSpec
 from metabt.feeds.validate import validate_bars
 from metabt.feeds.vol_features import VolFeatureSpec, vol_features
 from metabt.metamodels.adapt import adapt
 from metabt.metamodels.model import TrainConfig
-from metabt.metamodels.policy import PolicySpec
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
 from metabt.metamodels.vol_model import (
     VolModel,
     VolObjective,
@@ -27,6 +36,7 @@ from metabt.metamodels.vol_model import (
     train_vol_model,
 )
 from metabt.strategies.engine import CostSpec, run_backtest
+from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
 from metabt.strategies.static import BuyAndHoldVT
 from metabt.strategies.vol_estimators import (
     Schedule,
@@ -250,3 +260,38 @@ def test_unknown_heldout_symbol_is_refused_in_one_line():
     )
     with pytest.raises(ConfigError, match="volatility.heldout names 'QQQ'.*data.symbols"):
         _check_heldout(config, ["SPY", "TLT"])
+
+
+def test_the_estimator_setting_changes_the_meta_strategys_sizing_not_its_decisions():
+
+    features = FeatureSpec()
+    frames = {s: f.loc["2008-01-01":"2009-06-30"] for s, f in load_sample(["SPY", "TLT"]).items()}
+    spec = PolicySpec(n_features=len(features.names))
+    pol = AdaptivePolicy(
+        spec, ObjectiveSpec(), to_numpy(init_params(spec, 0)), 0.5, 5, features.names
+    )
+    doubled = {s: 2 * trailing_vol(f, features) for s, f in frames.items()}
+
+    def run(**extra):
+        return run_backtest(
+            frames,
+            MetaAdaptiveStrategy,
+            {"policy": pol, "min_window": 20, "gross_cap": 10.0, **extra},
+            CostSpec(),
+            trade_start=pd.Timestamp("2008-09-02"),
+            feed_factory=lambda s, f: make_feature_feed(s, f, features),
+        )
+
+    plain, sized = run(), run(vol_forecast=doubled)
+    np.testing.assert_allclose(sized.weights["weight"], plain.weights["weight"] / 2, rtol=1e-9)
+    assert (plain.weights["weight"].abs() > 0.01).any()
+    assert pd.DataFrame(sized.events).equals(pd.DataFrame(plain.events))
+
+
+def test_paired_difference_interval_covers_zero_for_equal_forecasts_only():
+    rng = np.random.default_rng(6)
+    a = rng.chisquare(1, 2000)
+    same = paired_difference(a, a + rng.normal(0, 0.1, 2000), 20)
+    assert same["ci95"][0] < 0 < same["ci95"][1]
+    worse = paired_difference(a + 0.2, a, 20)
+    assert worse["diff"] == pytest.approx(0.2) and worse["ci95"][0] > 0
