@@ -21,7 +21,14 @@ from rich.console import Console
 from metabt.backtests.config import configs_dir, load_config
 from metabt.backtests.study import run_study
 
-STUDIES = ("synthetic", "single_asset", "basket", "prediction", "volatility")
+STUDIES = (
+    "synthetic",
+    "single_asset",
+    "basket",
+    "prediction",
+    "volatility",
+    "volatility_synthetic",
+)
 
 
 def main() -> None:
@@ -32,7 +39,7 @@ def main() -> None:
     config = load_config(configs_dir() / f"{args.study}.toml")
     out = args.out or Path("runs") / args.study
     metrics = run_study(config, out, console=Console())
-    if args.study == "volatility":
+    if args.study.startswith("volatility"):
         print(f"{out}: see {out / 'volatility.md'}")
         return
     meta = metrics.get("meta_adaptive", {})
