@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from arch import arch_model
 
 from metabt.backtests.config import ConfigError, parse_config
 from metabt.backtests.volatility import (
@@ -21,7 +22,12 @@ from metabt.feeds.loaders import load_sample
 from metabt.feeds.synthetic import SyntheticMarketSpec, make_regime_market
 from metabt.feeds.tasks import TaskSpec
 from metabt.feeds.validate import validate_bars
-from metabt.feeds.vol_features import VolFeatureSpec, vol_features
+from metabt.feeds.vol_features import (
+    VolFeatureSpec,
+    reference_variance,
+    variance_proxy,
+    vol_features,
+)
 from metabt.metamodels.adapt import adapt
 from metabt.metamodels.model import TrainConfig
 from metabt.metamodels.objective import ObjectiveSpec
@@ -295,3 +301,31 @@ def test_paired_difference_interval_covers_zero_for_equal_forecasts_only():
     assert same["ci95"][0] < 0 < same["ci95"][1]
     worse = paired_difference(a + 0.2, a, 20)
     assert worse["diff"] == pytest.approx(0.2) and worse["ci95"][0] > 0
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_garch_path_is_archs_own_filter_with_the_fitted_parameters(switching, asymmetric):
+    frame = switching[0]["SYN3"]
+    r = np.log(frame["close"]).diff().to_numpy()[1:1200]
+    p = fit_garch(r, asymmetric)
+    model = arch_model(r * 100, mean="Zero", vol="GARCH", p=1, o=int(asymmetric), q=1)
+    fixed = [p["omega"] * 1e4, p["alpha"], *([p["gamma"]] if asymmetric else []), p["beta"]]
+    sigma2 = (model.fix(fixed).conditional_volatility / 100) ** 2
+    # ours at t forecasts bar t+1; arch's at t+1 was made from bars <= t. The start
+    # values differ (backcasts), and their effect has died out after 300 bars.
+    np.testing.assert_allclose(garch_path(r, [(0, p)])[300:-1], sigma2[301:], rtol=1e-9)
+
+
+@pytest.mark.parametrize("proxy", ["squared", "parkinson"])
+def test_the_target_of_bar_t_is_the_next_bars_variance_over_the_reference(proxy):
+    frame = _frame()
+    spec = VolFeatureSpec(proxy=proxy)
+    _, y, _ = spec.task_rows(frame)
+    expected = variance_proxy(frame, proxy).shift(-1) / reference_variance(frame, spec)
+    np.testing.assert_allclose(y[:-1], expected.to_numpy()[:-1], rtol=1e-6)
+    assert np.isnan(y[-1])  # the last bar's next bar is unknown
+    if proxy == "parkinson":
+        high_low = np.log(frame["high"] / frame["low"]).to_numpy()
+        np.testing.assert_allclose(
+            variance_proxy(frame, proxy), high_low**2 / (4 * np.log(2)), rtol=1e-12
+        )
