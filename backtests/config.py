@@ -236,8 +236,7 @@ class WalkForwardConfig(_Section):
 
 
 VolFeaturesConfig = _section_of(VolFeatureSpec)
-Estimator = Literal["ewm", "garch", "gjr_garch", "har", "meta", "meta_frozen"]
-assert set(Estimator.__args__) == set(ESTIMATORS)  # type: ignore[attr-defined]
+Estimator = Literal[ESTIMATORS]  # type: ignore[valid-type]
 
 
 class VolatilityConfig(_Section):

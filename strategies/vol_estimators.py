@@ -190,8 +190,8 @@ class MetaVolSchedule:
 
 def meta_variance(
     frame: pd.DataFrame, model: VolModel, schedule: MetaVolSchedule | None = None
-) -> tuple[pd.Series, list[int]]:
-    """Forecasts of the adapted meta model, and the bars where the detector fired.
+) -> pd.Series:
+    """Forecasts of the meta model, re-adapted on the bars since the last detected change.
 
     The target of bar ``s`` (next bar's proxy) is known at ``s + 1``; like the trading
     labels it is used from ``s + LABEL_DELAY`` on.
@@ -206,11 +206,10 @@ def meta_variance(
     valid = np.isfinite(x).all(1) & np.isfinite(y)
     first = int(np.argmax(valid)) if valid.any() else len(frame)
     params, adapted, start, since = model.params, False, 0, 0
-    out, alarms = np.full(len(frame), np.nan), []
+    out = np.full(len(frame), np.nan)
     for t in range(len(frame)):
         if t > 0 and np.isfinite(r[t]) and det.update(r[t]):
             start, params, adapted = t - int(det.run_length) + 1, model.params, False
-            alarms.append(t)
         since += 1
         if not adapted or since >= sch.readapt_every:
             hi = t - LABEL_DELAY + 1  # rows [lo, hi) have known targets
@@ -219,7 +218,7 @@ def meta_variance(
                 params, adapted, since = model.adapt(x[lo:hi], y[lo:hi]), True, 0
         if np.isfinite(x[t]).all():
             out[t] = v[t] * np.exp(model.log_ratio(x[t], params))
-    return pd.Series(out, index=frame.index), alarms
+    return pd.Series(out, index=frame.index)
 
 
 def forecast_variances(
@@ -246,7 +245,7 @@ def forecast_variances(
         elif estimator == "har":
             out[name] = har_variance(frame, schedule, proxy)
         else:
-            out[name] = meta_variance(frame, model, meta_schedule)[0]  # type: ignore[arg-type]
+            out[name] = meta_variance(frame, model, meta_schedule)  # type: ignore[arg-type]
     return out
 
 

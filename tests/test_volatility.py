@@ -136,7 +136,7 @@ def test_numpy_adaptation_equals_the_torch_reference(per_weight):
 def test_zero_weights_forecast_exactly_the_ewm_estimator(switching):
     frame = switching[0]["SYN0"]
     zero = VolModel({"w0": np.zeros((F, 1)), "b0": np.zeros(1)}, 0.1, 0, SPEC, TASKS)
-    meta = meta_variance(frame, zero)[0]
+    meta = meta_variance(frame, zero)
     ok = meta.notna()
     assert ok.sum() > 2000
     np.testing.assert_allclose(meta[ok], ewm_variance(frame)[ok], rtol=1e-12)
@@ -192,7 +192,7 @@ def test_adapted_forecaster_tracks_a_vol_switch_within_10_bars_faster_than_ewm(s
     covered: dict[str, list[float]] = {"meta": [], "ewm": []}
     for frame in frames.values():
         forecasts = {
-            "meta": np.sqrt(meta_variance(frame, model)[0].to_numpy()),
+            "meta": np.sqrt(meta_variance(frame, model).to_numpy()),
             "ewm": np.sqrt(ewm_variance(frame).to_numpy()),
         }
         for c in (c for c in changes if c > first_test + 30):
