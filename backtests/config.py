@@ -240,12 +240,21 @@ Estimator = Literal[ESTIMATORS]  # type: ignore[valid-type]
 
 
 class VolatilityConfig(_Section):
-    """The volatility study (``study = "volatility"``); ``[meta]`` trains its forecaster."""
+    """The volatility study (``study = "volatility"``).
+
+    ``[volatility.meta]`` trains the forecaster (the keys of ``[meta]``, which trains
+    the trading policy when ``meta_adaptive`` is among the strategies).
+    """
 
     # Estimators in the accuracy table, and those the vol-targeted strategies trade with.
     estimators: list[Estimator] = list(ESTIMATORS)
     trade_estimators: list[Estimator] = ["ewm", "garch", "meta"]
-    strategies: list[Literal["buy_and_hold_vt", "tsmom_vt"]] = ["buy_and_hold_vt", "tsmom_vt"]
+    strategies: list[Literal["buy_and_hold_vt", "tsmom_vt", "meta_adaptive"]] = [
+        "buy_and_hold_vt",
+        "tsmom_vt",
+        "meta_adaptive",
+    ]
+    meta: MetaConfig = MetaConfig()  # type: ignore[valid-type]
     # Symbols left out of meta-training (the forecaster never saw them before the test).
     heldout: list[str] = []
     # GARCH / GJR / HAR: bars between re-fits after the split (0 = fit once on training).
@@ -397,6 +406,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> StudyConfig:
         make_detector(config.detector.name, **config.detector.settings)
         vol = config.volatility
         VolFeatureSpec(**vol.features.model_dump())
+        TrainConfig(seed=config.seed, **vol.meta.model_dump())
         make_detector(vol.detector, **vol.detector_settings)
     except ValueError as exc:
         message = str(exc)

@@ -2,8 +2,8 @@
 
 ``study = "volatility"`` in a config runs this instead of the trading study:
 
-1. meta-train the volatility forecaster (``[meta]``: algorithm, steps, step sizes) on
-   tasks from the training period of every asset except ``volatility.heldout``;
+1. meta-train the volatility forecaster (``[volatility.meta]``: algorithm, steps, step
+   sizes) on tasks from the training period of every asset except ``volatility.heldout``;
 2. forecast next-bar variance with every estimator (EWM, GARCH(1,1), GJR-GARCH, HAR-RV,
    meta), each from bars ``<= t`` only, the fitted ones fitted before the split and
    re-fitted on the walk-forward schedule;
@@ -13,8 +13,9 @@
    follow each change the detector reports, on the meta-trained and the held-out assets;
 4. measure how close each estimator keeps risk to target: for every asset and month,
    the realised vol of the return sized by the forecast (``r_{t+1} / sigma_t``) against 1,
-   and the share of months within 10%; and backtest the vol-targeted comparators
-   (after costs) sized by each of ``trade_estimators``.
+   and the share of months within 10%; and backtest the vol-targeted comparators and
+   ``meta_adaptive`` (one trading policy meta-trained by ``[meta]``, as in the trading
+   studies), after costs, sized by each of ``trade_estimators``.
 
 The run folder holds ``config.toml``, ``study.json``, ``volatility.json`` (the numbers),
 ``volatility.md`` (the tables) and ``model_vol/`` (the forecaster's checkpoint).
@@ -32,16 +33,19 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from metabt.backtests.config import ConfigError, StudyConfig, build_specs, dump_config
-from metabt.backtests.data import load_study_data
-from metabt.backtests.runner import true_changes, warmup_start
+from metabt.backtests.config import ConfigError, Specs, StudyConfig, build_specs, dump_config
+from metabt.backtests.data import StudyData, load_study_data
+from metabt.backtests.runner import meta_adaptive_params, train_meta, true_changes, warmup_start
+from metabt.feeds.btfeed import make_feature_feed
 from metabt.feeds.loaders import slice_period
 from metabt.feeds.tasks import TaskSpec
 from metabt.feeds.vol_features import VAR_FLOOR, VolFeatureSpec, variance_proxy
+from metabt.metamodels.model import TrainConfig
 from metabt.metamodels.vol_model import save_vol_model, train_vol_model
 from metabt.reports.metrics import return_metrics
 from metabt.strategies.detectors import detect_changes, make_detector
 from metabt.strategies.engine import run_backtest
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 from metabt.strategies.static import STATIC_STRATEGIES
 from metabt.strategies.vol_estimators import (
     MetaVolSchedule,
@@ -198,8 +202,9 @@ def run_volatility_study(config: StudyConfig, out: Path, console: Console | None
     console.print(
         f"meta-training the volatility forecaster on {', '.join(trained)} before {split.date()}"
     )
+    train_config = TrainConfig(seed=config.seed, **vol.meta.model_dump())
     model = train_vol_model(
-        train_frames, feature_spec, task_spec, specs.train, config.data.start, split, changes
+        train_frames, feature_spec, task_spec, train_config, config.data.start, split, changes
     )
     out.mkdir(parents=True, exist_ok=True)
     dump_config(config, out / "config.toml")
@@ -259,7 +264,7 @@ def run_volatility_study(config: StudyConfig, out: Path, console: Console | None
         for n in data.frames[s].index[test[s]].to_period("M").value_counts()
         if n >= MIN_MONTH_BARS
     ]
-    backtests = _backtests(config, data.frames, forecasts, split, specs.costs)
+    backtests = _backtests(config, specs, data, forecasts, split, console)
     result = {
         "split": str(split.date()),
         "assets": trained,
@@ -288,21 +293,39 @@ def run_volatility_study(config: StudyConfig, out: Path, console: Console | None
 
 def _backtests(
     config: StudyConfig,
-    frames: dict[str, pd.DataFrame],
+    specs: Specs,
+    data: StudyData,
     forecasts: dict[str, dict[str, pd.Series]],
     split: pd.Timestamp,
-    costs: Any,
+    console: Console,
 ) -> dict[str, dict[str, Any]]:
-    """Sharpe, vol and drawdown of each vol-targeted comparator sized by each estimator."""
+    """Sharpe, vol and drawdown of each vol-targeted strategy sized by each estimator."""
     vol = config.volatility
     end = None if config.data.end is None else pd.Timestamp(config.data.end) + pd.Timedelta(days=1)
-    bars = slice_period(frames, warmup_start(config, split), end)
+    bars = slice_period(data.frames, warmup_start(config, split), end)
+    runs: dict[str, tuple[type, dict, Any]] = {
+        s: (STATIC_STRATEGIES[s], {"vol_target": config.strategy.vol_target}, None)
+        for s in vol.strategies
+        if s != "meta_adaptive"
+    }
+    if "meta_adaptive" in vol.strategies:
+        console.print(
+            f"meta-training the trading policy (seed {config.seed}) before {split.date()}"
+        )
+        policy = train_meta(data.frames, config, specs, split, False, regimes=data.regimes)
+        runs["meta_adaptive"] = (
+            MetaAdaptiveStrategy,
+            meta_adaptive_params(config, policy, specs),
+            lambda s, f: make_feature_feed(s, f, specs.features),
+        )
     out: dict[str, dict[str, Any]] = {}
-    for strategy in vol.strategies:
+    for strategy, (cls, base, feed) in runs.items():
         for name in vol.trade_estimators:
             sizing = {s: np.sqrt(v) for s, v in forecasts[name].items()}
-            params = {"vol_target": config.strategy.vol_target, "vol_forecast": sizing}
-            res = run_backtest(bars, STATIC_STRATEGIES[strategy], params, costs, trade_start=split)
+            params = {**base, "vol_forecast": sizing}
+            res = run_backtest(
+                bars, cls, params, specs.costs, trade_start=split, end=end, feed_factory=feed
+            )
             m = return_metrics(res.returns, 252)
             monthly = res.returns.groupby(res.returns.index.to_period("M")).std() * np.sqrt(252)
             out[f"{strategy}@{name}"] = {

@@ -3,13 +3,18 @@ meta-learned one adapts in numpy exactly as it was trained in torch."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from arch import arch_model
+from rich.console import Console
 
-from metabt.backtests.config import ConfigError, parse_config
+from metabt.backtests.config import ConfigError, load_config, parse_config
+from metabt.backtests.study import run_study
 from metabt.backtests.volatility import (
     _check_heldout,
     accuracy,
@@ -329,3 +334,18 @@ def test_the_target_of_bar_t_is_the_next_bars_variance_over_the_reference(proxy)
         np.testing.assert_allclose(
             variance_proxy(frame, proxy), high_low**2 / (4 * np.log(2)), rtol=1e-12
         )
+
+
+def test_volatility_study_writes_every_estimators_numbers(tmp_path):
+    config = load_config(Path(__file__).parent / "data" / "tiny_volatility.toml")
+    out = tmp_path / "run"
+    run_study(config, out, progress=False, console=Console(quiet=True))
+    result = json.loads((out / "volatility.json").read_text())
+    for name in ("ewm", "garch", "gjr_garch", "har", "meta"):
+        for key in ("qlike_all", "qlike_after_change", "qlike_heldout_after_change", "mz_r2"):
+            assert np.isfinite(result[name][key]), (name, key)
+    # the held-out asset never reached meta-training; the forecaster is saved and loadable
+    assert result["assets"] == ["SPY", "XLE"] and result["heldout"] == ["TLT"]
+    assert load_vol_model(out / "model_vol").train_period[1] <= "2008-01-02"
+    assert set(result["backtests"]) == {"buy_and_hold_vt@meta"}
+    assert load_config(out / "config.toml") == config
