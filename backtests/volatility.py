@@ -48,6 +48,7 @@ from metabt.strategies.engine import run_backtest
 from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 from metabt.strategies.static import STATIC_STRATEGIES
 from metabt.strategies.vol_estimators import (
+    MIN_FIT_BARS,
     MetaVolSchedule,
     Schedule,
     forecast_variances,
@@ -181,8 +182,14 @@ def run_volatility_study(config: StudyConfig, out: Path, console: Console | None
     data = load_study_data(config)
     symbols = list(data.frames)
     heldout = _check_heldout(config, symbols)
-    trained = [s for s in symbols if s not in heldout]
     split = pd.Timestamp(config.data.split)
+    for symbol, frame in data.frames.items():
+        if (n := int(frame.index.searchsorted(split))) < MIN_FIT_BARS:
+            raise ConfigError(
+                f"{symbol} has {n} bars before data.split {split.date()}; GARCH and HAR "
+                f"are fitted on them and need {MIN_FIT_BARS}: move data.start or data.split"
+            )
+    trained = [s for s in symbols if s not in heldout]
     feature_spec = VolFeatureSpec(**vol.features.model_dump())
     task_spec = TaskSpec(
         min_support=vol.min_window,

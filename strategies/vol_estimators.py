@@ -52,6 +52,8 @@ from metabt.metamodels.vol_model import VolModel
 from metabt.strategies.detectors import make_detector
 
 ESTIMATORS = ("ewm", "garch", "gjr_garch", "har", "meta", "meta_frozen")
+# Fewest bars before the split a GARCH or HAR fit may use (a year of daily bars).
+MIN_FIT_BARS = 250
 # arch fits better-conditioned likelihoods on percent returns.
 _PCT = 100.0
 
@@ -72,6 +74,11 @@ class Schedule:
     def fit_points(self, index: pd.DatetimeIndex) -> list[int]:
         """Positions ``i`` in ``index``: the fit used from bar ``i`` on sees bars ``< i``."""
         first = int(index.searchsorted(self.split))
+        if first < MIN_FIT_BARS:
+            raise ValueError(
+                f"GARCH and HAR are fitted on the bars before the split {self.split.date()}, "
+                f"and there are {first}; give at least {MIN_FIT_BARS} bars before it"
+            )
         if self.refit_every <= 0:
             return [first]
         return list(range(first, len(index), self.refit_every)) or [first]
