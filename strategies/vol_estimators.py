@@ -210,8 +210,8 @@ def meta_variance(
     v = reference_variance(frame, spec).to_numpy()
     r = log_returns(frame).to_numpy()
     det = make_detector(sch.detector, **dict(sch.detector_settings or {}))
-    valid = np.isfinite(x).all(1) & np.isfinite(y)
-    first = int(np.argmax(valid)) if valid.any() else len(frame)
+    ready = np.isfinite(x).all(1)  # inputs settle after the warm-up
+    first = int(np.argmax(ready)) if ready.any() else len(frame)
     params, adapted, start, since = model.params, False, 0, 0
     out = np.full(len(frame), np.nan)
     for t in range(len(frame)):
@@ -221,9 +221,11 @@ def meta_variance(
         if not adapted or since >= sch.readapt_every:
             hi = t - LABEL_DELAY + 1  # rows [lo, hi) have known targets
             lo = max(start, first, hi - sch.max_window)
-            if hi - lo >= sch.min_window:
-                params, adapted, since = model.adapt(x[lo:hi], y[lo:hi]), True, 0
-        if np.isfinite(x[t]).all():
+            rows = np.arange(lo, max(lo, hi))
+            known = rows[np.isfinite(y[rows])]  # a bar with no proxy is skipped
+            if len(known) >= sch.min_window:
+                params, adapted, since = model.adapt(x[known], y[known]), True, 0
+        if ready[t]:
             out[t] = v[t] * np.exp(model.log_ratio(x[t], params))
     return pd.Series(out, index=frame.index)
 
