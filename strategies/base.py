@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import backtrader as bt
-import numpy as np
 import pandas as pd
 
 from metabt.feeds.features import VOL_FLOOR, FeatureSpec
@@ -122,7 +121,7 @@ class TargetWeightStrategy(bt.Strategy):
 
     def forecast_vol(self, d: bt.LineSeries) -> float:
         """The ``vol_forecast`` value of ``d`` at this bar's date (NaN if it has none)."""
-        vol = self._vol_forecast.get(d._name, {}).get(self.datetime.date(0), np.nan)
+        vol = self._vol_forecast.get(d._name, {}).get(self.datetime.date(0), math.nan)
         return max(vol, VOL_FLOOR) if math.isfinite(vol) else math.nan
 
     def _update_vol(self) -> None:
