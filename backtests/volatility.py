@@ -24,7 +24,6 @@ The run folder holds ``config.toml``, ``study.json``, ``volatility.json`` (the n
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,26 @@ from rich.table import Table
 from metabt.backtests.config import ConfigError, Specs, StudyConfig, build_specs, dump_config
 from metabt.backtests.data import StudyData, load_study_data
 from metabt.backtests.runner import meta_adaptive_params, train_meta, true_changes, warmup_start
+from metabt.backtests.vol_scores import (
+    MIN_MONTH_BARS,
+    WITHIN,
+    after_change_mask,
+    alarm_bars,
+    monthly_risk,
+    noise_ceiling,
+    paired_difference,
+    pooled,
+    pooled_scores,
+    qlike_terms,
+)
 from metabt.feeds.btfeed import make_feature_feed
 from metabt.feeds.loaders import slice_period
 from metabt.feeds.tasks import TaskSpec
-from metabt.feeds.vol_features import VAR_FLOOR, VolFeatureSpec, variance_proxy
+from metabt.feeds.vol_features import VolFeatureSpec, variance_proxy
 from metabt.metamodels.model import TrainConfig
 from metabt.metamodels.vol_model import save_vol_model, train_vol_model
 from metabt.reports.metrics import return_metrics
-from metabt.strategies.detectors import detect_changes, make_detector
+from metabt.strategies.detectors import detect_changes
 from metabt.strategies.engine import run_backtest
 from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 from metabt.strategies.static import STATIC_STRATEGIES
@@ -53,111 +64,6 @@ from metabt.strategies.vol_estimators import (
     Schedule,
     forecast_variances,
 )
-
-log = logging.getLogger(__name__)
-WITHIN = 0.10  # a month is "on target" when its realised vol is within 10% of the target
-MIN_MONTH_BARS = 10  # shorter months (the edges of the test period) are not scored
-
-
-# -- accuracy -------------------------------------------------------------------------
-def accuracy(forecast: np.ndarray, proxy: np.ndarray) -> dict[str, float | int]:
-    """QLIKE, MSE of log variance and Mincer-Zarnowitz R^2 of paired rows (finite only).
-
-    QLIKE is ``y/f - log(y/f) - 1`` (0 for a perfect forecast; Patton 2011), the proxy
-    floored at ``VAR_FLOOR`` inside the logs (a bar with no price change).
-    """
-    ok = np.isfinite(forecast) & np.isfinite(proxy)
-    f, y = forecast[ok], proxy[ok]
-    if len(f) < 3:
-        return {"qlike": np.nan, "mse_log": np.nan, "mz_r2": np.nan, "n": int(len(f))}
-    qlike = float(np.mean(qlike_terms(f, y)))
-    mse_log = float(np.mean((np.log(np.maximum(y, VAR_FLOOR)) - np.log(f)) ** 2))
-    corr = np.corrcoef(f, y)[0, 1] if f.std() > 0 and y.std() > 0 else 0.0
-    return {"qlike": qlike, "mse_log": mse_log, "mz_r2": float(corr**2), "n": int(len(f))}
-
-
-def qlike_terms(forecast: np.ndarray, proxy: np.ndarray) -> np.ndarray:
-    """Per-bar QLIKE (NaN where either side is missing)."""
-    ratio = np.maximum(proxy, VAR_FLOOR) / forecast
-    return proxy / forecast - np.log(ratio) - 1.0
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, block: int) -> dict[str, Any]:
-    """Mean of ``a - b`` per bar and a 95% interval from means of ``block``-bar blocks.
-
-    Consecutive bars' losses are correlated (volatility clusters, and the bars after
-    one change are one episode), so the interval treats each block as one observation.
-    """
-    d = a - b
-    d = d[np.isfinite(d)]
-    n_blocks = len(d) // block
-    if n_blocks < 2:
-        return {"diff": float(d.mean()) if len(d) else np.nan, "ci95": [np.nan, np.nan]}
-    means = d[: n_blocks * block].reshape(n_blocks, block).mean(1)
-    half = 1.96 * means.std(ddof=1) / np.sqrt(n_blocks)
-    return {"diff": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)]}
-
-
-def _pool(series: dict[str, pd.Series], masks: dict[str, np.ndarray], symbols: list[str]):
-    """The masked bars of ``symbols``, one asset after another, as one array."""
-    return np.concatenate([series[s].to_numpy()[masks[s]] for s in symbols] or [np.empty(0)])
-
-
-def _rows(
-    forecasts: dict[str, pd.Series],
-    proxies: dict[str, pd.Series],
-    masks: dict[str, np.ndarray],
-    symbols: list[str],
-) -> dict[str, float | int]:
-    """Pooled QLIKE / MSE over ``symbols``' masked bars; MZ R^2 averaged over symbols."""
-    out = accuracy(_pool(forecasts, masks, symbols), _pool(proxies, masks, symbols))
-    r2 = [
-        accuracy(forecasts[s].to_numpy()[masks[s]], proxies[s].to_numpy()[masks[s]])
-        for s in symbols
-    ]
-    out["mz_r2"] = float(np.nanmean([r["mz_r2"] for r in r2])) if r2 else np.nan
-    return out
-
-
-def after_change_mask(index: pd.DatetimeIndex, alarm_bars: list[int], bars: int) -> np.ndarray:
-    """True on the ``bars`` bars starting at each alarm (the alarm bar included)."""
-    mask = np.zeros(len(index), bool)
-    for a in alarm_bars:
-        mask[a : a + bars] = True
-    return mask
-
-
-def alarm_bars(frame: pd.DataFrame, detector: str, settings: dict[str, Any]) -> list[int]:
-    """Bars at which the detector, run causally over the returns, reports a change."""
-    det = make_detector(detector, **settings)
-    r = np.log(frame["close"]).diff().to_numpy()
-    return [t for t in range(1, len(r)) if np.isfinite(r[t]) and det.update(r[t])]
-
-
-# -- risk against target ----------------------------------------------------------------
-def monthly_risk(variance: pd.Series, frame: pd.DataFrame) -> pd.Series:
-    """Realised vol, per month, of the next-bar return divided by the forecast vol.
-
-    A perfect forecast gives 1 (up to sampling noise); months are those of the
-    return's bar. ``variance`` must be restricted to the bars to score.
-    """
-    r_next = np.log(frame["close"]).diff().shift(-1).reindex(variance.index)
-    z = (r_next / np.sqrt(variance)).dropna()
-    months = z.groupby(z.index.to_period("M"))
-    rv = months.apply(lambda s: float(np.sqrt(np.mean(s**2))))
-    return rv[months.size() >= MIN_MONTH_BARS]
-
-
-def noise_ceiling(month_sizes: list[int], seed: int = 0, reps: int = 200) -> float:
-    """Share of months within ``WITHIN`` of target for a forecast equal to the true vol
-    of Gaussian returns: the best any estimator can do with so few bars a month."""
-    rng = np.random.default_rng(seed)
-    hits = [
-        abs(np.sqrt(np.mean(rng.standard_normal(n) ** 2)) - 1.0) <= WITHIN
-        for _ in range(reps)
-        for n in month_sizes
-    ]
-    return float(np.mean(hits))
 
 
 # -- the study ----------------------------------------------------------------------------
@@ -246,16 +152,16 @@ def run_volatility_study(config: StudyConfig, out: Path, console: Console | None
             if not group:
                 continue
             for period, masks in (("all", test), ("after_change", after)):
-                acc = _rows(fc, proxies, masks, group)
+                acc = pooled_scores(fc, proxies, masks, group)
                 row[f"qlike_{label}{period}"] = acc["qlike"]
                 row[f"mse_log_{label}{period}"] = acc["mse_log"]
                 row[f"mz_r2_{label}{period}"] = acc["mz_r2"]
                 row[f"n_{label}{period}"] = acc["n"]
                 if "meta" in forecasts and name != "meta":
-                    y = _pool(proxies, masks, group)
+                    y = pooled(proxies, masks, group)
                     row[f"qlike_{label}{period}_minus_meta"] = paired_difference(
-                        qlike_terms(_pool(fc, masks, group), y),
-                        qlike_terms(_pool(forecasts["meta"], masks, group), y),
+                        qlike_terms(pooled(fc, masks, group), y),
+                        qlike_terms(pooled(forecasts["meta"], masks, group), y),
                         vol.after_change,
                     )
         row["mz_r2"] = row["mz_r2_all"]

@@ -15,12 +15,8 @@ from rich.console import Console
 
 from metabt.backtests.config import ConfigError, load_config, parse_config
 from metabt.backtests.study import run_study
-from metabt.backtests.volatility import (
-    _check_heldout,
-    accuracy,
-    monthly_risk,
-    paired_difference,
-)
+from metabt.backtests.vol_scores import accuracy, monthly_risk, paired_difference
+from metabt.backtests.volatility import _check_heldout
 from metabt.feeds.btfeed import make_feature_feed
 from metabt.feeds.features import FeatureSpec, trailing_vol
 from metabt.feeds.loaders import load_sample
