@@ -27,12 +27,14 @@ from pydantic import (
 
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.tasks import TaskSpec
+from metabt.feeds.vol_features import VolFeatureSpec
 from metabt.metamodels.model import TrainConfig
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import PolicySpec
 from metabt.strategies.detectors import make_detector
 from metabt.strategies.engine import CostSpec
 from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
+from metabt.strategies.vol_estimators import ESTIMATORS, MetaVolSchedule, Schedule
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -233,9 +235,52 @@ class WalkForwardConfig(_Section):
     refit_every: str | None = None
 
 
+VolFeaturesConfig = _section_of(VolFeatureSpec)
+Estimator = Literal[ESTIMATORS]  # type: ignore[valid-type]
+
+
+class VolatilityConfig(_Section):
+    """The volatility study (``study = "volatility"``).
+
+    ``[volatility.meta]`` trains the forecaster (the keys of ``[meta]``, which trains
+    the trading policy when ``meta_adaptive`` is among the strategies).
+    """
+
+    # Estimators in the accuracy table, and those the vol-targeted strategies trade with.
+    estimators: list[Estimator] = list(ESTIMATORS)
+    trade_estimators: list[Estimator] = ["ewm", "garch", "meta"]
+    strategies: list[Literal["buy_and_hold_vt", "tsmom_vt", "meta_adaptive"]] = [
+        "buy_and_hold_vt",
+        "tsmom_vt",
+        "meta_adaptive",
+    ]
+    meta: MetaConfig = MetaConfig()  # type: ignore[valid-type]
+    # Symbols left out of meta-training (the forecaster never saw them before the test).
+    heldout: list[str] = []
+    # GARCH / GJR / HAR: bars between re-fits after the split (0 = fit once on training).
+    refit_every: int = Field(Schedule.refit_every, ge=0, le=2_520)
+    # Bars after each detected change that count as "after a change".
+    after_change: int = Field(20, ge=1, le=252)
+    detector: Literal["bocpd", "cusum", "bocpd_ar"] = MetaVolSchedule.detector  # type: ignore[assignment]
+    detector_settings: dict[str, float | int] = {}
+    min_window: int = Field(MetaVolSchedule.min_window, ge=2, le=2_520)
+    max_window: int = Field(MetaVolSchedule.max_window, ge=2, le=2_520)
+    readapt_every: int = Field(MetaVolSchedule.readapt_every, ge=1, le=2_520)
+    features: VolFeaturesConfig = VolFeaturesConfig()  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _windows(self) -> VolatilityConfig:
+        if self.min_window > self.max_window:
+            raise ValueError(
+                f"volatility.min_window ({self.min_window}) must be <= "
+                f"volatility.max_window ({self.max_window})"
+            )
+        return self
+
+
 class StudyConfig(_Section):
     title: str = "metabt study"
-    study: Literal["synthetic", "single_asset", "basket", "prediction"] = "basket"
+    study: Literal["synthetic", "single_asset", "basket", "prediction", "volatility"] = "basket"
     seed: int = 0
     # How many settings were validated (on validation splits inside the training period)
     # to arrive at this config's meta settings: each counts as a trial in the deflated Sharpe.
@@ -253,6 +298,7 @@ class StudyConfig(_Section):
     comparators: ComparatorsConfig = ComparatorsConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
+    volatility: VolatilityConfig = VolatilityConfig()
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -358,6 +404,10 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> StudyConfig:
     try:
         build_specs(config)
         make_detector(config.detector.name, **config.detector.settings)
+        vol = config.volatility
+        VolFeatureSpec(**vol.features.model_dump())
+        TrainConfig(seed=config.seed, **vol.meta.model_dump())
+        make_detector(vol.detector, **vol.detector_settings)
     except ValueError as exc:
         message = str(exc)
         for library_name, key in _SECTION_NAMES.items():

@@ -1,6 +1,6 @@
 """Run one of the shipped studies from Python, the same way ``metabt backtest`` does.
 
-    python -m metabt.backtests.run_study synthetic            # or single_asset, basket, prediction
+    python -m metabt.backtests.run_study synthetic  # single_asset, basket, prediction, volatility
     python -m metabt.backtests.run_study basket --out runs/basket
 
 From a notebook::
@@ -21,7 +21,14 @@ from rich.console import Console
 from metabt.backtests.config import configs_dir, load_config
 from metabt.backtests.study import run_study
 
-STUDIES = ("synthetic", "single_asset", "basket", "prediction")
+STUDIES = (
+    "synthetic",
+    "single_asset",
+    "basket",
+    "prediction",
+    "volatility",
+    "volatility_synthetic",
+)
 
 
 def main() -> None:
@@ -32,6 +39,9 @@ def main() -> None:
     config = load_config(configs_dir() / f"{args.study}.toml")
     out = args.out or Path("runs") / args.study
     metrics = run_study(config, out, console=Console())
+    if args.study.startswith("volatility"):
+        print(f"{out}: see {out / 'volatility.md'}")
+        return
     meta = metrics.get("meta_adaptive", {})
     print(f"{out}: meta_adaptive Sharpe {meta.get('sharpe')}, see {out / 'comparison.md'}")
 

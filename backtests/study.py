@@ -15,7 +15,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from metabt.backtests.config import StudyConfig
+from metabt.backtests.config import ConfigError, StudyConfig
 from metabt.backtests.data import StudyData, load_study_data
 from metabt.backtests.outputs import write_run
 from metabt.backtests.runner import Segment, run_segment, segment_splits
@@ -147,6 +147,16 @@ def run_study(
     Returns the metrics of every strategy (as in ``metrics.json``).
     """
     console = console or Console(stderr=True)
+    if config.study == "volatility":
+        from metabt.backtests.volatility import run_volatility_study
+
+        if model_path is not None or config.walk_forward.refit_every:
+            raise ConfigError(
+                "the volatility study meta-trains its own forecaster on [start, split) and "
+                "re-fits its baselines every volatility.refit_every bars; drop --model and "
+                "--refit-every (walk_forward.refit_every)"
+            )
+        return run_volatility_study(config, out, console)
     data = load_study_data(config)
     last_bar = max(f.index[-1] for f in data.frames.values())
     splits = segment_splits(config, last_bar)

@@ -125,6 +125,21 @@ class TaskBatch:
         return out
 
 
+def _task_rows(frame: pd.DataFrame, spec: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels and ``1 / vol`` of every bar, float32.
+
+    A spec with its own ``task_rows`` (the volatility forecaster's
+    ``feeds.vol_features.VolFeatureSpec``) supplies another model's inputs and
+    targets; the windows are cut the same way.
+    """
+    if hasattr(spec, "task_rows"):
+        return spec.task_rows(frame)
+    x = compute_features(frame, spec).to_numpy(np.float32)
+    y = compute_labels(frame, spec).to_numpy(np.float32)
+    a = (1.0 / trailing_vol(frame, spec)).to_numpy(np.float32)
+    return x, y, a
+
+
 class TaskSampler:
     """Tasks whose every bar and label lie in ``[start, end)`` of the given frames.
 
@@ -161,9 +176,7 @@ class TaskSampler:
         anchors: list[tuple[int, int]] = []
         change_rows: list[tuple[int, int]] = []
         for symbol, frame in frames.items():
-            x = compute_features(frame, feature_spec).to_numpy(np.float32)
-            y = compute_labels(frame, feature_spec).to_numpy(np.float32)
-            a = (1.0 / trailing_vol(frame, feature_spec)).to_numpy(np.float32)
+            x, y, a = _task_rows(frame, feature_spec)
             dates = frame.index.to_numpy()
             lo = max(feature_spec.warmup, self._first_at_or_after(dates, start))
             hi = self._first_at_or_after(dates, end) if end is not None else len(dates)

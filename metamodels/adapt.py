@@ -33,7 +33,25 @@ def support_loss(
     every task carries its own copy of the weights: task ``b``'s loss depends
     only on weights ``[b]``.
     """
-    return trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol, mask).sum()
+    return window_losses(params, x, y, policy_spec, objective_spec, inv_vol, mask).sum()
+
+
+def window_losses(
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    inv_vol: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Loss of every window, ``(...)``: the trading loss of the policy's positions, or the
+    objective's own ``window_loss`` when it scores another model on the same weights
+    (the volatility forecaster's QLIKE, :mod:`metamodels.vol_model`)."""
+    own = getattr(objective_spec, "window_loss", None)
+    if own is not None:
+        return own(params, x, y, mask)
+    return trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol, mask)
 
 
 def lr_for(
@@ -144,4 +162,4 @@ def query_loss(
     mask: Tensor | None = None,
 ) -> Tensor:
     """Per-task trading loss on query windows, ``(B,)`` (or a scalar for one window)."""
-    return trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol, mask)
+    return window_losses(params, x, y, policy_spec, objective_spec, inv_vol, mask)

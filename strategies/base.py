@@ -38,7 +38,13 @@ class TargetWeightStrategy(bt.Strategy):
         vol_target (float | None): daily volatility each full position is sized
             to (0.01 = 1 % a day): the weight of position ``p`` is
             ``p * asset_weight * vol_target / vol``, with ``vol`` the asset's
-            trailing daily vol (:meth:`asset_vol`). None = no vol targeting.
+            trailing daily vol (:meth:`asset_vol`, or ``vol_forecast``). None = no
+            vol targeting.
+        vol_forecast (dict | None): the volatility estimator to size by, as
+            ``{asset name: pd.Series of daily vol indexed by date}`` whose value at
+            a date is known at that bar's close (``strategies.vol_estimators.
+            forecast_vols``: ``ewm``, ``garch``, ``gjr_garch``, ``har``, ``meta``).
+            None = the built-in EWM estimate. A date with no forecast holds nothing.
         rebalance_threshold (float): an asset is re-ordered only when its
             target weight moved by more than this since its last order
             (0.0 = on every change). Going flat is always ordered.
@@ -58,6 +64,7 @@ class TargetWeightStrategy(bt.Strategy):
         ("vol_target", None),
         ("rebalance_threshold", 0.0),
         ("cash_buffer", 0.01),
+        ("vol_forecast", None),
     )
 
     def __init__(self) -> None:
@@ -71,6 +78,11 @@ class TargetWeightStrategy(bt.Strategy):
         # same estimator as feeds.features.trailing_vol, updated once per bar.
         self._vol_state: dict = {}
         self._vol_decay = 0.5 ** (1.0 / VOL_HALFLIFE)
+        # Per asset: date -> forecast vol, looked up once per bar when sizing.
+        self._vol_forecast = {
+            name: {pd.Timestamp(t).date(): float(v) for t, v in series.items()}
+            for name, series in (self.p.vol_forecast or {}).items()
+        }
         n = len(self.datas)
         self._asset_weight = 1.0 / n if self.p.asset_weight is None else float(self.p.asset_weight)
         # Compare bar times as backtrader floats: cheaper than building dates each bar.
@@ -107,6 +119,11 @@ class TargetWeightStrategy(bt.Strategy):
             return math.nan
         return max(math.sqrt(state[2] / state[3]), VOL_FLOOR)
 
+    def forecast_vol(self, d: bt.LineSeries) -> float:
+        """The ``vol_forecast`` value of ``d`` at this bar's date (NaN if it has none)."""
+        vol = self._vol_forecast.get(d._name, {}).get(self.datetime.date(0), math.nan)
+        return max(vol, VOL_FLOOR) if math.isfinite(vol) else math.nan
+
     def _update_vol(self) -> None:
         for d in self.datas:
             bars, close = len(d), float(d.close[0])
@@ -135,7 +152,9 @@ class TargetWeightStrategy(bt.Strategy):
                 )
             weight = min(1.0, max(-1.0, pos)) * self._asset_weight
             if self.p.vol_target is not None and weight != 0.0:
-                vol = self.asset_vol(d)
+                # A vol_forecast replaces only the sizing: a subclass's own asset_vol
+                # (e.g. the vol its labels are scaled by) is left as it is.
+                vol = self.forecast_vol(d) if self._vol_forecast else self.asset_vol(d)
                 # No vol yet (first bar): hold nothing rather than guess a size.
                 weight = weight * self.p.vol_target / vol if math.isfinite(vol) else 0.0
             weights.append(weight)
@@ -146,7 +165,11 @@ class TargetWeightStrategy(bt.Strategy):
 
     def next(self) -> None:
         # A subclass that reads the vol from its feed (asset_vol overridden) needs no estimate.
-        if self.p.vol_target is not None and type(self).asset_vol is TargetWeightStrategy.asset_vol:
+        if (
+            self.p.vol_target is not None
+            and not self._vol_forecast
+            and type(self).asset_vol is TargetWeightStrategy.asset_vol
+        ):
             self._update_vol()
         positions = self.target_weights()
         if not self.trading:
