@@ -105,22 +105,22 @@ def make_feature_feed(
 
 
 def _bars_of_feed(data: bt.feeds.DataBase) -> pd.DataFrame:
-    """Every bar of a Backtrader feed (CSV, Pandas, ...) as a canonical frame."""
-    if isinstance(data, bt.feeds.PandasData) and isinstance(data.p.dataname, pd.DataFrame):
-        data.p.dataname = data.p.dataname.copy()  # Backtrader may reorder it in start()
-    data._start()  # opens the source (a file, a DataFrame); preload then reads every bar
-    try:
-        data.preload()
-        lines = data.lines
-        frame = pd.DataFrame(
-            {name: list(getattr(lines, name).array) for name in CANONICAL_COLUMNS},
-            index=pd.DatetimeIndex(
-                [bt.num2date(t) for t in lines.datetime.array], name="date"
-            ).normalize(),
-        )
-    finally:
-        data.stop()
-    return frame
+    """Every bar of a Backtrader feed (CSV, Pandas, ...) as a canonical frame.
+
+    A feed reads its source only inside a Cerebro, so it is run once through an
+    empty strategy; the preloaded lines then hold every bar.
+    """
+    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
+    cerebro.adddata(data)
+    cerebro.addstrategy(bt.Strategy)
+    cerebro.run()
+    lines = data.lines
+    return pd.DataFrame(
+        {name: list(getattr(lines, name).array) for name in CANONICAL_COLUMNS},
+        index=pd.DatetimeIndex(
+            [bt.num2date(t) for t in lines.datetime.array], name="date"
+        ).normalize(),
+    )
 
 
 def feature_feed(
