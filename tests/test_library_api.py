@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import backtrader as bt
@@ -21,7 +22,7 @@ import pandas as pd
 import pytest
 
 import metabt
-from metabt.backtests.config import build_specs, load_config
+from metabt.backtests.config import build_specs, load_config, tomllib
 from metabt.backtests.data import load_study_data
 from metabt.backtests.runner import train_meta
 from metabt.feeds.loaders import load_sample, sample_data_dir
@@ -212,3 +213,10 @@ def test_readme_library_example_runs_outside_the_repository_next_to_a_users_stra
     assert re.search(r"Sharpe -?\d", text) and re.search(r"max drawdown % \d", text), text
     assert re.search(r"[1-9]\d* adaptations; in-sample: False", text), text
     assert "'trigger':" in text and "'loss_before':" in text
+
+
+def test_the_version_is_written_once_in_pyproject(run_cli):
+    written = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert metabt.__version__ == metadata.version("metabt") == written
+    result = run_cli("--version")
+    assert result.code == 0 and result.out.strip() == f"metabt {written}"
