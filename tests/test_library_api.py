@@ -7,6 +7,7 @@ on the bundled sample (bars before 2008 only).
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import os
 import re
@@ -22,7 +23,13 @@ import pandas as pd
 import pytest
 
 import metabt
-from metabt.backtests.config import build_specs, load_config, tomllib
+from metabt.backtests.config import (
+    DetectorConfig,
+    StrategyConfig,
+    build_specs,
+    load_config,
+    tomllib,
+)
 from metabt.backtests.data import load_study_data
 from metabt.backtests.runner import train_meta
 from metabt.feeds.loaders import load_sample, sample_data_dir
@@ -220,3 +227,24 @@ def test_the_version_is_written_once_in_pyproject(run_cli):
     assert metabt.__version__ == metadata.version("metabt") == written
     result = run_cli("--version")
     assert result.code == 0 and result.out.strip() == f"metabt {written}"
+
+
+def _readme_params_table() -> dict[str, str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### `MetaAdaptiveStrategy`", 1)[1].split("Per asset and bar:", 1)[0]
+    return dict(re.findall(r"^\| `(\w+)` \| (.+?) \|", section, flags=re.M))
+
+
+def test_one_set_of_defaults_in_the_class_the_config_and_the_readme():
+    params = metabt.MetaAdaptiveStrategy.params
+    documented = _readme_params_table()
+    assert set(documented) == set(params._getkeys())  # every param documented, no stale one
+    for name, text in documented.items():
+        if name != "policy":
+            assert ast.literal_eval(text.strip("`")) == getattr(params, name), name
+    strategy, detector = StrategyConfig(), DetectorConfig()
+    shared = set(StrategyConfig.model_fields) & set(params._getkeys())
+    assert {"min_window", "max_window", "readapt_every", "vol_target"} <= shared
+    for name in shared:
+        assert getattr(strategy, name) == getattr(params, name), name
+    assert detector.name == params.detector
