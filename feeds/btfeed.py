@@ -134,10 +134,11 @@ def feature_feed(
     Parameters
     ----------
     data : path, DataFrame or Backtrader data feed
-        A ``SYMBOL.csv`` in Yahoo layout (validated, prices adjusted by ``Adj Close``);
-        a DataFrame with a DatetimeIndex and ``open, high, low, close, volume``
-        columns (or Yahoo's ``Open, ..., Volume``, validated the same way); or any
-        Backtrader feed, whose bars are read once here.
+        A ``SYMBOL.csv`` in Yahoo layout (prices adjusted by ``Adj Close``); a
+        DataFrame with a DatetimeIndex and ``open, high, low, close, volume`` columns
+        (or Yahoo's ``Open, ..., Volume``); or any Backtrader feed, whose bars are
+        read once here. All are validated as ``metabt data validate`` does
+        (``DataError`` naming the row otherwise).
     spec : FeatureSpec or policy
         The features to add; a policy (``metabt.load_policy``) gives its own.
     name : str, optional
@@ -151,14 +152,15 @@ def feature_feed(
     if isinstance(data, (str, Path)):
         name = name or Path(data).stem
         frame = load_csv(data)
-    elif isinstance(data, pd.DataFrame):
-        has_canonical = all(c in data.columns for c in CANONICAL_COLUMNS)
-        frame = data if has_canonical else validate_bars(data, name or "DataFrame")
-    elif isinstance(data, bt.feeds.DataBase):
-        name = name or data._name or data.p.name
-        frame = _bars_of_feed(data)
     else:
-        raise TypeError(f"data must be a CSV path, a DataFrame or a Backtrader feed, not {data!r}")
+        if isinstance(data, bt.feeds.DataBase):
+            name = name or data._name or data.p.name
+            data = _bars_of_feed(data)
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f"data must be a CSV path, a DataFrame or a Backtrader feed: {data!r}")
+        # The checks every CSV gets (dates, OHLC, jumps, gaps), on the Yahoo column names.
+        raw = data.rename(columns={c: c.capitalize() for c in CANONICAL_COLUMNS})
+        frame = validate_bars(raw, f"{name or 'DataFrame'} (feature_feed)")
     if not name:
         raise ValueError("name the asset: feature_feed(data, policy, name='SPY')")
-    return make_feature_feed(name, frame[list(CANONICAL_COLUMNS)], spec, **kwargs)
+    return make_feature_feed(name, frame, spec, **kwargs)

@@ -150,6 +150,10 @@ def test_feature_feed_reads_a_backtrader_feed_like_its_dataframe(checkpoint):
     assert len(lines["frame"]["close"]) == len(frame)
     for name, values in lines["frame"].items():
         np.testing.assert_allclose(lines["feed"][name], values, rtol=1e-12, err_msg=name)
+    bad = frame.copy()
+    bad.iloc[5, bad.columns.get_loc("high")] = -1.0
+    with pytest.raises(metabt.DataError, match=r"SPY.*row 5 \(2007-01-10\): High is -1"):
+        metabt.feature_feed(bad, policy_spec, name="SPY")
 
 
 @pytest.mark.parametrize("as_path", [False, True], ids=["policy", "checkpoint path"])
