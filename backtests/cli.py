@@ -39,6 +39,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts hold interval notation like [start, split)
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from metabt import __version__  # the package metadata: pyproject.toml's version
+
+        print(f"metabt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 data_app = typer.Typer(help="Inspect and check bar data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

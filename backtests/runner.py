@@ -31,9 +31,10 @@ from metabt.metamodels.erm import erm_train, random_init
 from metabt.metamodels.model import MetaModel
 from metabt.metamodels.model_io import load_model
 from metabt.metamodels.trainer import meta_train
+from metabt.strategies.adaptive_policy import AdaptivePolicy, adaptive_policy
 from metabt.strategies.detectors import detect_changes
 from metabt.strategies.engine import BacktestResult, CostSpec, run_backtest
-from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 from metabt.strategies.regime_bound import RegimeBound, fit_regime_rules
 from metabt.strategies.static import DEFAULT_GRIDS, STATIC_STRATEGIES
 from metabt.strategies.tuning import TuningResult, tune_static
@@ -82,19 +83,6 @@ def segment_splits(config: StudyConfig, last_bar: pd.Timestamp) -> list[pd.Times
         while splits[-1] + step <= last_bar:
             splits.append(splits[-1] + step)
     return splits
-
-
-def adaptive_policy(model: MetaModel, features: FeatureSpec) -> AdaptivePolicy:
-    """The numpy view of a model that the strategy adapts and runs."""
-    return AdaptivePolicy(
-        model.policy_spec,
-        model.objective_spec,
-        model.numpy_params(),
-        model.numpy_inner_lr(),
-        model.inner_steps,
-        features.names,
-        model.lr_length_power,
-    )
 
 
 Models = dict[str, list[MetaModel]]  # "meta" / "erm" / "random" -> one model per seed

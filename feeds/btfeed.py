@@ -8,11 +8,14 @@ meta-learner was trained on (same functions, see :mod:`feeds.features`).
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import backtrader as bt
 import pandas as pd
 
 from metabt.feeds.features import FeatureSpec, compute_features, trailing_vol
+from metabt.feeds.loaders import load_csv
+from metabt.feeds.validate import CANONICAL_COLUMNS, validate_bars
 
 VOL_LINE = "vol"
 
@@ -45,21 +48,44 @@ class ArrayPandasData(bt.feeds.PandasData):
         return True
 
 
+# The feature names are spelled in the class name, joined by this separator, so that a
+# process that never built the class (a worker of cerebro.optstrategy) can rebuild it
+# from the name when it unpickles a feed (see __getattr__ below).
+_CLASS_PREFIX, _SEP = "FeatureData", "__"
+
+
 @cache
 def feature_feed_class(names: tuple[str, ...]) -> type[bt.feeds.PandasData]:
     """A ``PandasData`` subclass with one extra line per feature name plus ``vol``.
 
     Backtrader declares lines at class level, so a feature set needs its own
-    class; it is built once per distinct tuple of names and cached.
+    class; it is built once per distinct tuple of names and cached. It is
+    registered in this module under a name that spells the features, so its
+    feeds pickle (``cerebro.optstrategy`` with several processes).
     """
+    if any(_SEP in n or not n.isidentifier() for n in names):
+        raise ValueError(f"feature names must be identifiers without {_SEP!r}: {names}")
     extra = tuple(names) + (VOL_LINE,)
+    qualname = _SEP.join((_CLASS_PREFIX, *names))
     attrs = {
         "lines": extra,
         # -1: Backtrader finds the column by its name in the DataFrame.
         "params": tuple((name, -1) for name in extra),
         "datafields": ArrayPandasData.datafields + list(extra),
+        "__module__": __name__,
+        "__qualname__": qualname,
     }
-    return type("FeatureData", (ArrayPandasData,), attrs)
+    cls = type(qualname, (ArrayPandasData,), attrs)
+    globals()[qualname] = cls
+    return cls
+
+
+def __getattr__(name: str) -> type[bt.feeds.PandasData]:
+    # Unpickling a feed in a fresh process looks its class up here by name.
+    prefix, *names = name.split(_SEP)
+    if prefix != _CLASS_PREFIX or not names:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return feature_feed_class(tuple(names))
 
 
 def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -76,3 +102,65 @@ def make_feature_feed(
     """A Backtrader data feed of ``frame`` with the features of ``spec`` as lines."""
     cls = feature_feed_class(spec.names)
     return cls(dataname=feature_frame(frame, spec), name=symbol, **kwargs)
+
+
+def _bars_of_feed(data: bt.feeds.DataBase) -> pd.DataFrame:
+    """Every bar of a Backtrader feed (CSV, Pandas, ...) as a canonical frame.
+
+    A feed reads its source only inside a Cerebro, so it is run once through an
+    empty strategy; the preloaded lines then hold every bar.
+    """
+    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
+    cerebro.adddata(data)
+    cerebro.addstrategy(bt.Strategy)
+    cerebro.run()
+    lines = data.lines
+    return pd.DataFrame(
+        {name: list(getattr(lines, name).array) for name in CANONICAL_COLUMNS},
+        index=pd.DatetimeIndex(
+            [bt.num2date(t) for t in lines.datetime.array], name="date"
+        ).normalize(),
+    )
+
+
+def feature_feed(
+    data: str | Path | pd.DataFrame | bt.feeds.DataBase,
+    spec: FeatureSpec | object,
+    name: str | None = None,
+    **kwargs: object,
+) -> bt.feeds.PandasData:
+    """A Backtrader feed of ``data`` with the feature lines a policy reads.
+
+    Parameters
+    ----------
+    data : path, DataFrame or Backtrader data feed
+        A ``SYMBOL.csv`` in Yahoo layout (prices adjusted by ``Adj Close``); a
+        DataFrame with a DatetimeIndex and ``open, high, low, close, volume`` columns
+        (or Yahoo's ``Open, ..., Volume``); or any Backtrader feed, whose bars are
+        read once here. All are validated as ``metabt data validate`` does
+        (``DataError`` naming the row otherwise).
+    spec : FeatureSpec or policy
+        The features to add; a policy (``metabt.load_policy``) gives its own.
+    name : str, optional
+        The asset's name in results; defaults to the file's stem or the feed's name.
+    **kwargs
+        Passed to the feed (``fromdate``, ``todate``, ...).
+    """
+    spec = getattr(spec, "feature_spec", spec)
+    if not isinstance(spec, FeatureSpec):
+        raise TypeError("spec must be a FeatureSpec or a policy with a feature_spec")
+    if isinstance(data, (str, Path)):
+        name = name or Path(data).stem
+        frame = load_csv(data)
+    else:
+        if isinstance(data, bt.feeds.DataBase):
+            name = name or data._name or data.p.name
+            data = _bars_of_feed(data)
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f"data must be a CSV path, a DataFrame or a Backtrader feed: {data!r}")
+        # The checks every CSV gets (dates, OHLC, jumps, gaps), on the Yahoo column names.
+        raw = data.rename(columns={c: c.capitalize() for c in CANONICAL_COLUMNS})
+        frame = validate_bars(raw, f"{name or 'DataFrame'} (feature_feed)")
+    if not name:
+        raise ValueError("name the asset: feature_feed(data, policy, name='SPY')")
+    return make_feature_feed(name, frame, spec, **kwargs)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from metabt.metamodels.adapt import adapt, expand_tasks, query_loss
@@ -174,6 +175,17 @@ class MetaModel:
     best_step: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
     lr_length_power: float = 0.0
+
+    def seen_period(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """First and last bar dates (inclusive) its training and validation looked at.
+
+        None for a model built without data (a random initialisation). A strategy
+        trading this model must start after the second date.
+        """
+        if self.train_period is None:
+            return None
+        end = self.val_period[1] if self.val_period else self.train_period[1]
+        return pd.Timestamp(self.train_period[0]), pd.Timestamp(end) - pd.Timedelta(days=1)
 
     def numpy_params(self) -> NumpyParams:
         """Float64 numpy copy of the weights, for per-bar inference and fast adaptation."""

@@ -9,6 +9,7 @@ was trained.
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,7 @@ def save_model(model: MetaModel, path: str | Path, config: dict[str, Any]) -> Pa
     if per_parameter:
         tensors.update({INNER_LR_PREFIX + k: v.detach().float() for k, v in model.inner_lr.items()})  # type: ignore[union-attr]
     # The sidecar's period is inclusive: the last bar seen, including validation.
-    last = model.val_period[1] if model.val_period else model.train_period[1]
-    end = (pd.Timestamp(last) - pd.Timedelta(days=1)).date().isoformat()
+    end = model.seen_period()[1].date().isoformat()  # type: ignore[index]
     spec = dataclasses.asdict(model.policy_spec)
     meta = {
         "algorithm": model.algorithm,
@@ -112,6 +112,10 @@ def load_model(path: str | Path) -> tuple[MetaModel, pd.Timestamp]:
         objective_spec=_spec(ObjectiveSpec, meta.objective, path, "objective"),
         feature_spec=feature_spec,
         task_spec=_spec(TaskSpec, meta.task.model_dump(), path, "task"),
-        train_period=(meta.training_period.start.isoformat(), meta.training_period.end.isoformat()),
+        # MetaModel periods are [start, end): the day after the sidecar's inclusive last bar.
+        train_period=(
+            meta.training_period.start.isoformat(),
+            (meta.training_period.end + timedelta(days=1)).isoformat(),
+        ),
     )
     return model, pd.Timestamp(meta.training_period.end)

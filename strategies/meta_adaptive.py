@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass
+from pathlib import Path
 
 import backtrader as bt
 import numpy as np
@@ -34,10 +34,8 @@ import pandas as pd
 
 from metabt.feeds.btfeed import VOL_LINE
 from metabt.feeds.features import LABEL_DELAY, label_from_opens
-from metabt.metamodels.fast_adapt import NumpyLR, fast_adapt, window_loss
-from metabt.metamodels.model import length_scale
-from metabt.metamodels.objective import ObjectiveSpec
-from metabt.metamodels.policy import NumpyParams, PolicySpec, numpy_positions
+from metabt.metamodels.policy import NumpyParams, numpy_positions
+from metabt.strategies.adaptive_policy import AdaptivePolicy, InSampleError, load_policy
 from metabt.strategies.base import TargetWeightStrategy
 from metabt.strategies.detectors import make_detector
 
@@ -46,51 +44,6 @@ TRIGGERS = ("regime", "calendar", "never", "oracle")
 # pays costs for nothing (and is most of a backtest's run time). A change of
 # 0.02 in portfolio weight is 16% of a full position in an 8-asset basket.
 DEFAULT_REBALANCE_THRESHOLD = 0.02
-
-
-@dataclass(frozen=True)
-class AdaptivePolicy:
-    """Everything the strategy needs to adapt and run a policy, in numpy.
-
-    Attributes
-    ----------
-    params : dict of ndarray
-        The initial weights every adaptation starts from (float64).
-    inner_lr : float or dict of ndarray
-        Adaptation step size (per parameter for Meta-SGD).
-    inner_steps : int
-        SGD steps per adaptation (0 = never change the weights).
-    feature_names : tuple of str
-        Feed lines to read, in the order the network expects.
-    lr_length_power : float
-        The step is ``inner_lr * (n / 60) ** lr_length_power`` on an ``n``-bar window.
-    """
-
-    policy_spec: PolicySpec
-    objective_spec: ObjectiveSpec
-    params: NumpyParams
-    inner_lr: NumpyLR
-    inner_steps: int
-    feature_names: tuple[str, ...]
-    lr_length_power: float = 0.0
-
-    def step_size(self, n: int) -> NumpyLR:
-        """The inner step size(s) for a window of ``n`` bars."""
-        scale = float(length_scale(n, self.lr_length_power))
-        if isinstance(self.inner_lr, dict):
-            return {k: v * scale for k, v in self.inner_lr.items()}
-        return float(self.inner_lr) * scale
-
-    def adapt(
-        self, x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray | None = None
-    ) -> tuple[NumpyParams, float, float]:
-        """Adapted weights and the support loss before and after."""
-        spec, obj = self.policy_spec, self.objective_spec
-        before = window_loss(self.params, x, y, spec, obj, inv_vol)
-        adapted = fast_adapt(
-            self.params, x, y, self.inner_steps, self.step_size(len(y)), spec, obj, inv_vol
-        )
-        return adapted, before, window_loss(adapted, x, y, spec, obj, inv_vol)
 
 
 class _AssetState:
@@ -120,8 +73,14 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
     """Trade a meta-learned policy, re-adapted on the window since the last regime change.
 
     Params:
-        policy (AdaptivePolicy | tuple): initial weights, inner steps / LR, feature
-            names; a tuple of policies trades their average position.
+        policy (AdaptivePolicy | tuple | str): initial weights, inner steps / LR, feature
+            names and training period (``metabt.load_policy``); a tuple of policies
+            trades their average position; a checkpoint folder path is loaded when the
+            strategy starts (in each worker of ``cerebro.optstrategy``).
+        allow_in_sample (bool): False (default) refuses to trade any bar on or before
+            the last bar the policy's training saw (``InSampleError`` naming both
+            dates); True trades them and marks the run in-sample (``self.in_sample``,
+            ``AdaptationAnalyzer``).
         trigger (str): where windows start: ``"regime"`` (at the detector's estimate
             of the change), ``"calendar"`` (always the last ``calendar_window`` bars),
             ``"never"`` (no adaptation) or ``"oracle"`` (at the true change dates in
@@ -154,16 +113,24 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         ("known_changes", None),
         ("vol_target", 0.01),
         ("rebalance_threshold", DEFAULT_REBALANCE_THRESHOLD),
+        ("allow_in_sample", False),
     )
 
     def __init__(self) -> None:
         super().__init__()
         pols = self.p.policy
         if pols is None:
-            raise ValueError("MetaAdaptiveStrategy needs policy=AdaptivePolicy(...)")
-        self._policies: tuple[AdaptivePolicy, ...] = (
-            tuple(pols) if isinstance(pols, (tuple, list)) else (pols,)
+            raise ValueError("MetaAdaptiveStrategy needs policy=metabt.load_policy(CHECKPOINT)")
+        self._policies: tuple[AdaptivePolicy, ...] = tuple(
+            load_policy(p) if isinstance(p, (str, Path)) else p
+            for p in (pols if isinstance(pols, (tuple, list)) else (pols,))
         )
+        seen = [p.trained_until for p in self._policies if p.trained_until is not None]
+        #: The last bar any of the policies' training saw (None: they saw no data).
+        self.trained_until: pd.Timestamp | None = max(seen) if seen else None
+        #: The first bar traded, and whether it lies in the training period (see allow_in_sample).
+        self.first_traded: pd.Timestamp | None = None
+        self.in_sample = False
         names = self._policies[0].feature_names
         if any(p.feature_names != names for p in self._policies):
             raise ValueError("every policy of an ensemble must read the same features")
@@ -200,6 +167,29 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         return float(self._vol[d].array[self._vol[d].idx])
 
     # -- per bar -------------------------------------------------------------
+    def next(self) -> None:
+        if self.first_traded is None and self.trading:
+            self._check_out_of_sample(pd.Timestamp(self.datetime.date(0)))
+        super().next()
+
+    def _check_out_of_sample(self, first: pd.Timestamp) -> None:
+        """Refuse (or, if allowed, mark) a first traded bar inside the training period.
+
+        Bars are traded in date order, so the first one decides for the whole run.
+        """
+        self.first_traded = first
+        until = self.trained_until
+        if until is None or first > until:
+            return
+        if not self.p.allow_in_sample:
+            raise InSampleError(
+                f"the policy was trained on bars up to {until.date()} but the first traded "
+                f"bar is {first.date()}: its results would be in-sample; trade from "
+                f"{(until + pd.Timedelta(days=1)).date()} on (trade_start=...) or pass "
+                "allow_in_sample=True to run it in-sample on purpose"
+            )
+        self.in_sample = True
+
     def _observe(self, d: bt.LineSeries, st: _AssetState) -> np.ndarray | None:
         """Record this bar's features and the label that just became known.
 

@@ -21,8 +21,9 @@ from metabt.metamodels.model import TrainConfig
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import PolicySpec
 from metabt.metamodels.trainer import meta_train
+from metabt.strategies.adaptive_policy import AdaptivePolicy
 from metabt.strategies.engine import CostSpec, run_backtest
-from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 
 class PlainSmaCross(bt.Strategy):

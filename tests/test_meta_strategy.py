@@ -11,8 +11,9 @@ from metabt.feeds.features import FeatureSpec
 from metabt.feeds.loaders import load_sample
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
+from metabt.strategies.adaptive_policy import AdaptivePolicy
 from metabt.strategies.engine import CostSpec, run_backtest
-from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 SPEC = FeatureSpec()
 COSTS = CostSpec()

@@ -22,8 +22,9 @@ from metabt.feeds.loaders import load_sample
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
 from metabt.strategies import detectors
+from metabt.strategies.adaptive_policy import AdaptivePolicy
 from metabt.strategies.engine import CostSpec, run_backtest
-from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
+from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 SPEC = FeatureSpec()
 MIN, MAX, EVERY, CAL = 20, 70, 5, 40

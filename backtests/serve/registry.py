@@ -76,7 +76,8 @@ class ServedModel:
         """What ``GET /v1/models/{id}`` answers."""
         data = self.config.data
         assets = data.symbols if isinstance(data.symbols, list) else "all"
-        start, end = self.model.train_period or (None, None)
+        seen = self.model.seen_period()
+        start, end = (None, None) if seen is None else (str(d.date()) for d in seen)
         return {
             "id": self.id,
             "algorithm": self.model.algorithm,
@@ -182,7 +183,7 @@ def load_registry(root: Path) -> dict[str, ServedModel]:
             folder,
             served.id,
             served.model.algorithm,
-            *(served.model.train_period or ("?", "?")),
+            *(str(d.date()) for d in served.model.seen_period() or ()),
             served.sha256[:12],
         )
     if not models:

@@ -1,0 +1,145 @@
+"""The policy a :class:`MetaAdaptiveStrategy` trades: weights, inner loop, features, period.
+
+A checkpoint folder becomes one ready object with :func:`load_policy`; a model
+trained in memory with :func:`adaptive_policy`. The policy carries the feature
+spec its feed must provide and the bars its training saw, so the strategy can
+refuse to trade them (no look-ahead, also outside the CLI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metabt.feeds.errors import DataError
+from metabt.feeds.features import FeatureSpec
+from metabt.metamodels.fast_adapt import NumpyLR, fast_adapt, window_loss
+from metabt.metamodels.model import MetaModel, length_scale
+from metabt.metamodels.model_io import load_model
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import NumpyParams, PolicySpec
+
+
+class InSampleError(DataError):
+    """A policy was asked to trade bars its training saw (look-ahead)."""
+
+
+@dataclass(frozen=True)
+class AdaptivePolicy:
+    """Everything the strategy needs to adapt and run a policy, in numpy.
+
+    Plain numpy and frozen dataclasses: it pickles, so ``cerebro.optstrategy``
+    can send it to worker processes.
+
+    Attributes
+    ----------
+    params : dict of ndarray
+        The initial weights every adaptation starts from (float64).
+    inner_lr : float or dict of ndarray
+        Adaptation step size (per parameter for Meta-SGD).
+    inner_steps : int
+        SGD steps per adaptation (0 = never change the weights).
+    feature_names : tuple of str
+        Feed lines to read, in the order the network expects.
+    lr_length_power : float
+        The step is ``inner_lr * (n / 60) ** lr_length_power`` on an ``n``-bar window.
+    feature_spec : FeatureSpec or None
+        How the feed computes those features (:func:`feeds.btfeed.feature_feed`).
+    training_period : (Timestamp, Timestamp) or None
+        First and last bar dates (inclusive) training and validation looked at;
+        None for a policy that saw no data (a random initialisation).
+    """
+
+    policy_spec: PolicySpec
+    objective_spec: ObjectiveSpec
+    params: NumpyParams
+    inner_lr: NumpyLR
+    inner_steps: int
+    feature_names: tuple[str, ...]
+    lr_length_power: float = 0.0
+    feature_spec: FeatureSpec | None = None
+    training_period: tuple[pd.Timestamp, pd.Timestamp] | None = None
+
+    @property
+    def trained_until(self) -> pd.Timestamp | None:
+        """The last bar date its training saw: trading must start after it."""
+        return None if self.training_period is None else self.training_period[1]
+
+    def step_size(self, n: int) -> NumpyLR:
+        """The inner step size(s) for a window of ``n`` bars."""
+        scale = float(length_scale(n, self.lr_length_power))
+        if isinstance(self.inner_lr, dict):
+            return {k: v * scale for k, v in self.inner_lr.items()}
+        return float(self.inner_lr) * scale
+
+    def adapt(
+        self, x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray | None = None
+    ) -> tuple[NumpyParams, float, float]:
+        """Adapted weights and the support loss before and after."""
+        spec, obj = self.policy_spec, self.objective_spec
+        before = window_loss(self.params, x, y, spec, obj, inv_vol)
+        adapted = fast_adapt(
+            self.params, x, y, self.inner_steps, self.step_size(len(y)), spec, obj, inv_vol
+        )
+        return adapted, before, window_loss(adapted, x, y, spec, obj, inv_vol)
+
+
+def adaptive_policy(model: MetaModel, features: FeatureSpec | None = None) -> AdaptivePolicy:
+    """The numpy view of ``model`` that the strategy adapts and runs.
+
+    ``features`` defaults to the model's own feature spec.
+    """
+    spec = features if features is not None else model.feature_spec
+    if spec is None:
+        raise ValueError("the model carries no feature spec; pass features=FeatureSpec(...)")
+    return AdaptivePolicy(
+        model.policy_spec,
+        model.objective_spec,
+        model.numpy_params(),
+        model.numpy_inner_lr(),
+        model.inner_steps,
+        spec.names,
+        model.lr_length_power,
+        spec,
+        model.seen_period(),
+    )
+
+
+@lru_cache(maxsize=8)
+def _load(path: Path, stamp: tuple) -> AdaptivePolicy:
+    model, _ = load_model(path)
+    return adaptive_policy(model)
+
+
+def _stamp(path: Path) -> tuple:
+    # A checkpoint re-trained in place has new files: never serve the cached old one.
+    if not path.is_dir():
+        return ()
+    return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir()))
+
+
+def load_policy(path: str | Path) -> AdaptivePolicy:
+    """Load a checkpoint folder (``metabt train --out``) as a policy ready to trade.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint folder (``model.safetensors`` + ``model.json``).
+
+    Returns
+    -------
+    AdaptivePolicy
+        Weights, inner loop, ``feature_spec`` (pass it to the feed) and
+        ``training_period`` (the strategy refuses to trade those bars).
+
+    Raises
+    ------
+    metamodels.checkpoint.CheckpointError
+        The folder is missing, damaged or does not describe a valid model.
+    """
+    path = Path(path).resolve()
+    return _load(path, _stamp(path))
