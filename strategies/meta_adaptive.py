@@ -34,10 +34,10 @@ import pandas as pd
 
 from metabt.feeds.btfeed import VOL_LINE
 from metabt.feeds.features import LABEL_DELAY, label_from_opens
-from metabt.metamodels.fast_adapt import NumpyLR, fast_adapt, window_loss
+from metabt.metamodels import numpy_policy
 from metabt.metamodels.model import length_scale
-from metabt.metamodels.objective import ObjectiveSpec
-from metabt.metamodels.policy import NumpyParams, PolicySpec, numpy_positions
+from metabt.metamodels.numpy_policy import NumpyLR, NumpyParams
+from metabt.metamodels.specs import ObjectiveSpec, PolicySpec
 from metabt.strategies.base import TargetWeightStrategy
 from metabt.strategies.detectors import make_detector
 
@@ -86,11 +86,14 @@ class AdaptivePolicy:
     ) -> tuple[NumpyParams, float, float]:
         """Adapted weights and the support loss before and after."""
         spec, obj = self.policy_spec, self.objective_spec
-        before = window_loss(self.params, x, y, spec, obj, inv_vol)
-        adapted = fast_adapt(
+        adapted = numpy_policy.adapt(
             self.params, x, y, self.inner_steps, self.step_size(len(y)), spec, obj, inv_vol
         )
-        return adapted, before, window_loss(adapted, x, y, spec, obj, inv_vol)
+        before, after = (
+            float(numpy_policy.trading_loss(numpy_policy.positions(p, x, spec), y, obj, inv_vol))
+            for p in (self.params, adapted)
+        )
+        return adapted, before, after
 
 
 class _AssetState:
@@ -233,7 +236,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         if getattr(st.detector, "input_kind", "return") != "loss" or not st.adapted:
             return
         pol = self._policies[0]
-        pnl = float(numpy_positions(st.params[0], x, pol.policy_spec)) * label
+        pnl = float(numpy_policy.positions(st.params[0], x, pol.policy_spec)) * label
         loss = -pnl + pol.objective_spec.risk * pnl * pnl
         mean, sd = st.loss_ref
         if st.detector.update((loss - mean) / sd):
@@ -288,7 +291,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         st.bars_since_adapt, st.adapted = 0, True
         self.n_adaptations += 1
         pol = self._policies[0]
-        pnl = numpy_positions(st.params[0], x, pol.policy_spec) * y
+        pnl = numpy_policy.positions(st.params[0], x, pol.policy_spec) * y
         per_bar = -pnl + pol.objective_spec.risk * pnl * pnl
         st.loss_ref = (float(per_bar.mean()), max(float(per_bar.std()), 1e-6))
         self.events.append(
@@ -343,7 +346,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
                     pos = float(
                         np.mean(
                             [
-                                numpy_positions(p, x, pol.policy_spec)
+                                numpy_policy.positions(p, x, pol.policy_spec)
                                 for p, pol in zip(st.params, self._policies)
                             ]
                         )
