@@ -195,3 +195,12 @@ def test_negative_steps_are_refused():
         numpy_policy.adapt(
             to_numpy(init_params(spec, 0)), np.zeros((5, 3)), np.zeros(5), -1, 0.1, spec, OBJ
         )
+
+
+def test_the_numpy_twin_runs_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, metabt.metamodels.numpy_policy; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
