@@ -83,7 +83,8 @@ def make_feature_feed(
     """A Backtrader data feed of ``frame`` that carries the features of ``spec``.
 
     The features travel as ``feed.feature_array`` (``(bars, features)``, float64,
-    row ``i`` = the feed's ``i``-th bar) and the trailing vol as ``feed.vol_array``:
+    row ``i`` = the feed's ``i``-th bar, columns ``feed.feature_names``) and the
+    trailing vol as ``feed.vol_array``:
     a strategy reads a whole row with one index instead of one line per feature.
     Backtrader advances every line of every feed on every bar, so the fifteen feature
     lines would cost more than the strategy itself; ``feature_lines=True`` adds them
@@ -101,6 +102,7 @@ def make_feature_feed(
         raise ValueError(f"{symbol}: the precomputed feature table does not have the bars' dates")
     cls = feature_feed_class(spec.names if feature_lines else ())
     feed = cls(dataname=table, name=symbol, **kwargs)
+    feed.feature_names = tuple(spec.names)
     feed.feature_array = np.ascontiguousarray(table[list(spec.names)].to_numpy(dtype=np.float64))
     feed.vol_array = table[VOL_LINE].to_numpy(dtype=np.float64)
     return feed

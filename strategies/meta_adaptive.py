@@ -99,7 +99,12 @@ class _AssetState:
     """Per-asset memory: the feed's feature rows, recent labels, detector, current weights."""
 
     def __init__(
-        self, d: bt.LineSeries, detector: object, params: list[NumpyParams], keep: int
+        self,
+        d: bt.LineSeries,
+        names: tuple[str, ...],
+        detector: object,
+        params: list[NumpyParams],
+        keep: int,
     ) -> None:
         feats, vols = getattr(d, "feature_array", None), getattr(d, "vol_array", None)
         if feats is None or vols is None:
@@ -107,6 +112,15 @@ class _AssetState:
                 f"MetaAdaptiveStrategy: feed {d._name!r} carries no feature_array; build it "
                 "with metabt.feeds.btfeed.make_feature_feed"
             )
+        have = tuple(d.feature_names)
+        if have != names:
+            missing = [n for n in names if n not in have]
+            if missing:
+                raise ValueError(
+                    f"MetaAdaptiveStrategy: feed {d._name!r} lacks the policy's features "
+                    f"{missing}; build it with the FeatureSpec the policy was trained on"
+                )
+            feats = np.ascontiguousarray(feats[:, [have.index(n) for n in names]])
         self.feats, self.vols = feats, vols  # row i = the feed's i-th bar
         self.detector = detector
         self.params = params
@@ -192,7 +206,9 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         settings = dict(self.p.detector_settings or {})
         keep = max(self.p.max_window, self.p.calendar_window)
         self._state = {
-            d: _AssetState(d, make_detector(self.p.detector, **settings), self._initial(), keep)
+            d: _AssetState(
+                d, names, make_detector(self.p.detector, **settings), self._initial(), keep
+            )
             for d in self.datas
         }
         # Every asset's current weights stacked, one stack per ensemble member, so one
