@@ -150,11 +150,10 @@ def _grads(
 def _float64(
     x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    as64 = np.asarray
     return (
-        as64(x, dtype=np.float64),
-        as64(y, dtype=np.float64),
-        None if inv_vol is None else as64(inv_vol, dtype=np.float64),
+        np.asarray(x, dtype=np.float64),
+        np.asarray(y, dtype=np.float64),
+        None if inv_vol is None else np.asarray(inv_vol, dtype=np.float64),
     )
 
 
