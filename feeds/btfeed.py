@@ -1,4 +1,4 @@
-"""Backtrader feeds that carry metabt's features as extra lines.
+"""Backtrader feeds that carry metabt's features (as an array per asset, optionally as lines).
 
 Strategies read each bar's features from the feed (``data.feature_array[i]``, or the
 optional lines ``data.ret_1[0]`` ...) instead of recomputing them per bar, and the
