@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from metabt.backtests.config import Specs, StudyConfig, build_specs
 from metabt.backtests.data import StudyData
-from metabt.feeds.btfeed import make_feature_feed
+from metabt.feeds.btfeed import feature_frame, make_feature_feed
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.loaders import Frames, slice_period
@@ -310,6 +310,7 @@ def _run_one(
     split: pd.Timestamp,
     end: pd.Timestamp | None,
     features: FeatureSpec,
+    tables: dict[str, pd.DataFrame],
 ) -> tuple[str, BacktestResult, list[str]]:
     # Runs in a worker process: its warnings are returned so the caller can re-issue them.
     with warnings.catch_warnings(record=True) as caught:
@@ -325,7 +326,11 @@ def _run_one(
                 costs,
                 trade_start=split,
                 end=end,
-                feed_factory=lambda s, f: make_feature_feed(s, f, features),
+                # Features are causal, so the rows of the precomputed table are the
+                # features of the (possibly end-cut) frame the engine passes here.
+                feed_factory=lambda s, f: make_feature_feed(
+                    s, f, features, table=tables[s].loc[f.index[0] : f.index[-1]]
+                ),
             )
     return name, result, [str(w.message) for w in caught]
 
@@ -381,8 +386,12 @@ def run_segment(
         }
     if config.ensemble.per_seed_runs:
         jobs.update(per_seed_runs(runs))
+    # Every meta strategy reads the same features: computed once per asset, not once per run.
+    tables = {s: feature_frame(f, specs.features) for s, f in test_frames.items()}
     done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(_run_one)(test_frames, name, params, specs.costs, split, end, specs.features)
+        delayed(_run_one)(
+            test_frames, name, params, specs.costs, split, end, specs.features, tables
+        )
         for name, params in jobs.items()
     )
     results = {}

@@ -1,8 +1,9 @@
-"""Backtrader feeds that carry metabt's features as extra lines.
+"""Backtrader feeds that carry metabt's features (as an array per asset, optionally as lines).
 
-Strategies read ``data.ret_1[0]``, ``data.vol[0]`` ... from the feed instead of
-recomputing features per bar, and the feature values are exactly the ones the
-meta-learner was trained on (same functions, see :mod:`feeds.features`).
+Strategies read each bar's features from the feed (``data.feature_array[i]``, or the
+optional lines ``data.ret_1[0]`` ...) instead of recomputing them per bar, and the
+feature values are exactly the ones the meta-learner was trained on (same
+functions, see :mod:`feeds.features`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from functools import cache
 from pathlib import Path
 
 import backtrader as bt
+import numpy as np
 import pandas as pd
 
 from metabt.feeds.features import FeatureSpec, compute_features, trailing_vol
@@ -97,11 +99,39 @@ def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 
 
 def make_feature_feed(
-    symbol: str, frame: pd.DataFrame, spec: FeatureSpec, **kwargs: object
+    symbol: str,
+    frame: pd.DataFrame,
+    spec: FeatureSpec,
+    feature_lines: bool = False,
+    table: pd.DataFrame | None = None,
+    **kwargs: object,
 ) -> bt.feeds.PandasData:
-    """A Backtrader data feed of ``frame`` with the features of ``spec`` as lines."""
-    cls = feature_feed_class(spec.names)
-    return cls(dataname=feature_frame(frame, spec), name=symbol, **kwargs)
+    """A Backtrader data feed of ``frame`` that carries the features of ``spec``.
+
+    The features travel as ``feed.feature_array`` (``(bars, features)``, float64,
+    row ``i`` = the feed's ``i``-th bar, columns ``feed.feature_names``) and the
+    trailing vol as ``feed.vol_array``:
+    a strategy reads a whole row with one index instead of one line per feature.
+    Backtrader advances every line of every feed on every bar, so the fifteen feature
+    lines would cost more than the strategy itself; ``feature_lines=True`` adds them
+    anyway (``data.ret_1[0]`` ..., e.g. to plot them). The ``vol`` line is always there.
+
+    Parameters
+    ----------
+    table : DataFrame, optional
+        ``feature_frame(frame, spec)`` computed beforehand (e.g. once per asset for
+        every strategy of a study); it must have ``frame``'s dates.
+    """
+    if table is None:
+        table = feature_frame(frame, spec)
+    elif not table.index.equals(frame.index):
+        raise ValueError(f"{symbol}: the precomputed feature table does not have the bars' dates")
+    cls = feature_feed_class(spec.names if feature_lines else ())
+    feed = cls(dataname=table, name=symbol, **kwargs)
+    feed.feature_names = tuple(spec.names)
+    feed.feature_array = np.ascontiguousarray(table[list(spec.names)].to_numpy(dtype=np.float64))
+    feed.vol_array = table[VOL_LINE].to_numpy(dtype=np.float64)
+    return feed
 
 
 def _bars_of_feed(data: bt.feeds.DataBase) -> pd.DataFrame:

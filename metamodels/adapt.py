@@ -1,7 +1,7 @@
 """The one definition of adaptation: a few SGD steps on a support window.
 
 Meta-training (every learner, batched or looped) and the reference for the
-trading-time numpy path (:mod:`metamodels.fast_adapt`) both go through
+trading-time numpy path (:mod:`metamodels.numpy_policy`) both go through
 :func:`adapt`, so what was trained is what trades.
 """
 

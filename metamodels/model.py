@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 
 from metabt.metamodels.adapt import adapt, expand_tasks, query_loss
-from metabt.metamodels.fast_adapt import NumpyLR, fast_adapt
 from metabt.metamodels.learners import LR_LENGTH_REF, TorchTasks
+from metabt.metamodels.numpy_policy import NumpyLR, NumpyParams
 from metabt.metamodels.objective import ObjectiveSpec
-from metabt.metamodels.policy import NumpyParams, Params, PolicySpec, numpy_positions, to_numpy
+from metabt.metamodels.policy import Params, PolicySpec, to_numpy
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd")
 # A learned inner step size is the default where the algorithm has a gradient for it.
@@ -192,30 +192,10 @@ class MetaModel:
         return to_numpy(self.params)
 
     def numpy_inner_lr(self) -> NumpyLR:
-        """The inner step size(s) in the form :func:`metamodels.fast_adapt.fast_adapt` takes."""
+        """The inner step size(s) in the form :func:`metamodels.numpy_policy.adapt` takes."""
         if isinstance(self.inner_lr, dict):
             return to_numpy(self.inner_lr)
         return float(self.inner_lr)
-
-    def adapt_numpy(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        steps: int | None = None,
-        params: NumpyParams | None = None,
-    ) -> NumpyParams:
-        """Adapt (from ``params``, default the stored init) on one support window."""
-        start = self.numpy_params() if params is None else params
-        steps = self.inner_steps if steps is None else steps
-        return fast_adapt(
-            start, x, y, steps, self.numpy_inner_lr(), self.policy_spec, self.objective_spec
-        )
-
-    def positions_numpy(self, x: np.ndarray, params: NumpyParams | None = None) -> np.ndarray:
-        """Positions for features ``x`` (``(F,)`` or ``(n, F)``) with ``params`` or the init."""
-        return numpy_positions(
-            self.numpy_params() if params is None else params, x, self.policy_spec
-        )
 
 
 def length_scale(n: Any, power: float) -> Any:

@@ -17,41 +17,18 @@ regimes. The quadratic term is a mean-variance penalty that keeps the optimum
 finite. Windows can be padded to a common length: ``mask`` marks the real bars
 (padding must come first), and turnover is only charged between real bars.
 
-The numpy twin and its hand-written gradient live in :mod:`metamodels.fast_adapt`;
-tests keep the two identical and check that the objective's pnl and costs are
+The numpy twin and its hand-written gradient live in :mod:`metamodels.numpy_policy`
+under the same names; tests keep the two identical and check that the objective's pnl and costs are
 what the backtest engine books.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 
+from metabt.metamodels.specs import ObjectiveSpec
 
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """Weights of the trading objective.
-
-    Parameters
-    ----------
-    risk : float
-        Weight of ``mean(pnl ** 2)`` (risk aversion, per unit vol-scaled pnl squared).
-    cost : float
-        Cost per unit of portfolio weight traded, in return units (0.001 = 10 bp:
-        5 bp commission + 5 bp slippage). It is charged on the change of
-        ``p / vol``, the vol-targeted weight, so its bite depends on the regime's vol.
-    """
-
-    risk: float = 0.1
-    cost: float = 0.001
-
-    def __post_init__(self) -> None:
-        for name in ("risk", "cost"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"ObjectiveSpec.{name} must be a finite number >= 0, got {value}")
+__all__ = ["ObjectiveSpec", "trading_loss"]
 
 
 def trading_loss(
@@ -93,17 +70,4 @@ def trading_loss(
         else:
             pair = mask[..., 1:] * mask[..., :-1]
             loss = loss + spec.cost * (step * pair).sum(-1) / pair.sum(-1).clamp(min=1.0)
-    return loss
-
-
-def numpy_trading_loss(
-    pos: np.ndarray, y: np.ndarray, spec: ObjectiveSpec, inv_vol: np.ndarray | None = None
-) -> np.ndarray:
-    """Numpy twin of :func:`trading_loss` on unpadded windows."""
-    pos = np.asarray(pos, dtype=np.float64)
-    pnl = pos * np.asarray(y, dtype=np.float64)
-    loss = -pnl.mean(-1) + spec.risk * (pnl * pnl).mean(-1)
-    if pos.shape[-1] > 1 and spec.cost > 0:
-        held = pos if inv_vol is None else pos * np.asarray(inv_vol, dtype=np.float64)
-        loss = loss + spec.cost * np.abs(np.diff(held, axis=-1)).mean(-1)
     return loss

@@ -17,11 +17,11 @@ import pandas as pd
 
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
-from metabt.metamodels.fast_adapt import NumpyLR, fast_adapt, window_loss
+from metabt.metamodels import numpy_policy
 from metabt.metamodels.model import MetaModel, length_scale
 from metabt.metamodels.model_io import load_model
-from metabt.metamodels.objective import ObjectiveSpec
-from metabt.metamodels.policy import NumpyParams, PolicySpec
+from metabt.metamodels.numpy_policy import NumpyLR, NumpyParams
+from metabt.metamodels.specs import ObjectiveSpec, PolicySpec
 
 
 class InSampleError(DataError):
@@ -81,11 +81,14 @@ class AdaptivePolicy:
     ) -> tuple[NumpyParams, float, float]:
         """Adapted weights and the support loss before and after."""
         spec, obj = self.policy_spec, self.objective_spec
-        before = window_loss(self.params, x, y, spec, obj, inv_vol)
-        adapted = fast_adapt(
+        adapted = numpy_policy.adapt(
             self.params, x, y, self.inner_steps, self.step_size(len(y)), spec, obj, inv_vol
         )
-        return adapted, before, window_loss(adapted, x, y, spec, obj, inv_vol)
+        before, after = (
+            float(numpy_policy.trading_loss(numpy_policy.positions(p, x, spec), y, obj, inv_vol))
+            for p in (self.params, adapted)
+        )
+        return adapted, before, after
 
 
 def adaptive_policy(model: MetaModel, features: FeatureSpec | None = None) -> AdaptivePolicy:

@@ -79,6 +79,18 @@ class ARBOCPD:
         self.settings = settings or ARBOCPDSettings()
         self._log_h = -math.log(self.settings.hazard)
         self._log_1mh = math.log1p(-1.0 / self.settings.hazard)
+        # A run of i bars has alpha = noise_prior + i / 2 whatever the data, so alpha,
+        # the Student-t's degrees of freedom and its gamma-function constant are fixed
+        # per slot: computed once here, by the very additions a per-bar update of alpha
+        # would make (so every value is identical), instead of on every bar.
+        alpha = np.empty(self.settings.max_run)
+        alpha[0] = self.settings.noise_prior
+        for i in range(1, len(alpha)):
+            alpha[i] = alpha[i - 1] + 0.5
+        nu = 2.0 * alpha
+        self._alpha, self._nu, self._nu_pi = alpha, nu, nu * math.pi
+        self._half_nu1 = (nu + 1.0) / 2.0
+        self._t_const = gammaln(self._half_nu1) - gammaln(nu / 2.0)
         self.reset()
 
     def reset(self) -> None:
@@ -92,7 +104,6 @@ class ARBOCPD:
             np.full(m, s.coef_prior),
         )
         self._h1, self._h2 = np.zeros(m), np.zeros(m)
-        self._alpha = np.full(m, s.noise_prior)
         self._beta = np.full(m, s.noise_prior)  # prior residual variance 1
         self._logp = np.full(m, -np.inf)
         self._logp[0] = 0.0
@@ -104,7 +115,7 @@ class ARBOCPD:
         s = self.settings
         self._l11[i] = self._l22[i] = s.coef_prior
         self._l12[i] = self._h1[i] = self._h2[i] = 0.0
-        self._alpha[i] = self._beta[i] = s.noise_prior
+        self._beta[i] = s.noise_prior
 
     def update(self, x: float) -> bool:
         s = self.settings
@@ -125,12 +136,10 @@ class ARBOCPD:
         quad = (l22 - 2.0 * l12 * z + l11 * z * z) / det
         mean = m1 + m2 * z
         scale2 = beta / alpha * (1.0 + quad)
-        nu = 2.0 * alpha
         lpred = (
-            gammaln((nu + 1.0) / 2.0)
-            - gammaln(nu / 2.0)
-            - 0.5 * np.log(nu * math.pi * scale2)
-            - (nu + 1.0) / 2.0 * np.log1p((x - mean) ** 2 / (nu * scale2))
+            self._t_const[:n]
+            - 0.5 * np.log(self._nu_pi[:n] * scale2)
+            - self._half_nu1[:n] * np.log1p((x - mean) ** 2 / (self._nu[:n] * scale2))
         )
         top_n = min(n + 1, s.max_run)
         new = np.full(s.max_run, -np.inf)
@@ -152,7 +161,6 @@ class ARBOCPD:
             (self._l22, n22),
             (self._h1, g1),
             (self._h2, g2),
-            (self._alpha, alpha + 0.5),
             (self._beta, beta + 0.5 * (x * x + quad_old - quad_new)),
         ):
             arr[1:top_n] = value[: top_n - 1]

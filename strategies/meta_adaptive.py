@@ -32,9 +32,9 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from metabt.feeds.btfeed import VOL_LINE
 from metabt.feeds.features import LABEL_DELAY, label_from_opens
-from metabt.metamodels.policy import NumpyParams, numpy_positions
+from metabt.metamodels import numpy_policy
+from metabt.metamodels.numpy_policy import NumpyParams
 from metabt.strategies.adaptive_policy import AdaptivePolicy, InSampleError, load_policy
 from metabt.strategies.base import TargetWeightStrategy
 from metabt.strategies.detectors import make_detector
@@ -47,15 +47,38 @@ DEFAULT_REBALANCE_THRESHOLD = 0.02
 
 
 class _AssetState:
-    """Per-asset memory: recent features and labels, detector, current weights."""
+    """Per-asset memory: the feed's feature rows, recent labels, detector, current weights."""
 
-    def __init__(self, detector: object, params: list[NumpyParams], keep: int) -> None:
+    def __init__(
+        self,
+        d: bt.LineSeries,
+        names: tuple[str, ...],
+        detector: object,
+        params: list[NumpyParams],
+        keep: int,
+    ) -> None:
+        feats, vols = getattr(d, "feature_array", None), getattr(d, "vol_array", None)
+        if feats is None or vols is None:
+            raise ValueError(
+                f"MetaAdaptiveStrategy: feed {d._name!r} carries no feature_array; build it "
+                "with metabt.feeds.btfeed.make_feature_feed"
+            )
+        have = tuple(d.feature_names)
+        if have != names:
+            missing = [n for n in names if n not in have]
+            if missing:
+                raise ValueError(
+                    f"MetaAdaptiveStrategy: feed {d._name!r} lacks the policy's features "
+                    f"{missing}; build it with the FeatureSpec the policy was trained on"
+                )
+            feats = np.ascontiguousarray(feats[:, [have.index(n) for n in names]])
+        self.feats, self.vols = feats, vols  # row i = the feed's i-th bar
         self.detector = detector
         self.params = params
-        # The last LABEL_DELAY (feature row, 1/vol) pairs, whose labels are not known yet.
-        self.pending: deque[tuple[np.ndarray, float]] = deque(maxlen=LABEL_DELAY)
-        # Labelled rows available for adaptation: features, label, 1/vol, bar number.
-        self.support_x: deque[np.ndarray] = deque(maxlen=keep)
+        # Feature rows of the last LABEL_DELAY bars, whose labels are not known yet.
+        self.pending: deque[int] = deque(maxlen=LABEL_DELAY)
+        # Labelled rows available for adaptation: feature row, label, 1/vol, bar number.
+        self.support_row: deque[int] = deque(maxlen=keep)
         self.support_y: deque[float] = deque(maxlen=keep)
         self.support_a: deque[float] = deque(maxlen=keep)
         self.support_bar: deque[int] = deque(maxlen=keep)
@@ -147,12 +170,19 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             )
         settings = dict(self.p.detector_settings or {})
         keep = max(self.p.max_window, self.p.calendar_window)
-        self._lines = {d: [getattr(d.lines, n) for n in names] for d in self.datas}
-        self._vol = {d: getattr(d.lines, VOL_LINE) for d in self.datas}
         self._state = {
-            d: _AssetState(make_detector(self.p.detector, **settings), self._initial(), keep)
+            d: _AssetState(
+                d, names, make_detector(self.p.detector, **settings), self._initial(), keep
+            )
             for d in self.datas
         }
+        # Every asset's current weights stacked, one stack per ensemble member, so one
+        # forward pass per member gives all assets' positions (see _positions).
+        self._stacked = [
+            {k: np.stack([v] * len(self.datas)) for k, v in p.params.items()}
+            for p in self._policies
+        ]
+        self._slot = {d: i for i, d in enumerate(self.datas)}
         self.n_adaptations = 0
         self._changes = {
             name: {pd.Timestamp(t).date() for t in dates}
@@ -163,8 +193,15 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         return [p.params for p in self._policies]
 
     def asset_vol(self, d: bt.LineSeries) -> float:
-        # The feed's vol line is the very vol the tasks and labels were scaled by.
-        return float(self._vol[d].array[self._vol[d].idx])
+        # The feed's vol is the very vol the tasks and labels were scaled by.
+        return float(d.vol_array[len(d) - 1])
+
+    def _set_params(self, d: bt.LineSeries, st: _AssetState, params: list[NumpyParams]) -> None:
+        st.params = params
+        slot = self._slot[d]
+        for stack, p in zip(self._stacked, params):
+            for k, v in p.items():
+                stack[k][slot] = v
 
     # -- per bar -------------------------------------------------------------
     def next(self) -> None:
@@ -196,23 +233,22 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         A feed with a missing date still advances one bar per own bar, so
         ``d.open[-1]`` is this asset's previous bar.
         """
-        # line.array[line.idx] is line[0] without Backtrader's per-call overhead
-        # (this runs for every feature of every asset on every bar).
-        x = np.array([line.array[line.idx] for line in self._lines[d]])
-        vol = self.asset_vol(d)
+        row = len(d) - 1
+        x = st.feats[row]
         if len(st.pending) == LABEL_DELAY:
             # The label of bar t-2 (open t-1 -> open t) is known now, at bar t.
-            label = float(label_from_opens(d.open[-1], d.open[0], self._vol[d][-LABEL_DELAY]))
-            old, inv_vol = st.pending[0]
-            if math.isfinite(label) and np.all(np.isfinite(old)):
-                st.support_x.append(old)
+            old = st.pending[0]
+            label = float(label_from_opens(d.open[-1], d.open[0], st.vols[old]))
+            old_x = st.feats[old]
+            if math.isfinite(label) and np.isfinite(old_x).all():
+                st.support_row.append(old)
                 st.support_y.append(label)
-                st.support_a.append(inv_vol)
+                st.support_a.append(1.0 / st.vols[old])
                 st.support_bar.append(st.bar - LABEL_DELAY)
                 st.support_when.append(d.datetime[-LABEL_DELAY])
-                self._feed_loss_detector(d, st, old, label)
-        st.pending.append((x, 1.0 / vol))
-        return x if np.all(np.isfinite(x)) else None
+                self._feed_loss_detector(d, st, old_x, label)
+        st.pending.append(row)
+        return x if np.isfinite(x).all() else None
 
     def _feed_loss_detector(
         self, d: bt.LineSeries, st: _AssetState, x: np.ndarray, label: float
@@ -223,7 +259,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         if getattr(st.detector, "input_kind", "return") != "loss" or not st.adapted:
             return
         pol = self._policies[0]
-        pnl = float(numpy_positions(st.params[0], x, pol.policy_spec)) * label
+        pnl = float(numpy_policy.positions(st.params[0], x, pol.policy_spec)) * label
         loss = -pnl + pol.objective_spec.risk * pnl * pnl
         mean, sd = st.loss_ref
         if st.detector.update((loss - mean) / sd):
@@ -246,7 +282,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             if kind != "loss":
                 ret = math.log(d.close[0] / d.close[-1])
                 if kind == "scaled_return":
-                    ret /= self._vol[d][-1]
+                    ret /= st.vols[len(d) - 2]
                 if math.isfinite(ret) and st.detector.update(ret):
                     st.regime_start = st.bar - int(st.detector.run_length) + 1
         self._moved(d, st, start)
@@ -267,18 +303,19 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         )
         if st.adapted:
             # Fall back to the initial weights until the new regime has min_window labels.
-            st.params, st.adapted = self._initial(), False
+            self._set_params(d, st, self._initial())
+            st.adapted = False
 
     def _adapt(self, d: bt.LineSeries, st: _AssetState, n: int) -> None:
-        x = np.array(list(st.support_x)[-n:])
+        x = st.feats[list(st.support_row)[-n:]]
         y = np.array(list(st.support_y)[-n:])
         a = np.array(list(st.support_a)[-n:])
         results = [pol.adapt(x, y, a) for pol in self._policies]
-        st.params = [r[0] for r in results]
+        self._set_params(d, st, [r[0] for r in results])
         st.bars_since_adapt, st.adapted = 0, True
         self.n_adaptations += 1
         pol = self._policies[0]
-        pnl = numpy_positions(st.params[0], x, pol.policy_spec) * y
+        pnl = numpy_policy.positions(st.params[0], x, pol.policy_spec) * y
         per_bar = -pnl + pol.objective_spec.risk * pnl * pnl
         st.loss_ref = (float(per_bar.mean()), max(float(per_bar.std()), 1e-6))
         self.events.append(
@@ -319,7 +356,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             self._adapt(d, st, n)
 
     def target_weights(self) -> dict:
-        out = {}
+        moved: list[tuple[bt.LineSeries, _AssetState, np.ndarray]] = []
         for d in self.datas:
             st = self._state[d]
             if len(d) != st.seen:  # a feed with no bar on this date did not move
@@ -330,15 +367,21 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
                 self._schedule(d, st)
                 st.position = None
                 if x is not None:
-                    pos = float(
-                        np.mean(
-                            [
-                                numpy_positions(p, x, pol.policy_spec)
-                                for p, pol in zip(st.params, self._policies)
-                            ]
-                        )
-                    )
-                    st.position = max(pos, 0.0) if self.p.long_only else pos
-            if st.position is not None:
-                out[d] = st.position
-        return out
+                    moved.append((d, st, x))
+        if moved:
+            self._positions(moved)
+        return {d: st.position for d, st in self._state.items() if st.position is not None}
+
+    def _positions(self, moved: list[tuple[bt.LineSeries, _AssetState, np.ndarray]]) -> None:
+        """Positions of every asset that has a new bar: one forward pass per ensemble member."""
+        slots = [self._slot[d] for d, _, _ in moved]
+        x = np.stack([x for _, _, x in moved])[:, None, :]  # (assets, 1 bar, features)
+        per_member = [
+            numpy_policy.positions({k: v[slots] for k, v in stack.items()}, x, pol.policy_spec)[
+                :, 0
+            ]
+            for stack, pol in zip(self._stacked, self._policies)
+        ]
+        mean = per_member[0] if len(per_member) == 1 else np.mean(per_member, axis=0)
+        for (_, st, _), pos in zip(moved, mean.tolist()):
+            st.position = max(pos, 0.0) if self.p.long_only else pos

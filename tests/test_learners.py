@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from metabt.feeds.tasks import random_task_batch
-from metabt.metamodels.fast_adapt import fast_adapt, loss_and_grad
 from metabt.metamodels.learners import FOMAML, LEARNERS, LOG_LR, MAML, MetaSGD, Reptile, TorchTasks
 from metabt.metamodels.model import ALGORITHMS
+from metabt.metamodels.numpy_policy import adapt as numpy_adapt
+from metabt.metamodels.numpy_policy import loss_and_grad
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
 
@@ -87,7 +88,7 @@ def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_weights():
     theta = _theta_np(meta)
     want = {k: np.zeros_like(v) for k, v in theta.items()}
     for b in range(len(tasks)):
-        phi = fast_adapt(theta, *_support(tasks, b)[:2], 4, 0.3, SPEC, OBJ, _support(tasks, b)[2])
+        phi = numpy_adapt(theta, *_support(tasks, b)[:2], 4, 0.3, SPEC, OBJ, _support(tasks, b)[2])
         _, g = loss_and_grad(phi, *_query(tasks, b)[:2], SPEC, OBJ, _query(tasks, b)[2])
         for k in want:
             want[k] += g[k] / len(tasks)
@@ -175,7 +176,7 @@ def test_reptile_pulls_the_init_toward_the_adapted_weights():
     _, grads = learner.meta_grads(meta, tasks, SPEC, OBJ)
     theta = _theta_np(meta)
     phis = [
-        fast_adapt(theta, *_support(tasks, b)[:2], 3, 0.2, SPEC, OBJ, _support(tasks, b)[2])
+        numpy_adapt(theta, *_support(tasks, b)[:2], 3, 0.2, SPEC, OBJ, _support(tasks, b)[2])
         for b in range(len(tasks))
     ]
     for k in theta:
@@ -200,6 +201,8 @@ def test_bench_engines_agree_with_each_other_and_with_higher():
     result = run_bench(n_tasks=4, inner_steps=2, repeats=1, support=20, query=5)
     for key in (
         "maml_vmap_ms",
+        "maml_batched_ms",
+        "fomaml_batched_ms",
         "maml_loop_ms",
         "maml_higher_ms",
         "speedup_vs_loop",

@@ -146,3 +146,23 @@ def test_policy_is_not_mutated_by_adaptation(frames):
     run(frames, frames["SPY"].index[150], policy=pol, trigger="calendar")
     for k, v in before.items():
         np.testing.assert_array_equal(pol.params[k], v)
+
+
+def test_features_are_read_by_name_not_by_column_position(frames):
+    import dataclasses
+
+    base = policy()
+    order = list(reversed(range(len(SPEC.names))))
+    # The same network with its inputs listed in the reverse order must trade the same.
+    flipped = dataclasses.replace(
+        base,
+        params={**base.params, "w0": base.params["w0"][order]},
+        feature_names=tuple(SPEC.names[i] for i in order),
+    )
+    start = frames["SPY"].index[150]
+    want, got = run(frames, start), run(frames, start, policy=flipped)
+    assert len(want.weights) > 100
+    pd.testing.assert_frame_equal(got.weights, want.weights, rtol=1e-9)
+    missing = dataclasses.replace(base, feature_names=(*SPEC.names[:-1], "not_a_feature"))
+    with pytest.raises(ValueError, match="not_a_feature"):
+        run(frames, start, policy=missing)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from metabt.feeds.features import FeatureSpec, compute_labels, trailing_vol
-from metabt.metamodels.objective import ObjectiveSpec, numpy_trading_loss, trading_loss
+from metabt.metamodels import numpy_policy
+from metabt.metamodels.objective import ObjectiveSpec, trading_loss
 from metabt.strategies.base import TargetWeightStrategy
 from metabt.strategies.engine import CostSpec, run_backtest
 
@@ -69,7 +70,7 @@ def test_objective_pnl_after_costs_equals_the_engines(spy, seed):
     def loss(spec: ObjectiveSpec) -> float:
         value = float(trading_loss(torch.tensor(p), torch.tensor(y), spec, torch.tensor(1.0 / vol)))
         assert value == pytest.approx(
-            float(numpy_trading_loss(p, y, spec, 1.0 / vol)), rel=1e-9, abs=1e-12
+            float(numpy_policy.trading_loss(p, y, spec, 1.0 / vol)), rel=1e-9, abs=1e-12
         )
         return value
 

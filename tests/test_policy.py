@@ -1,4 +1,4 @@
-"""The policy network and the trading objective: torch and numpy say the same thing."""
+"""The policy network and the trading objective (their numpy twin: tests/test_adapt.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from metabt.metamodels.objective import ObjectiveSpec, numpy_trading_loss, trading_loss
+from metabt.metamodels import numpy_policy
+from metabt.metamodels.objective import ObjectiveSpec, trading_loss
 from metabt.metamodels.policy import (
     MODES,
     PolicySpec,
     check_params,
     init_params,
-    numpy_positions,
     param_shapes,
     positions,
-    to_numpy,
 )
 
 SPECS = [PolicySpec(14, (16,), mode) for mode in MODES] + [
@@ -29,21 +28,6 @@ SPECS = [PolicySpec(14, (16,), mode) for mode in MODES] + [
 def _scaled(params: dict[str, torch.Tensor], factor: float) -> dict[str, torch.Tensor]:
     # Larger weights push tanh into saturation, where a wrong formula shows.
     return {k: v * factor for k, v in params.items()}
-
-
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.mode}-{s.hidden}")
-def test_numpy_and_torch_inference_agree(spec):
-    params = _scaled(init_params(spec, seed=3), 3.0)
-    x = np.random.default_rng(0).standard_normal((50, spec.n_features))
-    want = positions({k: v.double() for k, v in params.items()}, torch.tensor(x), spec).numpy()
-    got = numpy_positions(to_numpy(params), x, spec)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
-    # One bar at a time, as the strategy calls it, gives the same numbers.
-    one = np.array([numpy_positions(to_numpy(params), row, spec) for row in x])
-    np.testing.assert_allclose(one, want, rtol=0, atol=1e-12)
-    # float32 weights straight from training agree to float32 precision.
-    got32 = numpy_positions(to_numpy(params, np.float32), x.astype(np.float32), spec)
-    np.testing.assert_allclose(got32, want, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.mode}-{s.hidden}")
@@ -121,7 +105,7 @@ def test_trading_loss_is_the_documented_formula():
     pnl = [1.0, -2.0, -1.0]
     want = -np.mean(pnl) + 0.05 * np.mean(np.square(pnl)) + 0.01 * np.mean([2.0, 1.5])
     assert float(trading_loss(pos, y, spec)) == pytest.approx(want, rel=1e-6)
-    assert float(numpy_trading_loss(pos.numpy(), y.numpy(), spec)) == pytest.approx(want)
+    assert float(numpy_policy.trading_loss(pos.numpy(), y.numpy(), spec)) == pytest.approx(want)
     # Batched windows give one loss each, equal to the single-window loss.
     batch = trading_loss(torch.stack([pos, -pos]), torch.stack([y, y]), spec)
     assert batch.shape == (2,)
