@@ -157,6 +157,7 @@ def feature_feed(
     data: str | Path | pd.DataFrame | bt.feeds.DataBase,
     spec: FeatureSpec | object,
     name: str | None = None,
+    feature_lines: bool = True,
     **kwargs: object,
 ) -> bt.feeds.PandasData:
     """A Backtrader feed of ``data`` with the feature lines a policy reads.
@@ -173,6 +174,9 @@ def feature_feed(
         The features to add; a policy (``metabt.load_policy``) gives its own.
     name : str, optional
         The asset's name in results; defaults to the file's stem or the feed's name.
+    feature_lines : bool, optional
+        Carry each feature as a line (to plot or read them); the strategy itself reads
+        ``feed.feature_array``, so ``False`` runs faster.
     **kwargs
         Passed to the feed (``fromdate``, ``todate``, ...).
     """
@@ -193,4 +197,4 @@ def feature_feed(
         frame = validate_bars(raw, f"{name or 'DataFrame'} (feature_feed)")
     if not name:
         raise ValueError("name the asset: feature_feed(data, policy, name='SPY')")
-    return make_feature_feed(name, frame, spec, **kwargs)
+    return make_feature_feed(name, frame, spec, feature_lines=feature_lines, **kwargs)
