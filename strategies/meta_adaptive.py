@@ -82,9 +82,17 @@ class AdaptivePolicy:
         return float(self.inner_lr) * scale
 
     def adapt(
-        self, x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        inv_vol: np.ndarray | None = None,
+        when: object = None,
     ) -> tuple[NumpyParams, float, float]:
-        """Adapted weights and the support loss before and after."""
+        """Adapted weights and the support loss before and after.
+
+        ``when`` (the decision date) is unused here; the memory policy of
+        :mod:`strategies.conditioned_policy` needs it to pick past segments.
+        """
         spec, obj = self.policy_spec, self.objective_spec
         before = window_loss(self.params, x, y, spec, obj, inv_vol)
         adapted = fast_adapt(
@@ -283,7 +291,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         x = np.array(list(st.support_x)[-n:])
         y = np.array(list(st.support_y)[-n:])
         a = np.array(list(st.support_a)[-n:])
-        results = [pol.adapt(x, y, a) for pol in self._policies]
+        when = self.datetime.date(0)
+        results = [pol.adapt(x, y, a, when=when) for pol in self._policies]
         st.params = [r[0] for r in results]
         st.bars_since_adapt, st.adapted = 0, True
         self.n_adaptations += 1
@@ -300,6 +309,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
                 "start": bt.num2date(st.support_when[-n]).date(),
                 "loss_before": float(np.mean([r[1] for r in results])),
                 "loss_after": float(np.mean([r[2] for r in results])),
+                # the memory policy's fourth item: the past segments it attended to
+                **({"attended": results[0][3]} if len(results[0]) > 3 else {}),
             }
         )
 
