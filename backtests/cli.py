@@ -262,14 +262,26 @@ def train(
     split: SplitOpt = None,
     allow_jumps: JumpsOpt = False,
     allow_gaps: GapsOpt = False,
+    algorithm: Annotated[
+        str | None,
+        typer.Option(
+            "--algorithm",
+            help="Learner, replacing the config's [meta] algorithm: maml, fomaml, reptile, "
+            "metasgd, context or memory.",
+        ),
+    ] = None,
 ) -> None:
     """Meta-train on [start, split) of the configured assets and save a checkpoint."""
-    from metabt.backtests.config import build_specs
+    from metabt.backtests.config import build_specs, parse_config
     from metabt.backtests.data import load_study_data
     from metabt.backtests.runner import train_meta
     from metabt.metamodels.model_io import save_model
 
     config = _resolve(config_path, data, symbols, start, split, None, allow_jumps, allow_gaps)
+    if algorithm is not None:
+        raw = config.model_dump(mode="json")
+        raw["meta"]["algorithm"] = algorithm
+        config = parse_config(raw, "--algorithm")
     check_writable(out)
     with Heartbeat(console):
         study_data = load_study_data(config)
@@ -398,6 +410,7 @@ def bench(
     from rich.table import Table
 
     from metabt.metamodels.bench import run_bench
+    from metabt.strategies.conditioned_bench import bench_conditioned
     from metabt.strategies.detector_bench import bench_ar_flips, bench_detectors
     from metabt.strategies.speed_bench import bench_strategy_speed
 
@@ -407,6 +420,7 @@ def bench(
         name: {**row, **flips[name]} for name, row in bench_detectors()["detectors"].items()
     }
     figures.update(bench_strategy_speed(repeats=max(1, repeats // 2)))
+    figures.update(bench_conditioned(repeats=repeats))
     if serve:
         from metabt.backtests.serve.bench import bench_serve
 

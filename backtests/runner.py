@@ -27,11 +27,13 @@ from metabt.feeds.btfeed import make_feature_feed
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.loaders import Frames, slice_period
+from metabt.metamodels.conditioned_train import train_conditioned
 from metabt.metamodels.erm import erm_train, random_init
-from metabt.metamodels.model import MetaModel
+from metabt.metamodels.model import FORWARD_LEARNERS, MetaModel
 from metabt.metamodels.model_io import load_model
 from metabt.metamodels.trainer import meta_train
-from metabt.strategies.detectors import detect_changes
+from metabt.strategies.conditioned_policy import ContextPolicy, conditioned_policy
+from metabt.strategies.detectors import detect_alarms, detect_changes
 from metabt.strategies.engine import BacktestResult, CostSpec, run_backtest
 from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
 from metabt.strategies.regime_bound import RegimeBound, fit_regime_rules
@@ -84,8 +86,10 @@ def segment_splits(config: StudyConfig, last_bar: pd.Timestamp) -> list[pd.Times
     return splits
 
 
-def adaptive_policy(model: MetaModel, features: FeatureSpec) -> AdaptivePolicy:
+def adaptive_policy(model: MetaModel, features: FeatureSpec) -> AdaptivePolicy | ContextPolicy:
     """The numpy view of a model that the strategy adapts and runs."""
+    if model.algorithm in FORWARD_LEARNERS:
+        return conditioned_policy(model, features.names)
     return AdaptivePolicy(
         model.policy_spec,
         model.objective_spec,
@@ -97,7 +101,8 @@ def adaptive_policy(model: MetaModel, features: FeatureSpec) -> AdaptivePolicy:
     )
 
 
-Models = dict[str, list[MetaModel]]  # "meta" / "erm" / "random" -> one model per seed
+# "meta" / "erm" / "random" (and "context" / "memory" when compared) -> one model per seed
+Models = dict[str, list[MetaModel]]
 
 
 def warmup_start(config: StudyConfig, split: pd.Timestamp) -> pd.Timestamp:
@@ -147,6 +152,24 @@ def train_meta(
         changes = task_changes(frames, config, regimes, split)
     train = slice_period(frames, config.data.start, split)
     train_config = specs.train if seed is None else dc_replace(specs.train, seed=seed)
+    if train_config.algorithm in FORWARD_LEARNERS:
+        # The memory bank is cut at the detector's causal alarms, on training bars only.
+        alarms = {
+            s: detect_alarms(f, config.detector.name, **config.detector.settings)
+            for s, f in slice_period(frames, None, split).items()
+        }
+        return train_conditioned(
+            train,
+            specs.features,
+            specs.task,
+            specs.policy,
+            specs.objective,
+            train_config,
+            config.data.start,
+            split,
+            changes=changes,
+            alarms=alarms,
+        )
     return meta_train(
         train,
         specs.features,
@@ -218,6 +241,13 @@ def train_models(
                 f"{model_path}: its feature spec differs from the config's "
                 "[features]; use the config it was trained with"
             )
+    algorithm = loaded.algorithm if loaded is not None else specs.train.algorithm
+    if algorithm in FORWARD_LEARNERS:
+        raise DataError(
+            f"a study's meta_adaptive rows need a gradient learner, not {algorithm!r}; "
+            f'keep [meta] algorithm = "maml" and add [meta] compare = ["{algorithm}"] '
+            f"to trade it as meta_{algorithm}"
+        )
     changes = task_changes(frames, config, regimes, split)
     # A loaded checkpoint is one model: the study then runs that one seed.
     seeds = (
@@ -234,11 +264,27 @@ def train_models(
     trained = Parallel(n_jobs=min(n_jobs, len(seeds)))(
         delayed(_train_seed)(frames, config, specs, split, changes, seed, loaded) for seed in seeds
     )
-    return {
+    models = {
         "meta": [t[0] for t in trained],
         "erm": [t[1] for t in trained],
         "random": [t[2] for t in trained],
     }
+    for name in specs.train.compare:
+        if console is not None and progress:
+            console.print(f"  training the {name} learner, {len(seeds)} seed(s) ...")
+        models[name] = Parallel(n_jobs=min(n_jobs, len(seeds)))(
+            delayed(train_meta)(
+                frames,
+                config,
+                dc_replace(specs, train=dc_replace(specs.train, algorithm=name)),
+                split,
+                False,
+                changes,
+                seed,
+            )
+            for seed in seeds
+        )
+    return models
 
 
 def strategy_params(config: StudyConfig) -> dict:
@@ -259,7 +305,7 @@ def strategy_params(config: StudyConfig) -> dict:
     }
 
 
-def _policies(models: list[MetaModel], specs: Specs) -> tuple[AdaptivePolicy, ...]:
+def _policies(models: list[MetaModel], specs: Specs) -> tuple[AdaptivePolicy | ContextPolicy, ...]:
     return tuple(adaptive_policy(m, specs.features) for m in models)
 
 
@@ -293,6 +339,13 @@ def meta_runs(
         },
         "erm_static": {**common, "policy": _policies(models["erm"], specs), "trigger": "never"},
     }
+    for name in specs.train.compare:
+        # The same ablations for the forward-pass learners: never adapted (no context)
+        # and re-read on the calendar window instead of the window since the change.
+        other = _policies(models[name], specs)
+        runs[f"meta_{name}"] = {**common, "policy": other, "trigger": "regime"}
+        runs[f"meta_{name}_frozen"] = {**common, "policy": other, "trigger": "never"}
+        runs[f"meta_{name}_calendar"] = {**common, "policy": other, "trigger": "calendar"}
     if regimes is not None:
         runs["meta_oracle"] = {
             **common,

@@ -207,20 +207,19 @@ def bank_tensors(params: Params, bank: SegmentBank, spec: PolicySpec) -> Params:
 # -- numpy (trading time) -----------------------------------------------------
 def numpy_attend(
     params: NumpyParams, x: np.ndarray, y: np.ndarray, day: int, spec: PolicySpec
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Context ``(H,)`` for one window decided on ``day``, the attended rows and their weights.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Context ``(H,)`` for one window decided on ``day`` and the weight of every segment ``(N,)``.
 
-    Only segments known strictly before ``day`` take part.
+    Only segments known strictly before ``day`` take part (the others weigh 0).
     """
     query = numpy_window_context(params, x, y, spec) @ params[f"{PREFIX}wq"]
-    rows = np.flatnonzero(params[f"{BANK}known_day"] < day)
-    keys = params[f"{BANK}keys"][rows]
-    scores = keys @ query / math.sqrt(len(query))
+    eligible = params[f"{BANK}known_day"] < day
+    # Masking (not indexing) keeps the bank in place: no copy of keys or values per call.
+    scores = np.where(eligible, params[f"{BANK}keys"] @ query / math.sqrt(len(query)), -np.inf)
     top = max(0.0, float(scores.max())) if len(scores) else 0.0
     e = np.exp(scores - top)
-    total = e.sum() + math.exp(-top)  # the null slot: score 0, value 0
-    weights = e / total
-    return weights @ params[f"{BANK}values"][rows], rows, weights
+    weights = e / (e.sum() + math.exp(-top))  # + the null slot: score 0, value 0
+    return weights @ params[f"{BANK}values"], weights
 
 
 def check_conditioner(params: dict, spec: PolicySpec, algorithm: str) -> None:

@@ -86,17 +86,20 @@ class MemoryPolicy(ContextPolicy):
     def context(self, x: np.ndarray, y: np.ndarray, when: object) -> np.ndarray:
         return self.attention(x, y, when)[0]
 
-    def describe(self, rows: np.ndarray, weights: np.ndarray) -> str:
+    def describe(self, weights: np.ndarray) -> str:
         """``"SPY 2008-01-02..2008-03-14 0.41; ..."``: the most attended segments."""
         parts = []
-        for i in np.argsort(-weights)[:TOP_SEGMENTS]:
-            row = rows[i]
+        top = min(TOP_SEGMENTS, len(weights))
+        heaviest = np.argpartition(-weights, top - 1)[:top] if top else weights[:0]
+        for row in heaviest[np.argsort(-weights[heaviest])]:
+            if weights[row] <= 0:
+                break
             asset = self.bank_assets[int(self.weights[f"{BANK}asset"][row])]
             first, last = (
                 np.datetime64(int(self.weights[f"{BANK}{k}"][row]), "D")
                 for k in ("start_day", "end_day")
             )
-            parts.append(f"{asset} {first}..{last} {weights[i]:.2f}")
+            parts.append(f"{asset} {first}..{last} {weights[row]:.2f}")
         return "; ".join(parts)
 
     def adapt(
@@ -108,11 +111,11 @@ class MemoryPolicy(ContextPolicy):
     ) -> tuple:
         """Conditioned weights, support loss before and after, and the attended segments."""
         spec, obj = self.policy_spec, self.objective_spec
-        context, rows, weights = self.attention(x, y, when)
+        context, weights = self.attention(x, y, when)
         adapted = numpy_fold(self.weights, context)
         before = window_loss(self.params, x, y, spec, obj, inv_vol)
         after = window_loss(adapted, x, y, spec, obj, inv_vol)
-        return adapted, before, after, self.describe(rows, weights)
+        return adapted, before, after, self.describe(weights)
 
 
 def conditioned_policy(model: MetaModel, feature_names: tuple[str, ...]) -> ContextPolicy:
