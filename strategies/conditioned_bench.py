@@ -76,11 +76,11 @@ def bench_conditioned(
     inv_vol = rng.uniform(40, 160, window)
     when = np.datetime64(day, "D")
     out: dict[str, Any] = {}
+    bar = x[-1]
     for name, pol in policies.items():
         t = _times_ms(lambda pol=pol: pol.adapt(x, y, inv_vol, when=when), 400 * repeats)
         out[f"{name}_adapt_p50_ms"] = float(np.percentile(t, 50))
         adapted = pol.adapt(x, y, inv_vol, when=when)[0]
-        bar = x[-1]
         per_bar = _times_ms(lambda a=adapted: numpy_positions(a, bar, spec), 2000 * repeats, 50)
         out[f"{name}_infer_us"] = 1e3 * float(np.median(per_bar))
     out["conditioned_targets"] = dict(TARGETS)
