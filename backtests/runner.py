@@ -395,6 +395,23 @@ def _run_one(
     return name, result, [str(w.message) for w in caught]
 
 
+def split_assets(frames: Frames, config: StudyConfig) -> tuple[Frames, Frames]:
+    """Frames to train (and tune) on and frames to trade: ``data.held_out`` splits them."""
+    held = config.data.held_out
+    if not held:
+        return frames, frames
+    missing = [s for s in held if s not in frames]
+    if missing:
+        raise DataError(
+            f"data.held_out names {missing[0]!r} but the data has no such symbol "
+            f"(it has {', '.join(frames)}); fix data.held_out"
+        )
+    if len(held) >= len(frames):
+        raise DataError("data.held_out leaves no symbol to train on; hold out fewer")
+    learn = {s: f for s, f in frames.items() if s not in held}
+    return learn, {s: frames[s] for s in held}
+
+
 def run_segment(
     data: StudyData,
     config: StudyConfig,
@@ -412,10 +429,13 @@ def run_segment(
         f"[bold]segment[/bold] train < {split.date()}, test {split.date()} .. "
         f"{'end' if end is None else end.date()}"
     )
+    learn, trade = split_assets(data.frames, config)
+    if trade is not data.frames:
+        console.print(f"  zero-shot: train on {', '.join(learn)}; trade {', '.join(trade)}")
     models = train_models(
-        data.frames, config, specs, split, model_path, progress, data.regimes, n_jobs, console
+        learn, config, specs, split, model_path, progress, data.regimes, n_jobs, console
     )
-    train_frames = slice_period(data.frames, None, split)
+    train_frames = slice_period(learn, None, split)
     first_bar = min(f.index[0] for f in train_frames.values())
     # Every config is scored from the same day, once the slowest one is warm.
     start = max(pd.Timestamp(config.data.start or first_bar), first_bar) + pd.tseries.offsets.BDay(
@@ -434,7 +454,7 @@ def run_segment(
         )
     # The test run is fed `warmup_bars` of history before the split so indicators,
     # detectors and the first adaptation window are warm; nothing before the split is traded.
-    test_frames = slice_period(data.frames, warmup_start(config, split), end)
+    test_frames = slice_period(trade, warmup_start(config, split), end)
     runs = meta_runs(config, models, specs, data.regimes)
     jobs = {**runs, **{name: t.best_params for name, t in tuning.items()}}
     if data.regimes is not None:

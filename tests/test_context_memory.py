@@ -255,3 +255,33 @@ def test_checkpoint_round_trip_gives_identical_positions(tmp_path, market, model
     np.testing.assert_array_equal(
         numpy_positions(a[0], x, MARKET_POLICY), numpy_positions(b[0], x, MARKET_POLICY)
     )
+
+
+def test_config_names_a_bad_compare_entry_in_one_line():
+    from metabt.backtests.config import ConfigError, parse_config
+
+    raw = {"data": {"source": "synthetic", "split": "2007-06-01"}, "meta": {"compare": ["contxt"]}}
+    with pytest.raises(ConfigError, match=r"meta\.compare lists 'contxt'") as err:
+        parse_config(raw, "study.toml")
+    assert "\n" not in str(err.value)
+    raw["meta"]["compare"] = ["context", "memory"]
+    assert parse_config(raw).meta.compare == ("context", "memory")
+
+
+def test_held_out_symbols_are_traded_and_never_trained_on(market):
+    from metabt.backtests.config import ConfigError, parse_config
+    from metabt.backtests.runner import split_assets
+
+    raw = {
+        "data": {
+            "source": "synthetic",
+            "split": "2007-06-01",
+            "symbols": list(market),
+            "held_out": ["SYN2"],
+        }
+    }
+    learn, trade = split_assets(market, parse_config(raw))
+    assert set(learn) == {"SYN0", "SYN1"} and set(trade) == {"SYN2"}
+    raw["data"]["held_out"] = ["SYN9"]
+    with pytest.raises(ConfigError, match="data.held_out names 'SYN9'"):
+        parse_config(raw)
