@@ -6,6 +6,7 @@ regime, and a short synthetic regime market for the end-to-end checks.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -226,6 +227,11 @@ def test_positions_up_to_t_ignore_the_future(market, models, name):
     frames = {s: f.loc[market["SYN0"].index[300] :] for s, f in market.items()}
     full = backtest(frames, policy, start)
     assert full.events, "the test needs adaptations to mean anything"
+    if name == "memory":  # each adaptation names the past segments it attended to
+        named = [e["attended"] for e in full.events if e.get("attended")]
+        assert named and all(
+            re.match(r"SYN\d \d{4}-\d\d-\d\d\.\.\d{4}-\d\d-\d\d [01]\.\d\d", a) for a in named
+        )
     t = market["SYN0"].index[760]
     short = backtest({s: f.loc[:t] for s, f in frames.items()}, policy, start)
     cut = full.weights[full.weights["date"] <= t].reset_index(drop=True)
