@@ -9,11 +9,11 @@ folded weights. Random weights of the study's sizes; a bank of
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
+from metabt.metamodels.bench import _times_ms
 from metabt.metamodels.context_policy import ContextSpec, init_context_params
 from metabt.metamodels.memory_policy import BANK, MemorySpec, init_memory_params
 from metabt.metamodels.objective import ObjectiveSpec
@@ -21,17 +21,6 @@ from metabt.metamodels.policy import PolicySpec, init_params, numpy_positions, t
 from metabt.strategies.conditioned_policy import ContextPolicy, MemoryPolicy
 
 TARGETS = {"adapt_p50_ms": 0.25, "infer_us": 20.0, "bank_size": 2000}
-
-
-def _times_ms(fn: Any, repeats: int, warmup: int = 20) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out[i] = (time.perf_counter() - t0) * 1e3
-    return out
 
 
 def bench_conditioned(
