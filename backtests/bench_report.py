@@ -27,6 +27,7 @@ Stage = tuple[str, Callable[[], Figures]]
 def bench_stages(repeats: int, serve: bool) -> list[Stage]:
     """The measurements, in the order they run, each returning figures to merge."""
     from metabt.metamodels.bench import run_bench
+    from metabt.strategies.conditioned_bench import bench_conditioned
     from metabt.strategies.detector_bench import bench_ar_flips, bench_detectors
     from metabt.strategies.speed_bench import bench_strategy_speed
 
@@ -44,6 +45,10 @@ def bench_stages(repeats: int, serve: bool) -> list[Stage]:
         (
             "MetaAdaptiveStrategy vs the SMA crossover inside Backtrader",
             lambda: bench_strategy_speed(repeats=max(1, repeats // 2)),
+        ),
+        (
+            "context and memory policies: adaptation and per-bar inference",
+            lambda: bench_conditioned(repeats=repeats),
         ),
     ]
     if serve:

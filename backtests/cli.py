@@ -293,17 +293,29 @@ def train(
     split: SplitOpt = None,
     allow_jumps: JumpsOpt = False,
     allow_gaps: GapsOpt = False,
+    algorithm: Annotated[
+        str | None,
+        typer.Option(
+            "--algorithm",
+            help="Learner, replacing the config's [meta] algorithm: maml, fomaml, reptile, "
+            "metasgd, context or memory.",
+        ),
+    ] = None,
 ) -> None:
     """Meta-train only, and save a checkpoint.
 
     Meta-train on [start, split) of the configured assets and save a checkpoint.
     """
-    from metabt.backtests.config import build_specs
+    from metabt.backtests.config import build_specs, parse_config
     from metabt.backtests.data import bar_dates, load_study_data
     from metabt.backtests.runner import train_meta
     from metabt.metamodels.model_io import save_model
 
     config = _resolve(config_path, data, symbols, start, split, None, allow_jumps, allow_gaps)
+    if algorithm is not None:
+        raw = config.model_dump(mode="json")
+        raw["meta"]["algorithm"] = algorithm
+        config = parse_config(raw, "--algorithm")
     check_writable(out)
     with Heartbeat(console):
         study_data = load_study_data(config)

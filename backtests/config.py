@@ -91,6 +91,9 @@ class DataConfig(_Section):
     split: Day
     end: Day | None = None
     cache_dir: str = ".cache/metabt"
+    # Zero-shot: these symbols are traded but never trained on (nor tuned on); the other
+    # symbols are trained on and not traded. Empty: every symbol is trained on and traded.
+    held_out: list[str] = []
     # Opt-ins for bars that look wrong but can be genuine (--allow-jumps, --allow-gaps).
     allow_jumps: bool = False
     allow_gaps: bool = False
@@ -104,6 +107,12 @@ class DataConfig(_Section):
             dup = next((s for s, u in zip(self.symbols, upper) if upper.count(u) > 1), None)
             if dup is not None:
                 raise ValueError(f"data.symbols names {dup!r} twice; name each symbol once")
+        if self.held_out and isinstance(self.symbols, list):
+            unknown = [s for s in self.held_out if s not in self.symbols]
+            if unknown:
+                raise ValueError(f"data.held_out names {unknown[0]!r}, not in data.symbols")
+            if len(self.held_out) >= len(self.symbols):
+                raise ValueError("data.held_out leaves no symbol to train on; hold out fewer")
         if self.start is not None and self.start >= self.split:
             raise ValueError(f"data.start ({self.start}) must be before data.split ({self.split})")
         if self.end is not None and self.end <= self.split:

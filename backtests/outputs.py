@@ -52,6 +52,14 @@ def _events(result: BacktestResult) -> pd.DataFrame:
     return frame
 
 
+def _attention(result: BacktestResult) -> pd.DataFrame:
+    """The memory policy's adaptations and the past segments each one attended to most."""
+    rows = [e for e in result.events if "attended" in e]
+    frame = pd.DataFrame(rows, columns=["date", "asset", "window", "attended"])
+    frame["date"] = pd.to_datetime(frame["date"])
+    return frame
+
+
 def _long(segments: list[Segment], table: Callable[[BacktestResult], pd.DataFrame]) -> pd.DataFrame:
     """One table of every strategy's results (long format, test bars only)."""
     parts = []
@@ -125,6 +133,9 @@ def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Se
     _long(segments, lambda r: r.weights).to_csv(out / "positions.csv", **date_fmt)
     _long(segments, lambda r: r.trades).to_csv(out / "trades.csv", **date_fmt)
     _long(segments, _events).to_csv(out / "adaptations.csv", **date_fmt)
+    attention = _long(segments, _attention)
+    if len(attention):
+        attention.to_csv(out / "memory_attention.csv", **date_fmt)
     first = segments[0]
     n_trials = {name: t.n_trials for name, t in first.tuning.items()}
     # Every meta variant trades the settings chosen for all of them on validation splits:

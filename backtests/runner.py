@@ -27,12 +27,14 @@ from metabt.feeds.btfeed import feature_frame, make_feature_feed
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.loaders import Frames, slice_period
+from metabt.metamodels.conditioned_train import train_conditioned
 from metabt.metamodels.erm import erm_train, random_init
-from metabt.metamodels.model import MetaModel
+from metabt.metamodels.model import FORWARD_LEARNERS, MetaModel
 from metabt.metamodels.model_io import load_model
 from metabt.metamodels.trainer import meta_train
 from metabt.strategies.adaptive_policy import AdaptivePolicy, adaptive_policy
-from metabt.strategies.detectors import detect_changes
+from metabt.strategies.conditioned_policy import ContextPolicy
+from metabt.strategies.detectors import detect_alarms, detect_changes
 from metabt.strategies.engine import BacktestResult, CostSpec, run_backtest
 from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 from metabt.strategies.regime_bound import RegimeBound, fit_regime_rules
@@ -85,7 +87,8 @@ def segment_splits(config: StudyConfig, last_bar: pd.Timestamp) -> list[pd.Times
     return splits
 
 
-Models = dict[str, list[MetaModel]]  # "meta" / "erm" / "random" -> one model per seed
+# "meta" / "erm" / "random" (and "context" / "memory" when compared) -> one model per seed
+Models = dict[str, list[MetaModel]]
 
 
 def warmup_start(config: StudyConfig, split: pd.Timestamp) -> pd.Timestamp:
@@ -135,6 +138,24 @@ def train_meta(
         changes = task_changes(frames, config, regimes, split)
     train = slice_period(frames, config.data.start, split)
     train_config = specs.train if seed is None else dc_replace(specs.train, seed=seed)
+    if train_config.algorithm in FORWARD_LEARNERS:
+        # The memory bank is cut at the detector's causal alarms, on training bars only.
+        alarms = {
+            s: detect_alarms(f, config.detector.name, **config.detector.settings)
+            for s, f in slice_period(frames, None, split).items()
+        }
+        return train_conditioned(
+            train,
+            specs.features,
+            specs.task,
+            specs.policy,
+            specs.objective,
+            train_config,
+            config.data.start,
+            split,
+            changes=changes,
+            alarms=alarms,
+        )
     return meta_train(
         train,
         specs.features,
@@ -206,6 +227,13 @@ def train_models(
                 f"{model_path}: its feature spec differs from the config's "
                 "[features]; use the config it was trained with"
             )
+    algorithm = loaded.algorithm if loaded is not None else specs.train.algorithm
+    if algorithm in FORWARD_LEARNERS:
+        raise DataError(
+            f"a study's meta_adaptive rows need a gradient learner, not {algorithm!r}; "
+            f'keep [meta] algorithm = "maml" and add [meta] compare = ["{algorithm}"] '
+            f"to trade it as meta_{algorithm}"
+        )
     changes = task_changes(frames, config, regimes, split)
     # A loaded checkpoint is one model: the study then runs that one seed.
     seeds = (
@@ -222,11 +250,27 @@ def train_models(
     trained = Parallel(n_jobs=min(n_jobs, len(seeds)))(
         delayed(_train_seed)(frames, config, specs, split, changes, seed, loaded) for seed in seeds
     )
-    return {
+    models = {
         "meta": [t[0] for t in trained],
         "erm": [t[1] for t in trained],
         "random": [t[2] for t in trained],
     }
+    for name in specs.train.compare:
+        if console is not None and progress:
+            console.print(f"  training the {name} learner, {len(seeds)} seed(s) ...")
+        models[name] = Parallel(n_jobs=min(n_jobs, len(seeds)))(
+            delayed(train_meta)(
+                frames,
+                config,
+                dc_replace(specs, train=dc_replace(specs.train, algorithm=name)),
+                split,
+                False,
+                changes,
+                seed,
+            )
+            for seed in seeds
+        )
+    return models
 
 
 def strategy_params(config: StudyConfig) -> dict:
@@ -247,7 +291,7 @@ def strategy_params(config: StudyConfig) -> dict:
     }
 
 
-def _policies(models: list[MetaModel], specs: Specs) -> tuple[AdaptivePolicy, ...]:
+def _policies(models: list[MetaModel], specs: Specs) -> tuple[AdaptivePolicy | ContextPolicy, ...]:
     return tuple(adaptive_policy(m, specs.features) for m in models)
 
 
@@ -281,6 +325,13 @@ def meta_runs(
         },
         "erm_static": {**common, "policy": _policies(models["erm"], specs), "trigger": "never"},
     }
+    for name in specs.train.compare:
+        # The same ablations for the forward-pass learners: never adapted (no context)
+        # and re-read on the calendar window instead of the window since the change.
+        other = _policies(models[name], specs)
+        runs[f"meta_{name}"] = {**common, "policy": other, "trigger": "regime"}
+        runs[f"meta_{name}_frozen"] = {**common, "policy": other, "trigger": "never"}
+        runs[f"meta_{name}_calendar"] = {**common, "policy": other, "trigger": "calendar"}
     if regimes is not None:
         runs["meta_oracle"] = {
             **common,
@@ -335,6 +386,23 @@ def _run_one(
     return name, result, [str(w.message) for w in caught]
 
 
+def split_assets(frames: Frames, config: StudyConfig) -> tuple[Frames, Frames]:
+    """Frames to train (and tune) on and frames to trade: ``data.held_out`` splits them."""
+    held = config.data.held_out
+    if not held:
+        return frames, frames
+    missing = [s for s in held if s not in frames]
+    if missing:
+        raise DataError(
+            f"data.held_out names {missing[0]!r} but the data has no such symbol "
+            f"(it has {', '.join(frames)}); fix data.held_out"
+        )
+    if len(held) >= len(frames):
+        raise DataError("data.held_out leaves no symbol to train on; hold out fewer")
+    learn = {s: f for s, f in frames.items() if s not in held}
+    return learn, {s: frames[s] for s in held}
+
+
 def run_segment(
     data: StudyData,
     config: StudyConfig,
@@ -352,10 +420,13 @@ def run_segment(
         f"[bold]segment[/bold] train < {split.date()}, test {split.date()} .. "
         f"{'end' if end is None else end.date()}"
     )
+    learn, trade = split_assets(data.frames, config)
+    if trade is not data.frames:
+        console.print(f"  zero-shot: train on {', '.join(learn)}; trade {', '.join(trade)}")
     models = train_models(
-        data.frames, config, specs, split, model_path, progress, data.regimes, n_jobs, console
+        learn, config, specs, split, model_path, progress, data.regimes, n_jobs, console
     )
-    train_frames = slice_period(data.frames, None, split)
+    train_frames = slice_period(learn, None, split)
     first_bar = min(f.index[0] for f in train_frames.values())
     # Every config is scored from the same day, once the slowest one is warm.
     start = max(pd.Timestamp(config.data.start or first_bar), first_bar) + pd.tseries.offsets.BDay(
@@ -374,7 +445,7 @@ def run_segment(
         )
     # The test run is fed `warmup_bars` of history before the split so indicators,
     # detectors and the first adaptation window are warm; nothing before the split is traded.
-    test_frames = slice_period(data.frames, warmup_start(config, split), end)
+    test_frames = slice_period(trade, warmup_start(config, split), end)
     runs = meta_runs(config, models, specs, data.regimes)
     jobs = {**runs, **{name: t.best_params for name, t in tuning.items()}}
     if data.regimes is not None:

@@ -106,7 +106,7 @@ class CheckpointMeta(_Strict):
 
     format: Literal["metabt-checkpoint"]
     format_version: Literal[2]  # 2: variable-length tasks, length_power
-    algorithm: Literal["maml", "fomaml", "reptile", "metasgd", "erm", "random"]
+    algorithm: Literal["maml", "fomaml", "reptile", "metasgd", "erm", "random", "context", "memory"]
     policy: dict[str, Any]
     features: dict[str, Any]
     task: TaskMeta
@@ -117,6 +117,8 @@ class CheckpointMeta(_Strict):
     created: datetime
     tensors: dict[str, TensorInfo]
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Memory policy: asset names its bank's "bank.asset" indices refer to.
+    bank_assets: list[str] = []
 
     @model_validator(mode="after")
     def _inner_lrs_consistent(self) -> CheckpointMeta:

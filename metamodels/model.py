@@ -21,9 +21,18 @@ from metabt.metamodels.numpy_policy import NumpyLR, NumpyParams
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import Params, PolicySpec, to_numpy
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd")
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "context", "memory")
+# Learners that adapt by a forward pass over the window (metamodels.conditioned_train).
+FORWARD_LEARNERS = ("context", "memory")
 # A learned inner step size is the default where the algorithm has a gradient for it.
-_LR_DEFAULT = {"maml": True, "fomaml": True, "reptile": False, "metasgd": True}
+_LR_DEFAULT = {
+    "maml": True,
+    "fomaml": True,
+    "reptile": False,
+    "metasgd": True,
+    "context": False,
+    "memory": False,
+}
 
 
 @dataclass(frozen=True)
@@ -32,8 +41,13 @@ class TrainConfig:
 
     Parameters
     ----------
-    algorithm : {"maml", "fomaml", "reptile", "metasgd"}
-        Meta-learner (see :mod:`metamodels.learners`). ERM uses the same config.
+    algorithm : {"maml", "fomaml", "reptile", "metasgd", "context", "memory"}
+        Meta-learner (see :mod:`metamodels.learners`; ``context`` and ``memory``
+        adapt by a forward pass, see :mod:`metamodels.conditioned_train`). ERM
+        uses the same config.
+    compare : tuple of {"context", "memory"}
+        Studies only: also train these learners with the same settings and trade
+        them as ``meta_context`` / ``meta_memory`` with their ablations.
     meta_steps : int
         Maximum outer (meta-)optimiser steps; early stopping may end sooner.
     tasks_per_step : int
@@ -73,6 +87,7 @@ class TrainConfig:
     # period) on the basket ETFs 2005-2011 and the synthetic study market: the
     # smaller inner and outer step sizes and the stronger weight decay won on both.
     algorithm: str = "maml"
+    compare: tuple[str, ...] = ()
     meta_steps: int = 600
     tasks_per_step: int = 64
     inner_steps: int = 5
@@ -90,6 +105,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"train.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        object.__setattr__(self, "compare", tuple(self.compare))
+        for name in self.compare:
+            if name not in FORWARD_LEARNERS:
+                raise ValueError(f"train.compare lists {name!r}; it takes {list(FORWARD_LEARNERS)}")
         for name in (
             "meta_steps",
             "tasks_per_step",
@@ -154,6 +173,8 @@ class MetaModel:
     lr_length_power : float
         Exponent k of the step size's dependence on the support length n:
         the step is ``inner_lr * (n / LR_LENGTH_REF) ** k`` (0 = the same for every n).
+    bank_assets : tuple of str
+        Memory policy: the asset names its bank's ``bank.asset`` indices refer to.
     history : dict of list
         ``step``, ``train_loss`` (mean training loss since the previous
         validation), ``val_loss`` (mean validation query loss after
@@ -175,6 +196,7 @@ class MetaModel:
     best_step: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
     lr_length_power: float = 0.0
+    bank_assets: tuple[str, ...] = ()
 
     def seen_period(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
         """First and last bar dates (inclusive) its training and validation looked at.

@@ -25,7 +25,9 @@ from metabt.metamodels.checkpoint import (
     save_checkpoint,
     split_inner_lrs,
 )
-from metabt.metamodels.model import MetaModel
+from metabt.metamodels.context_policy import policy_part
+from metabt.metamodels.memory_policy import check_conditioner
+from metabt.metamodels.model import FORWARD_LEARNERS, MetaModel
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import PolicySpec, check_params
 
@@ -68,6 +70,7 @@ def save_model(model: MetaModel, path: str | Path, config: dict[str, Any]) -> Pa
         },
         "training_period": {"start": model.train_period[0], "end": end},
         "config": config,
+        "bank_assets": list(model.bank_assets),
     }
     return save_checkpoint(path, tensors, meta)
 
@@ -88,8 +91,12 @@ def load_model(path: str | Path) -> tuple[MetaModel, pd.Timestamp]:
         PolicySpec, {**meta.policy, "hidden": tuple(meta.policy.get("hidden", ()))}, path, "policy"
     )
     try:
-        check_params(params, policy_spec)
-    except ValueError as exc:
+        check_params(policy_part(params), policy_spec)
+        if meta.algorithm in FORWARD_LEARNERS:
+            check_conditioner(params, policy_spec, meta.algorithm)
+        elif set(params) != set(policy_part(params)):
+            raise ValueError(f"unexpected tensors {sorted(set(params) - set(policy_part(params)))}")
+    except (ValueError, KeyError) as exc:
         raise CheckpointError(
             f"{path}: {exc}; the weights do not match the sidecar's policy"
         ) from None
@@ -117,5 +124,6 @@ def load_model(path: str | Path) -> tuple[MetaModel, pd.Timestamp]:
             meta.training_period.start.isoformat(),
             (meta.training_period.end + timedelta(days=1)).isoformat(),
         ),
+        bank_assets=tuple(meta.bank_assets),
     )
     return model, pd.Timestamp(meta.training_period.end)

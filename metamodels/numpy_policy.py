@@ -12,6 +12,7 @@ numpy (this module)    torch reference
 =====================  ===========================================
 :func:`positions`      :func:`metamodels.policy.positions`
 :func:`trading_loss`   :func:`metamodels.objective.trading_loss`
+:func:`support_loss`   :func:`metamodels.adapt.support_loss`
 :func:`loss_and_grad`  autograd of :func:`metamodels.adapt.support_loss`
 :func:`adapt`          :func:`metamodels.adapt.adapt`
 =====================  ===========================================
@@ -103,6 +104,18 @@ def trading_loss(
         held = pos if inv_vol is None else pos * np.asarray(inv_vol, dtype=np.float64)
         loss = loss + spec.cost * np.abs(np.diff(held, axis=-1)).mean(-1)
     return loss
+
+
+def support_loss(
+    params: NumpyParams,
+    x: np.ndarray,
+    y: np.ndarray,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    inv_vol: np.ndarray | None = None,
+) -> float:
+    """Trading loss of ``params`` on one window: the adaptation's before/after figure."""
+    return float(trading_loss(positions(params, x, policy_spec), y, objective_spec, inv_vol))
 
 
 def _loss_grad_pos(

@@ -18,10 +18,11 @@ import pandas as pd
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
 from metabt.metamodels import numpy_policy
-from metabt.metamodels.model import MetaModel, length_scale
+from metabt.metamodels.model import FORWARD_LEARNERS, MetaModel, length_scale
 from metabt.metamodels.model_io import load_model
 from metabt.metamodels.numpy_policy import NumpyLR, NumpyParams
 from metabt.metamodels.specs import ObjectiveSpec, PolicySpec
+from metabt.strategies.conditioned_policy import ContextPolicy, conditioned_policy
 
 
 class InSampleError(DataError):
@@ -77,28 +78,41 @@ class AdaptivePolicy:
         return float(self.inner_lr) * scale
 
     def adapt(
-        self, x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        inv_vol: np.ndarray | None = None,
+        when: object = None,
     ) -> tuple[NumpyParams, float, float]:
-        """Adapted weights and the support loss before and after."""
+        """Adapted weights and the support loss before and after.
+
+        ``when`` (the decision date) is unused here; the memory policy of
+        :mod:`strategies.conditioned_policy` needs it to pick past segments.
+        """
         spec, obj = self.policy_spec, self.objective_spec
         adapted = numpy_policy.adapt(
             self.params, x, y, self.inner_steps, self.step_size(len(y)), spec, obj, inv_vol
         )
         before, after = (
-            float(numpy_policy.trading_loss(numpy_policy.positions(p, x, spec), y, obj, inv_vol))
-            for p in (self.params, adapted)
+            numpy_policy.support_loss(p, x, y, spec, obj, inv_vol) for p in (self.params, adapted)
         )
         return adapted, before, after
 
 
-def adaptive_policy(model: MetaModel, features: FeatureSpec | None = None) -> AdaptivePolicy:
+def adaptive_policy(
+    model: MetaModel, features: FeatureSpec | None = None
+) -> AdaptivePolicy | ContextPolicy:
     """The numpy view of ``model`` that the strategy adapts and runs.
 
-    ``features`` defaults to the model's own feature spec.
+    ``features`` defaults to the model's own feature spec. Gradient learners
+    (MAML, Reptile, ...) adapt by SGD; the context and memory learners by a
+    forward pass (:mod:`strategies.conditioned_policy`).
     """
     spec = features if features is not None else model.feature_spec
     if spec is None:
         raise ValueError("the model carries no feature spec; pass features=FeatureSpec(...)")
+    if model.algorithm in FORWARD_LEARNERS:
+        return conditioned_policy(model, spec)
     return AdaptivePolicy(
         model.policy_spec,
         model.objective_spec,

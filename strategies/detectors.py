@@ -48,6 +48,7 @@ __all__ = [
     "Detector",
     "LossCUSUM",
     "LossCUSUMSettings",
+    "detect_alarms",
     "detect_changes",
     "make_detector",
 ]
@@ -111,15 +112,26 @@ def detect_changes(frame: pd.DataFrame, name: str, **settings: Any) -> list[pd.T
     that watches the policy's own losses has no returns to run on; the AR(1)
     BOCPD stands in for it.
     """
+    return [start for start, _ in detect_alarms(frame, name, **settings)]
+
+
+def detect_alarms(
+    frame: pd.DataFrame, name: str, **settings: Any
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """``(estimated start, alarm date)`` of every regime the detector finds (see detect_changes).
+
+    The alarm date is the bar whose close made the detector fire: nothing about
+    that change is known before it.
+    """
     if name == "loss":
         name, settings = "bocpd_ar", {}
     det = make_detector(name, **settings)
     r = log_returns(frame).to_numpy()
     vol = trailing_vol(frame, FeatureSpec()).to_numpy()
     scaled = getattr(det, "input_kind", "return") == "scaled_return"
-    starts = []
+    found = []
     for t in range(1, len(r)):
         x = r[t] / vol[t - 1] if scaled else r[t]
         if np.isfinite(x) and det.update(x):
-            starts.append(frame.index[max(0, t - int(det.run_length) + 1)])
-    return starts
+            found.append((frame.index[max(0, t - int(det.run_length) + 1)], frame.index[t]))
+    return found

@@ -310,7 +310,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         x = st.feats[list(st.support_row)[-n:]]
         y = np.array(list(st.support_y)[-n:])
         a = np.array(list(st.support_a)[-n:])
-        results = [pol.adapt(x, y, a) for pol in self._policies]
+        when = self.datetime.date(0)
+        results = [pol.adapt(x, y, a, when=when) for pol in self._policies]
         self._set_params(d, st, [r[0] for r in results])
         st.bars_since_adapt, st.adapted = 0, True
         self.n_adaptations += 1
@@ -327,6 +328,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
                 "start": bt.num2date(st.support_when[-n]).date(),
                 "loss_before": float(np.mean([r[1] for r in results])),
                 "loss_after": float(np.mean([r[2] for r in results])),
+                # the memory policy's fourth item: the past segments it attended to
+                **({"attended": results[0][3]} if len(results[0]) > 3 else {}),
             }
         )
 
