@@ -17,13 +17,8 @@ import torch
 
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.tasks import TaskSpec
-from metabt.metamodels.checkpoint import (
-    INNER_LR_PREFIX,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-    split_inner_lrs,
-)
+from metabt.metamodels.checkpoint import load_checkpoint, save_checkpoint, split_inner_lrs
+from metabt.metamodels.checkpoint_meta import INNER_LR_PREFIX, CheckpointError
 from metabt.metamodels.model import MetaModel
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import PolicySpec, check_params

@@ -17,12 +17,11 @@ import torch
 from metabt.metamodels.checkpoint import (
     SIDECAR_FILE,
     WEIGHTS_FILE,
-    CheckpointError,
-    CheckpointMeta,
     load_checkpoint,
     save_checkpoint,
     split_inner_lrs,
 )
+from metabt.metamodels.checkpoint_meta import CheckpointError, CheckpointMeta
 
 
 def _tensors(seed: int = 0, per_parameter_lr: bool = True) -> dict[str, torch.Tensor]:
