@@ -8,12 +8,13 @@ resolved config beside its results so it can be re-run exactly.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import re
 import sys
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
+import pandas as pd
 import tomli_w
 from pydantic import (
     BaseModel,
@@ -22,9 +23,11 @@ from pydantic import (
     Field,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
+from metabt.feeds.did_you_mean import did_you_mean, known_fields
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.tasks import TaskSpec
 from metabt.metamodels.model import TrainConfig
@@ -229,8 +232,33 @@ class EnsembleConfig(_Section):
     per_seed_runs: bool = True
 
 
+def parse_period(text: str) -> pd.DateOffset:
+    """``"1y"``, ``"6m"``, ``"2w"`` -> a calendar offset for the walk-forward.
+
+    Raises
+    ------
+    ValueError
+        Anything else (the config loader names the file and key that held it).
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*([ymw])\s*", text or "")
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a period; use a number and a unit, e.g. 1y, 6m or 2w")
+    n, unit = int(match.group(1)), match.group(2)
+    return {"y": pd.DateOffset(years=n), "m": pd.DateOffset(months=n), "w": pd.DateOffset(weeks=n)}[
+        unit
+    ]
+
+
 class WalkForwardConfig(_Section):
     refit_every: str | None = None
+
+    @field_validator("refit_every")
+    @classmethod
+    def _a_period(cls, value: str | None) -> str | None:
+        # Checked when the config loads, not when the walk-forward reaches its first refit.
+        if value is not None:
+            parse_period(value)
+        return value
 
 
 class StudyConfig(_Section):
@@ -255,17 +283,6 @@ class StudyConfig(_Section):
     walk_forward: WalkForwardConfig = WalkForwardConfig()
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = StudyConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
 def _one_line(error: ValidationError, source: str) -> str:
     errors = error.errors()
     # A misspelled key also makes the correct key "missing": report the typo.
@@ -273,12 +290,12 @@ def _one_line(error: ValidationError, source: str) -> str:
     loc = tuple(first["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     if first["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        known = list(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        known = known_fields(StudyConfig, loc[:-1])
+        parent = "".join(f"{part}." for part in loc[:-1])
+        suggestion = did_you_mean(str(loc[-1]), known, prefix=parent)
         hint = (
-            f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
-            if close
+            f"; {suggestion}"
+            if suggestion
             else (f"; known keys here: {', '.join(known)}" if known else "")
         )
         return f"{source}: unknown key {key!r}{hint}"

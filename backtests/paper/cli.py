@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from metabt.backtests.heartbeat import Heartbeat
+from metabt.backtests.overrides import SetOpt
 from metabt.backtests.paper.ledger import PaperError
 from metabt.backtests.paper.sources import SOURCES
 
@@ -83,6 +84,7 @@ def run(
     allow_gaps: Annotated[
         bool, typer.Option("--allow-gaps", help="Accept more than 30 days between bars.")
     ] = False,
+    settings: SetOpt = None,
 ) -> None:
     """Paper-trade the meta-adaptive strategy bar by bar; resumable, crash-safe."""
     from metabt.backtests.paper.loop import PaperLoop
@@ -103,6 +105,7 @@ def run(
         accept_revised_history=accept_revised_history,
         allow_jumps=allow_jumps,
         allow_gaps=allow_gaps,
+        settings=tuple(settings or ()),
     )
     with Heartbeat(console):  # meta-training a new state's model can take minutes
         session = open_session(options)
