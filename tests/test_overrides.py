@@ -9,18 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import one_line
 
 from metabt.backtests.config import ConfigError, load_config
 from metabt.backtests.overrides import load_with_settings, parse_setting
 
 TINY = Path(__file__).parent / "data" / "tiny_basket.toml"
-
-
-def _one_line_error(result) -> str:
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    return lines[0]
 
 
 def test_set_changes_the_named_keys_and_nothing_else():
@@ -51,7 +45,7 @@ def test_a_bad_period_in_a_toml_fails_at_load_naming_the_file_and_key(tmp_path, 
     bad.write_text(TINY.read_text() + '\n[walk_forward]\nrefit_every = "every year"\n')
     with pytest.raises(ConfigError, match=r"bad\.toml: walk_forward\.refit_every"):
         load_config(bad)
-    line = _one_line_error(run_cli("backtest", bad, "--out", tmp_path / "out"))
+    line = one_line(run_cli("backtest", bad, "--out", tmp_path / "out"))
     assert str(bad) in line and "walk_forward.refit_every" in line
     assert "--refit-every" not in line  # the user never passed that flag
     assert not (tmp_path / "out").exists()
@@ -76,7 +70,7 @@ def test_every_command_with_a_config_takes_set_and_hints_a_typo(command, tmp_pat
     args = [a.replace("{tmp}", str(tmp_path)) for a in command] + SET_TYPO
     if command[0] in ("demo", "study", "backtest"):
         args += ["--out", str(tmp_path / "run")]
-    line = _one_line_error(run_cli(*args))
+    line = one_line(run_cli(*args))
     assert line == (
         "error: --set meta.inner_stpes=3: unknown key 'meta.inner_stpes'; "
         "did you mean 'meta.inner_steps'?"
@@ -96,17 +90,17 @@ def test_every_command_with_a_config_takes_set_and_hints_a_typo(command, tmp_pat
     ],
 )
 def test_a_bad_set_names_itself(setting, needle, tmp_path, run_cli):
-    line = _one_line_error(run_cli("backtest", TINY, "--set", setting))
+    line = one_line(run_cli("backtest", TINY, "--set", setting))
     assert "--set " in line and needle in line
 
 
 def test_study_names_the_shipped_studies_and_hints_a_typo(run_cli):
-    line = _one_line_error(run_cli("study", "basekt"))
+    line = one_line(run_cli("study", "basekt"))
     assert "did you mean 'basket'?" in line and "synthetic, single_asset" in line
 
 
 def test_choose_defaults_checks_every_candidate_before_the_first_run(run_cli):
-    line = _one_line_error(
+    line = one_line(
         run_cli("choose-defaults", TINY, "--candidate", "seed=2", "--candidate", "polcy.mode=x")
     )
     assert line.startswith("error: --candidate polcy.mode=x: unknown key 'polcy'")
