@@ -12,7 +12,15 @@ import re
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin, get_type_hints
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    TypeAlias,
+    get_origin,
+    get_type_hints,
+)
 
 import pandas as pd
 import tomli_w
@@ -139,27 +147,38 @@ def _section_of(cls: type, skip: tuple[str, ...] = (), section: str = "") -> typ
     """
     hints = get_type_hints(cls)
     limits = LIMITS.get(section, {})
-    fields = {
+    fields: dict[str, Any] = {
         f.name: (
             _field_type(hints[f.name]),
             Field(
-                f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                f.default if f.default is not dataclasses.MISSING else f.default_factory(),  # type: ignore[operator]
                 le=limits.get(f.name),
             ),
-        )  # type: ignore[misc]
+        )
         for f in dataclasses.fields(cls)
         if f.name not in skip
     }
-    return create_model(f"{cls.__name__}Section", __base__=_Section, **fields)  # type: ignore[call-overload]
+    return create_model(f"{cls.__name__}Section", __base__=_Section, **fields)
 
 
-FeaturesConfig = _section_of(FeatureSpec)
-# The support and shortest query lengths of the tasks are the strategy's windows and
-# cadence ([strategy] min_window, max_window, readapt_every): train on what is traded.
-TaskConfig = _section_of(TaskSpec, skip=("min_support", "max_support", "min_query"), section="task")
-PolicyConfig = _section_of(PolicySpec, skip=("n_features",))
-MetaConfig = _section_of(TrainConfig, skip=("seed",), section="meta")
-CostsConfig = _section_of(CostSpec)
+if TYPE_CHECKING:
+    # Built at run time from the library dataclasses, so a type checker cannot see their
+    # fields: to it they are Any (the dataclasses themselves are fully typed).
+    FeaturesConfig: TypeAlias = Any
+    TaskConfig: TypeAlias = Any
+    PolicyConfig: TypeAlias = Any
+    MetaConfig: TypeAlias = Any
+    CostsConfig: TypeAlias = Any
+else:
+    FeaturesConfig = _section_of(FeatureSpec)
+    # The support and shortest query lengths of the tasks are the strategy's windows and
+    # cadence ([strategy] min_window, max_window, readapt_every): train on what is traded.
+    TaskConfig = _section_of(
+        TaskSpec, skip=("min_support", "max_support", "min_query"), section="task"
+    )
+    PolicyConfig = _section_of(PolicySpec, skip=("n_features",))
+    MetaConfig = _section_of(TrainConfig, skip=("seed",), section="meta")
+    CostsConfig = _section_of(CostSpec)
 
 
 class ObjectiveConfig(_Section):
@@ -270,14 +289,14 @@ class StudyConfig(_Section):
     validated_settings: int = Field(1, ge=1)
     data: DataConfig
     synthetic: SyntheticConfig = SyntheticConfig()
-    features: FeaturesConfig = FeaturesConfig()  # type: ignore[valid-type]
-    task: TaskConfig = TaskConfig()  # type: ignore[valid-type]
-    policy: PolicyConfig = PolicyConfig()  # type: ignore[valid-type]
-    objective: ObjectiveConfig = ObjectiveConfig()  # type: ignore[valid-type]
-    meta: MetaConfig = MetaConfig()  # type: ignore[valid-type]
+    features: FeaturesConfig = FeaturesConfig()
+    task: TaskConfig = TaskConfig()
+    policy: PolicyConfig = PolicyConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    meta: MetaConfig = MetaConfig()
     detector: DetectorConfig = DetectorConfig()
     strategy: StrategyConfig = StrategyConfig()
-    costs: CostsConfig = CostsConfig()  # type: ignore[valid-type]
+    costs: CostsConfig = CostsConfig()
     comparators: ComparatorsConfig = ComparatorsConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()

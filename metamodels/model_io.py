@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -94,9 +94,10 @@ def load_model(path: str | Path) -> tuple[MetaModel, pd.Timestamp]:
             f"{path}: the feature spec gives {len(feature_spec.names)} features "
             f"but the policy takes {policy_spec.n_features}"
         )
+    # The sidecar's schema guarantees inner.lr is a number when per_parameter_lr is false.
     inner_lr: float | dict[str, torch.Tensor] = (
-        lrs if meta.inner.per_parameter_lr else float(meta.inner.lr)
-    )  # type: ignore[arg-type]
+        lrs if meta.inner.per_parameter_lr else float(cast(float, meta.inner.lr))
+    )
     model = MetaModel(
         params=params,
         inner_lr=inner_lr,

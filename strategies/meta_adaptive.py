@@ -39,7 +39,7 @@ from metabt.metamodels.model import length_scale
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import NumpyParams, PolicySpec, numpy_positions
 from metabt.strategies.base import TargetWeightStrategy
-from metabt.strategies.detectors import make_detector
+from metabt.strategies.detectors import AnyDetector, make_detector
 
 TRIGGERS = ("regime", "calendar", "never", "oracle")
 # The policy's position moves a little on every bar; re-ordering each wiggle
@@ -96,7 +96,7 @@ class AdaptivePolicy:
 class _AssetState:
     """Per-asset memory: recent features and labels, detector, current weights."""
 
-    def __init__(self, detector: object, params: list[NumpyParams], keep: int) -> None:
+    def __init__(self, detector: AnyDetector, params: list[NumpyParams], keep: int) -> None:
         self.detector = detector
         self.params = params
         # The last LABEL_DELAY (feature row, 1/vol) pairs, whose labels are not known yet.

@@ -8,7 +8,7 @@ action is a subcommand. Bad input raises the library's one-line errors, which
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,7 +28,7 @@ console = Console(soft_wrap=True)
 StateOpt = Annotated[Path, typer.Option("--state", help="Folder of the paper state (SQLite).")]
 
 
-def _date(text: str | None) -> object:
+def _date(text: str | None) -> date | None:
     if text is None:
         return None
     try:
