@@ -21,7 +21,7 @@ from metabt.backtests.overrides import SetOpt, load_with_settings
 from metabt.feeds.did_you_mean import did_you_mean
 
 #: The studies shipped in backtests/configs/, one TOML file each.
-STUDIES = ("synthetic", "single_asset", "basket", "prediction")
+STUDIES = tuple(sorted(path.stem for path in configs_dir().glob("*.toml")))
 
 
 def study(

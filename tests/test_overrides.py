@@ -96,7 +96,8 @@ def test_a_bad_set_names_itself(setting, needle, tmp_path, run_cli):
 
 def test_study_names_the_shipped_studies_and_hints_a_typo(run_cli):
     line = one_line(run_cli("study", "basekt"))
-    assert "did you mean 'basket'?" in line and "synthetic, single_asset" in line
+    assert "did you mean 'basket'?" in line
+    assert "(shipped: basket, prediction, recent, single_asset, synthetic)" in line
 
 
 def test_choose_defaults_checks_every_candidate_before_the_first_run(run_cli):
