@@ -215,6 +215,18 @@ def test_unknown_nested_key_is_named(ckpt: Path) -> None:
         load_checkpoint(ckpt)
 
 
+def test_unknown_key_inside_a_tensor_entry_is_named(ckpt: Path) -> None:
+    # tensors is a dict name -> entry: the hint looks inside the entry, past the tensor's name.
+    sidecar = _sidecar(ckpt)
+    entry = sidecar["tensors"]["net.0.bias"]
+    entry["shapes"] = entry.pop("shape")
+    _write_sidecar(ckpt, sidecar)
+    with pytest.raises(
+        CheckpointError, match=r"'tensors.net.0.bias.shapes' \(did you mean 'shape'"
+    ):
+        load_checkpoint(ckpt)
+
+
 @pytest.mark.parametrize("key", ["sha256", "training_period", "algorithm", "config"])
 def test_missing_sidecar_key_is_named(ckpt: Path, key: str) -> None:
     sidecar = _sidecar(ckpt)
