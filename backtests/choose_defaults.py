@@ -1,29 +1,29 @@
 """Choose a study's settings on a validation split inside its training period.
 
-The test period must never choose anything. This script moves the split
-back into the training period (its last ``--fraction``), runs the whole
-study there for each candidate setting, and prints the validation Sharpe of
-every strategy, so settings such as the policy mode are picked without
-looking at a single test bar::
+The test period must never choose anything. :func:`validation_config` moves the split back into
+the training period (its last ``fraction``); :func:`validation_sharpes` runs the whole study
+there once per candidate setting, so settings such as the policy mode are picked without looking
+at a single test bar. ``metabt choose-defaults CONFIG --candidate ...`` prints the table::
 
-    python -m metabt.backtests.choose_defaults backtests/configs/basket.toml \\
-        --set policy.mode=long_short --set policy.mode=long_only --set policy.mode=overlay
+    metabt choose-defaults backtests/configs/basket.toml \\
+        --candidate policy.mode=long_short --candidate policy.mode=long_only
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
-from metabt.backtests.config import StudyConfig, load_config, parse_config
+from metabt.backtests.config import StudyConfig, parse_config
+from metabt.backtests.overrides import with_settings
 from metabt.backtests.study import run_study
+
+#: The row label of the config run as it is (no candidate given).
+AS_IS = "(config as is)"
 
 
 def validation_config(config: StudyConfig, fraction: float) -> StudyConfig:
@@ -37,62 +37,20 @@ def validation_config(config: StudyConfig, fraction: float) -> StudyConfig:
     return parse_config(raw, "validation split")
 
 
-def with_setting(config: StudyConfig, assignment: str) -> StudyConfig:
-    """``section.key=value`` applied to a copy (value parsed as JSON, else a string)."""
-    key, _, text = assignment.partition("=")
-    section, _, name = key.partition(".")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
-    raw = config.model_dump(mode="json", exclude_none=True)
-    raw.setdefault(section, {})[name] = value
-    return parse_config(raw, f"--set {assignment}")
+def validation_sharpes(
+    base: StudyConfig, candidates: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
+    """Candidate (``section.key=value``) -> strategy -> Sharpe on ``base``'s test period.
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", type=Path)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="candidates",
-        help="a candidate setting, section.key=value (repeat)",
-    )
-    parser.add_argument(
-        "--fraction",
-        type=float,
-        default=0.3,
-        help="share of the training period used for validation",
-    )
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")  # per-run notes would drown the one table this prints
-    console = Console(width=200)
-    base = validation_config(load_config(args.config), args.fraction)
-    console.print(
-        f"validation: train {base.data.start} .. {base.data.split}, "
-        f"validate {base.data.split} .. {base.data.end}"
-    )
-    table = Table(title="validation Sharpe (inside the training period)")
-    table.add_column("candidate")
+    Every candidate is validated before the first run starts, so a typo in the last one does
+    not cost the runs before it.
+    """
+    configs = {c: with_settings(base, [c], "--candidate") for c in candidates} or {AS_IS: base}
     rows = {}
-    for candidate in args.candidates or ["(config as is)"]:
-        config = base if candidate.startswith("(") else with_setting(base, candidate)
+    for candidate, config in configs.items():
         with tempfile.TemporaryDirectory() as tmp:
             metrics = run_study(
                 config, Path(tmp) / "run", progress=False, console=Console(quiet=True)
             )
         rows[candidate] = {name: m["sharpe"] for name, m in metrics.items()}
-    names = list(next(iter(rows.values())))
-    for name in names:
-        table.add_column(name, justify="right")
-    for candidate, sharpe in rows.items():
-        table.add_row(
-            candidate, *(f"{sharpe[n]:.2f}" if sharpe[n] is not None else "-" for n in names)
-        )
-    console.print(table)
-
-
-if __name__ == "__main__":
-    main()
+    return rows

@@ -20,15 +20,16 @@ from metabt.backtests.config import (
     ConfigError,
     StudyConfig,
     configs_dir,
-    load_config,
+    parse_period,
     with_overrides,
 )
 from metabt.backtests.heartbeat import Heartbeat
 from metabt.backtests.outdir import check_out, check_writable
+from metabt.backtests.overrides import SetOpt, load_with_settings, with_keys
 from metabt.backtests.sweep import SweepError
 from metabt.feeds.errors import DataError
 from metabt.feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
-from metabt.metamodels.checkpoint import CheckpointError
+from metabt.metamodels.checkpoint_meta import CheckpointError
 from metabt.reports.errors import ReportError
 
 app = typer.Typer(
@@ -118,6 +119,7 @@ GapsOpt = Annotated[
 
 def _resolve(
     config_path: Path,
+    settings: list[str] | None,
     data: Path | None,
     symbols: str | None,
     start: str | None,
@@ -126,7 +128,7 @@ def _resolve(
     allow_jumps: bool = False,
     allow_gaps: bool = False,
 ) -> StudyConfig:
-    config = load_config(config_path)
+    config = load_with_settings(config_path, settings or [])
     overrides: dict[str, object] = {
         "start": start,
         "split": split,
@@ -230,12 +232,12 @@ def data_validate(
 
 
 @app.command()
-def demo(out: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
+def demo(out: OutOpt = None, overwrite: OverwriteOpt = False, settings: SetOpt = None) -> None:
     """Run the main study offline on the bundled data.
 
     The main job: the basket study on the bundled sample data, offline.
     """
-    config = load_config(configs_dir() / "basket.toml")
+    config = load_with_settings(configs_dir() / "basket.toml", settings or [])
     # The default folder belongs to the demo: running it again replaces it.
     out = _run(config, out or Path("runs") / "demo", overwrite=overwrite or out is None)
     console.print(f"\n[bold]tear sheet:[/bold] {out / 'tearsheet.html'}")
@@ -264,21 +266,19 @@ def backtest(
     overwrite: OverwriteOpt = False,
     allow_jumps: JumpsOpt = False,
     allow_gaps: GapsOpt = False,
+    settings: SetOpt = None,
 ) -> None:
     """Run a study: train, tune, trade the test period.
 
     Meta-train on [start, split), tune the comparators there, trade [split, end].
     """
-    config = _resolve(config_path, data, symbols, start, split, end, allow_jumps, allow_gaps)
-    if refit_every is not None:
-        config = config.model_copy(
-            update={
-                "walk_forward": config.walk_forward.model_copy(update={"refit_every": refit_every})
-            }
+    config = _resolve(
+        config_path, settings, data, symbols, start, split, end, allow_jumps, allow_gaps
+    )
+    if refit_every is not None:  # short for --set walk_forward.refit_every=...
+        config = with_keys(
+            config, {"walk_forward.refit_every": refit_every}, f"--refit-every {refit_every}"
         )
-        from metabt.backtests.runner import parse_period
-
-        parse_period(refit_every)
     out = _run(config, out, model, overwrite)
     console.print(f"\n[bold]run folder:[/bold] {out}")
 
@@ -301,21 +301,22 @@ def train(
             "metasgd, context or memory.",
         ),
     ] = None,
+    settings: SetOpt = None,
 ) -> None:
     """Meta-train only, and save a checkpoint.
 
     Meta-train on [start, split) of the configured assets and save a checkpoint.
     """
-    from metabt.backtests.config import build_specs, parse_config
+    from metabt.backtests.config import build_specs
     from metabt.backtests.data import bar_dates, load_study_data
     from metabt.backtests.runner import train_meta
     from metabt.metamodels.model_io import save_model
 
-    config = _resolve(config_path, data, symbols, start, split, None, allow_jumps, allow_gaps)
+    config = _resolve(
+        config_path, settings, data, symbols, start, split, None, allow_jumps, allow_gaps
+    )
     if algorithm is not None:
-        raw = config.model_dump(mode="json")
-        raw["meta"]["algorithm"] = algorithm
-        config = parse_config(raw, "--algorithm")
+        config = with_keys(config, {"meta.algorithm": algorithm}, f"--algorithm {algorithm}")
     check_writable(out)
     with Heartbeat(console):
         study_data = load_study_data(config)
@@ -380,6 +381,7 @@ def sweep(
         int,
         typer.Option("--workers", min=1, help="Local worker processes (ignored with --cluster)."),
     ] = 2,
+    settings: SetOpt = None,
 ) -> None:
     """Run many studies on Dask: seeds x grid x universes.
 
@@ -387,11 +389,10 @@ def sweep(
     Each run is a normal run folder under OUT/runs/<hash>/; finished runs are skipped,
     so running the same command again resumes (or does nothing).
     """
-    from metabt.backtests.runner import parse_period
     from metabt.backtests.sweep import expand, is_finished, parse_grid, parse_seeds, parse_universes
     from metabt.backtests.sweep_exec import run_sweep
 
-    config = _resolve(config_path, data, None, None, None, None)
+    config = _resolve(config_path, settings, data, None, None, None, None)
     periods: list[str | None] = [None]
     if walk_forward is not None:
         periods = [
@@ -401,7 +402,7 @@ def sweep(
             try:
                 if period is not None:
                     parse_period(period)
-            except DataError:
+            except ValueError:
                 raise SweepError(
                     f"--walk-forward {walk_forward!r}: use periods like 1y, 6m, "
                     "2w or none, comma-separated"
@@ -476,7 +477,9 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
 # Imported last: their modules import `console` and helpers from this one.
 from metabt.backtests.paper.cli import register as _register_paper  # noqa: E402
 from metabt.backtests.serve.cli import register as _register_serve  # noqa: E402
+from metabt.backtests.study_cli import register as _register_study  # noqa: E402
 
+_register_study(app)
 _register_paper(app)
 _register_serve(app)
 

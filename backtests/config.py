@@ -8,12 +8,21 @@ resolved config beside its results so it can be re-run exactly.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import re
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin, get_type_hints
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    TypeAlias,
+    get_origin,
+    get_type_hints,
+)
 
+import pandas as pd
 import tomli_w
 from pydantic import (
     BaseModel,
@@ -22,9 +31,11 @@ from pydantic import (
     Field,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
+from metabt.feeds.did_you_mean import did_you_mean, known_fields
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.tasks import TaskSpec
 from metabt.feeds.vol_features import VolFeatureSpec
@@ -147,27 +158,38 @@ def _section_of(cls: type, skip: tuple[str, ...] = (), section: str = "") -> typ
     """
     hints = get_type_hints(cls)
     limits = LIMITS.get(section, {})
-    fields = {
+    fields: dict[str, Any] = {
         f.name: (
             _field_type(hints[f.name]),
             Field(
-                f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                f.default if f.default is not dataclasses.MISSING else f.default_factory(),  # type: ignore[operator]
                 le=limits.get(f.name),
             ),
-        )  # type: ignore[misc]
+        )
         for f in dataclasses.fields(cls)
         if f.name not in skip
     }
-    return create_model(f"{cls.__name__}Section", __base__=_Section, **fields)  # type: ignore[call-overload]
+    return create_model(f"{cls.__name__}Section", __base__=_Section, **fields)
 
 
-FeaturesConfig = _section_of(FeatureSpec)
-# The support and shortest query lengths of the tasks are the strategy's windows and
-# cadence ([strategy] min_window, max_window, readapt_every): train on what is traded.
-TaskConfig = _section_of(TaskSpec, skip=("min_support", "max_support", "min_query"), section="task")
-PolicyConfig = _section_of(PolicySpec, skip=("n_features",))
-MetaConfig = _section_of(TrainConfig, skip=("seed",), section="meta")
-CostsConfig = _section_of(CostSpec)
+if TYPE_CHECKING:
+    # Built at run time from the library dataclasses, so a type checker cannot see their
+    # fields: to it they are Any (the dataclasses themselves are fully typed).
+    FeaturesConfig: TypeAlias = Any
+    TaskConfig: TypeAlias = Any
+    PolicyConfig: TypeAlias = Any
+    MetaConfig: TypeAlias = Any
+    CostsConfig: TypeAlias = Any
+else:
+    FeaturesConfig = _section_of(FeatureSpec)
+    # The support and shortest query lengths of the tasks are the strategy's windows and
+    # cadence ([strategy] min_window, max_window, readapt_every): train on what is traded.
+    TaskConfig = _section_of(
+        TaskSpec, skip=("min_support", "max_support", "min_query"), section="task"
+    )
+    PolicyConfig = _section_of(PolicySpec, skip=("n_features",))
+    MetaConfig = _section_of(TrainConfig, skip=("seed",), section="meta")
+    CostsConfig = _section_of(CostSpec)
 
 
 class ObjectiveConfig(_Section):
@@ -240,8 +262,33 @@ class EnsembleConfig(_Section):
     per_seed_runs: bool = True
 
 
+def parse_period(text: str) -> pd.DateOffset:
+    """``"1y"``, ``"6m"``, ``"2w"`` -> a calendar offset for the walk-forward.
+
+    Raises
+    ------
+    ValueError
+        Anything else (the config loader names the file and key that held it).
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*([ymw])\s*", text or "")
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a period; use a number and a unit, e.g. 1y, 6m or 2w")
+    n, unit = int(match.group(1)), match.group(2)
+    return {"y": pd.DateOffset(years=n), "m": pd.DateOffset(months=n), "w": pd.DateOffset(weeks=n)}[
+        unit
+    ]
+
+
 class WalkForwardConfig(_Section):
     refit_every: str | None = None
+
+    @field_validator("refit_every")
+    @classmethod
+    def _a_period(cls, value: str | None) -> str | None:
+        # Checked when the config loads, not when the walk-forward reaches its first refit.
+        if value is not None:
+            parse_period(value)
+        return value
 
 
 VolFeaturesConfig = _section_of(VolFeatureSpec)
@@ -296,29 +343,18 @@ class StudyConfig(_Section):
     validated_settings: int = Field(1, ge=1)
     data: DataConfig
     synthetic: SyntheticConfig = SyntheticConfig()
-    features: FeaturesConfig = FeaturesConfig()  # type: ignore[valid-type]
-    task: TaskConfig = TaskConfig()  # type: ignore[valid-type]
-    policy: PolicyConfig = PolicyConfig()  # type: ignore[valid-type]
-    objective: ObjectiveConfig = ObjectiveConfig()  # type: ignore[valid-type]
-    meta: MetaConfig = MetaConfig()  # type: ignore[valid-type]
+    features: FeaturesConfig = FeaturesConfig()
+    task: TaskConfig = TaskConfig()
+    policy: PolicyConfig = PolicyConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    meta: MetaConfig = MetaConfig()
     detector: DetectorConfig = DetectorConfig()
     strategy: StrategyConfig = StrategyConfig()
-    costs: CostsConfig = CostsConfig()  # type: ignore[valid-type]
+    costs: CostsConfig = CostsConfig()
     comparators: ComparatorsConfig = ComparatorsConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
     volatility: VolatilityConfig = VolatilityConfig()
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = StudyConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
 
 
 def _one_line(error: ValidationError, source: str) -> str:
@@ -328,12 +364,12 @@ def _one_line(error: ValidationError, source: str) -> str:
     loc = tuple(first["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     if first["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        known = list(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        known = known_fields(StudyConfig, loc[:-1])
+        parent = "".join(f"{part}." for part in loc[:-1])
+        suggestion = did_you_mean(str(loc[-1]), known, prefix=parent)
         hint = (
-            f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
-            if close
+            f"; {suggestion}"
+            if suggestion
             else (f"; known keys here: {', '.join(known)}" if known else "")
         )
         return f"{source}: unknown key {key!r}{hint}"

@@ -89,7 +89,7 @@ def true_changes(data: StudyData, start: pd.Timestamp) -> list[dict]:
     """Known regime changes in the test period (synthetic data only)."""
     if data.regimes is None:
         return []
-    rows = []
+    rows: list[dict] = []
     for symbol, regime in data.regimes.items():
         moved = regime.index[1:][np.diff(regime.to_numpy()) != 0]
         rows.extend({"date": d.date().isoformat(), "asset": symbol} for d in moved if d >= start)

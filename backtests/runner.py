@@ -10,7 +10,6 @@ data before its own split. Bars at or after a split never reach its training.
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
@@ -21,7 +20,7 @@ from joblib import Parallel, delayed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from metabt.backtests.config import Specs, StudyConfig, build_specs
+from metabt.backtests.config import Specs, StudyConfig, build_specs, parse_period
 from metabt.backtests.data import StudyData
 from metabt.feeds.btfeed import feature_frame, make_feature_feed
 from metabt.feeds.errors import DataError
@@ -64,17 +63,6 @@ class Segment:
     train_sharpe: dict[str, float] = field(default_factory=dict)
     #: variant -> one result per meta-training seed (the headline runs trade the seeds' average)
     seed_results: dict[str, list[BacktestResult]] = field(default_factory=dict)
-
-
-def parse_period(text: str) -> pd.DateOffset:
-    """``"1y"``, ``"6m"``, ``"2w"`` -> a calendar offset for the walk-forward."""
-    match = re.fullmatch(r"\s*(\d+)\s*([ymw])\s*", text or "")
-    if not match or int(match.group(1)) == 0:
-        raise DataError(f"--refit-every {text!r}: use a number and a unit, e.g. 1y, 6m or 2w")
-    n, unit = int(match.group(1)), match.group(2)
-    return {"y": pd.DateOffset(years=n), "m": pd.DateOffset(months=n), "w": pd.DateOffset(weeks=n)}[
-        unit
-    ]
 
 
 def segment_splits(config: StudyConfig, last_bar: pd.Timestamp) -> list[pd.Timestamp]:

@@ -22,7 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from metabt.backtests.config import ConfigError, StudyConfig, parse_config
+from metabt.backtests.config import StudyConfig
+from metabt.backtests.overrides import toml_value, with_keys
 from metabt.feeds.errors import DataError
 from metabt.feeds.loaders import list_symbols, parse_symbols, sample_data_dir
 from metabt.feeds.synthetic import REGIMES_FILE
@@ -93,18 +94,6 @@ def _split_values(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _value(text: str, option: str) -> Any:
-    """A TOML literal (``0.1``, ``true``, ``[16, 32]``, ``"x"``); a bare word is a string."""
-    if not text:
-        raise SweepError(f"{option}: an empty value; give values as key=v1,v2")
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        if text.startswith("["):
-            raise SweepError(f"{option}: {text!r} is not a TOML list, e.g. [16, 32]") from None
-        return text
-
-
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["meta.inner_lr=0.01,0.1", "policy.hidden=[16],[32]"]`` -> key -> values."""
     grid: dict[str, list[Any]] = {}
@@ -115,7 +104,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             raise SweepError(f"--grid {item!r}: use section.key=v1,v2, e.g. meta.inner_lr=0.01,0.1")
         if key in grid:
             raise SweepError(f"--grid {key}: given twice; put all its values in one --grid")
-        grid[key] = [_value(v, f"--grid {key}") for v in _split_values(values)]
+        grid[key] = [toml_value(v, f"--grid {key}") for v in _split_values(values)]
     return grid
 
 
@@ -142,20 +131,6 @@ def parse_universes(items: list[str], path: Path | None) -> dict[str, list[str] 
                 )
             universes[name] = parse_symbols(",".join(symbols)) or "all"
     return universes
-
-
-def with_keys(config: StudyConfig, overrides: dict[str, Any], source: str) -> StudyConfig:
-    """A copy of ``config`` with dotted keys (``meta.inner_lr``, ``seed``) set, re-validated."""
-    raw = config.model_dump(mode="json")
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = raw
-        for part in parents:
-            if not isinstance(node.get(part, {}), dict):
-                raise ConfigError(f"{source}: {key}: {part!r} is a value, not a section")
-            node = node.setdefault(part, {})
-        node[last] = value
-    return parse_config(raw, source)
 
 
 def _sha256(path: Path) -> str:

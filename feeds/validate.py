@@ -8,13 +8,13 @@ the most expensive kind of wrong backtest.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 
 import numpy as np
 import pandas as pd
 
+from metabt.feeds.did_you_mean import closest, did_you_mean
 from metabt.feeds.errors import DataError
 from metabt.feeds.plausible import check_gaps, check_jumps, check_limits, check_one_bar_per_day
 
@@ -49,15 +49,14 @@ def _check_columns(columns: list[str], source: str) -> None:
     unknown = [c for c in columns if c not in known]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     for name in missing:
-        close = difflib.get_close_matches(name, unknown, n=1, cutoff=0.6)
-        hint = f" (found {close[0]!r}: rename it to {name!r})" if close else ""
+        found = closest(name, unknown)
+        hint = f" (found {found!r}: rename it to {name!r})" if found else ""
         raise DataError(
             f"{source}: missing column {name!r}{hint}; the header must be "
             "Date,Open,High,Low,Close,Adj Close,Volume"
         )
     for name in unknown:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else "; remove it"
+        hint = f"; {did_you_mean(name, known) or 'remove it'}"
         raise DataError(f"{source}: unknown column {name!r}{hint}")
     dup = [c for c in set(columns) if columns.count(c) > 1]
     if dup:

@@ -16,8 +16,8 @@ machine can at worst be refused. Every refusal is a :class:`CheckpointError` wit
 the file, what is wrong and what to do.
 
 This module does the file handling (atomic save, load, pickle refusal, hash and tensor-table
-checks); the sidecar schema and its validation live in :mod:`metamodels.checkpoint_meta` and are
-re-exported here, so ``from metamodels.checkpoint import CheckpointMeta`` keeps working.
+checks); the sidecar schema, its validation and :class:`CheckpointError` live in
+:mod:`metamodels.checkpoint_meta`.
 """
 
 from __future__ import annotations
@@ -43,25 +43,12 @@ from metabt.metamodels.checkpoint_meta import (
     INNER_LR_PREFIX,
     CheckpointError,
     CheckpointMeta,
-    InnerMeta,
-    TaskMeta,
-    TensorInfo,
-    TrainingPeriod,
-    _validate_meta,
+    validate_meta,
 )
 
 __all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "INNER_LR_PREFIX",
     "SIDECAR_FILE",
     "WEIGHTS_FILE",
-    "CheckpointError",
-    "CheckpointMeta",
-    "InnerMeta",
-    "TaskMeta",
-    "TensorInfo",
-    "TrainingPeriod",
     "load_checkpoint",
     "save_checkpoint",
     "split_inner_lrs",
@@ -135,7 +122,7 @@ def save_checkpoint(
         sha256=hashlib.sha256(blob).hexdigest(),
     )
     fields.setdefault("created", datetime.now(timezone.utc).replace(microsecond=0))
-    meta = _validate_meta(fields, where, fix="fix the metadata passed to save_checkpoint")
+    meta = validate_meta(fields, where, fix="fix the metadata passed to save_checkpoint")
     try:
         text = json.dumps(meta.model_dump(mode="json"), indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -379,7 +366,7 @@ def _read_sidecar(file: Path) -> CheckpointMeta:
             f"adaptation windows (this metabt reads {FORMAT_VERSION}); re-train "
             "the model with `metabt train`"
         )
-    return _validate_meta(raw, str(file), fix="re-save the checkpoint with save_checkpoint")
+    return validate_meta(raw, str(file), fix="re-save the checkpoint with save_checkpoint")
 
 
 def _check_safetensors_layout(data: bytes, file: Path) -> None:

@@ -1,17 +1,16 @@
 """The checkpoint sidecar schema: what ``model.json`` must hold, checked field by field.
 
 :class:`CheckpointMeta` and its nested models are strict pydantic models (unknown keys are an
-error, values are frozen). :func:`_validate_meta` turns a pydantic failure into one
+error, values are frozen). :func:`validate_meta` turns a pydantic failure into one
 :class:`CheckpointError` line naming the file, the key (with a "did you mean" hint for a typo)
-and the fix. Reading and writing the files is :mod:`metamodels.checkpoint`, which re-exports
-the public names defined here.
+and the fix. Reading and writing the files is :mod:`metamodels.checkpoint`; import the schema,
+:class:`CheckpointError` and :data:`INNER_LR_PREFIX` from here.
 """
 
 from __future__ import annotations
 
-import difflib
 from datetime import date, datetime
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import (
@@ -24,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from metabt.feeds.did_you_mean import did_you_mean, known_fields
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -34,6 +35,7 @@ __all__ = [
     "TaskMeta",
     "TensorInfo",
     "TrainingPeriod",
+    "validate_meta",
 ]
 
 FORMAT = "metabt-checkpoint"
@@ -144,26 +146,12 @@ class CheckpointMeta(_Strict):
         return self
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Known keys of the (sub)model that ``loc`` points into, for "did you mean" hints."""
-    model: Any = CheckpointMeta
-    steps = list(loc)
-    while steps:
-        field = model.model_fields.get(steps.pop(0))
-        if field is None:
-            return []
-        ann = field.annotation
-        if get_origin(ann) is dict:  # dict[str, Model]: the next step is the dict's key
-            ann = get_args(ann)[1]
-            if steps:
-                steps.pop(0)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
+def validate_meta(fields: dict[str, Any], where: str, fix: str) -> CheckpointMeta:
+    """``fields`` as a :class:`CheckpointMeta`, or one :class:`CheckpointError` line.
 
-
-def _validate_meta(fields: dict[str, Any], where: str, fix: str) -> CheckpointMeta:
+    The line names ``where`` (the file or call), the first bad key (an unknown key first, with a
+    "did you mean" hint, since it is usually a typo of a missing one) and ends with ``fix``.
+    """
     try:
         return CheckpointMeta.model_validate(fields)
     except ValidationError as exc:
@@ -174,8 +162,10 @@ def _validate_meta(fields: dict[str, Any], where: str, fix: str) -> CheckpointMe
     key = ".".join(str(part) for part in err["loc"])
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(err["loc"][:-1]), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        suggestion = did_you_mean(
+            str(err["loc"][-1]), known_fields(CheckpointMeta, err["loc"][:-1])
+        )
+        hint = f" ({suggestion})" if suggestion else ""
         msg = f"unknown key '{key}'{hint}"
     elif err["type"] == "missing":
         msg = f"missing key '{key}'"

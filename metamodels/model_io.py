@@ -11,20 +11,15 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
 
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.tasks import TaskSpec
-from metabt.metamodels.checkpoint import (
-    INNER_LR_PREFIX,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-    split_inner_lrs,
-)
+from metabt.metamodels.checkpoint import load_checkpoint, save_checkpoint, split_inner_lrs
+from metabt.metamodels.checkpoint_meta import INNER_LR_PREFIX, CheckpointError
 from metabt.metamodels.context_policy import policy_part
 from metabt.metamodels.memory_policy import check_conditioner
 from metabt.metamodels.model import FORWARD_LEARNERS, MetaModel
@@ -106,9 +101,10 @@ def load_model(path: str | Path) -> tuple[MetaModel, pd.Timestamp]:
             f"{path}: the feature spec gives {len(feature_spec.names)} features "
             f"but the policy takes {policy_spec.n_features}"
         )
+    # The sidecar's schema guarantees inner.lr is a number when per_parameter_lr is false.
     inner_lr: float | dict[str, torch.Tensor] = (
-        lrs if meta.inner.per_parameter_lr else float(meta.inner.lr)
-    )  # type: ignore[arg-type]
+        lrs if meta.inner.per_parameter_lr else float(cast(float, meta.inner.lr))
+    )
     model = MetaModel(
         params=params,
         inner_lr=inner_lr,

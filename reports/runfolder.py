@@ -8,7 +8,6 @@ instead of producing a silently wrong report.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metabt.feeds.did_you_mean import did_you_mean
 from metabt.reports.errors import ReportError
 
 #: Fixed strategy names, in the order every table and plot lists them.
@@ -229,10 +229,7 @@ def read_study(path: Path) -> Study:
         raise ReportError(f"{path}: expected a JSON object at the top level; {_FIX}")
     for key in raw:
         if key not in STUDY_KEYS:
-            close = difflib.get_close_matches(key, STUDY_KEYS, n=1)
-            hint = (
-                f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(STUDY_KEYS)}"
-            )
+            hint = did_you_mean(key, STUDY_KEYS) or f"known keys: {', '.join(STUDY_KEYS)}"
             raise ReportError(f"{path}: unknown key '{key}'; {hint}")
     ppy = raw.get("periods_per_year")
     if isinstance(ppy, bool) or not isinstance(ppy, int) or ppy <= 0:

@@ -53,7 +53,7 @@ def _gui_backends() -> set[str]:
     try:
         from matplotlib.backends import BackendFilter, backend_registry
     except ImportError:  # matplotlib < 3.9
-        return {b.lower() for b in rcsetup.interactive_bk}
+        return {b.lower() for b in rcsetup.interactive_bk}  # type: ignore[attr-defined]
     return {b.lower() for b in backend_registry.list_builtin(BackendFilter.INTERACTIVE)}
 
 

@@ -178,7 +178,8 @@ class TargetWeightStrategy(bt.Strategy):
         self._weight_rows.append((self.datetime[0], tuple(weights)))
 
         value = self.broker.getvalue()
-        sells, buys = [], []
+        sells: list[tuple[bt.DataBase, float, float]] = []
+        buys: list[tuple[bt.DataBase, float, float]] = []
         for d, w in zip(self.datas, weights):
             last = self._last_target[d]
             moved = abs(w - last) > self.p.rebalance_threshold or (w == 0.0 and last != 0.0)

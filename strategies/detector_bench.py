@@ -305,7 +305,8 @@ def bench_ar_flips(
         kind = getattr(DETECTORS[name], "input_kind", "return")
         result: dict[str, float | None] = {}
         for label, runs in series.items():
-            delays, false_alarms, bars = [], 0, 0
+            delays: list[float] = []
+            false_alarms, bars = 0, 0
             for returns, changes in runs:
                 xs = detector_inputs(kind, returns)
                 shift = len(returns) - len(xs)  # bars the input needs before its first value

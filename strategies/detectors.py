@@ -23,13 +23,13 @@ volatility (see ``strategies.detector_bench``), never on market data.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from metabt.feeds.did_you_mean import did_you_mean
 from metabt.feeds.features import FeatureSpec, log_returns, trailing_vol
 from metabt.strategies.bocpd import BOCPD, BOCPDSettings
 from metabt.strategies.bocpd_ar import ARBOCPD, ARBOCPDSettings
@@ -66,8 +66,8 @@ DETECTORS: dict[str, type[AnyDetector]] = {
 
 
 def _hint(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    suggestion = did_you_mean(word, options)
+    return f"; {suggestion}" if suggestion else ""
 
 
 def make_detector(name: str, **settings: Any) -> AnyDetector:

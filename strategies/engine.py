@@ -179,7 +179,7 @@ def run_backtest(
         cerebro.adddata(feed_factory(symbol, frame), name=symbol)
 
     if len(set(last_bars.values())) > 1:
-        early = min(last_bars, key=last_bars.get)
+        early = min(last_bars, key=lambda symbol: last_bars[symbol])
         warnings.warn(
             f"feeds end on different days ({early} on {last_bars[early].date()}, latest on "
             f"{max(last_bars.values()).date()}): after its last bar an asset's position is "

@@ -37,7 +37,7 @@ from metabt.metamodels import numpy_policy
 from metabt.metamodels.numpy_policy import NumpyParams
 from metabt.strategies.adaptive_policy import AdaptivePolicy, InSampleError, load_policy
 from metabt.strategies.base import TargetWeightStrategy
-from metabt.strategies.detectors import make_detector
+from metabt.strategies.detectors import AnyDetector, make_detector
 
 TRIGGERS = ("regime", "calendar", "never", "oracle")
 # The policy's position moves a little on every bar; re-ordering each wiggle
@@ -53,7 +53,7 @@ class _AssetState:
         self,
         d: bt.LineSeries,
         names: tuple[str, ...],
-        detector: object,
+        detector: AnyDetector,
         params: list[NumpyParams],
         keep: int,
     ) -> None:

@@ -180,7 +180,9 @@ class AutocorrRule(TargetWeightStrategy):
         super().__init__()
         if self.p.window < 3:
             raise ValueError(f"AutocorrRule needs window >= 3, got {self.p.window}")
-        self._returns = {d: deque(maxlen=self.p.window + 1) for d in self.datas}
+        self._returns: dict[bt.DataBase, deque[float]] = {
+            d: deque(maxlen=self.p.window + 1) for d in self.datas
+        }
         self._seen = {d: 0 for d in self.datas}
 
     def target_weights(self) -> dict:

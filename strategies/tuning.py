@@ -9,7 +9,6 @@ joblib (loky processes), one backtest each.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
+from metabt.feeds.did_you_mean import did_you_mean
 from metabt.strategies.engine import CostSpec, run_backtest
 from metabt.strategies.static import STATIC_STRATEGIES
 
@@ -77,19 +77,18 @@ def expand_grid(grid: dict[str, list]) -> list[dict]:
 
 def _check_grid(name: str, grid: dict[str, list]) -> None:
     if name not in STATIC_STRATEGIES:
-        hint = difflib.get_close_matches(name, STATIC_STRATEGIES, n=1)
+        hint = did_you_mean(name, STATIC_STRATEGIES)
         raise ValueError(
             f"unknown static strategy {name!r}"
-            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + (f"; {hint}" if hint else "")
             + f" (known: {', '.join(STATIC_STRATEGIES)})"
         )
     known = set(STATIC_STRATEGIES[name].params._getkeys())
     for key, values in grid.items():
         if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
+            hint = did_you_mean(key, known)
             raise ValueError(
-                f"{name}: unknown grid parameter {key!r}"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                f"{name}: unknown grid parameter {key!r}" + (f"; {hint}" if hint else "")
             )
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"{name}: grid[{key!r}] must be a non-empty list of values")

@@ -17,12 +17,11 @@ import torch
 from metabt.metamodels.checkpoint import (
     SIDECAR_FILE,
     WEIGHTS_FILE,
-    CheckpointError,
-    CheckpointMeta,
     load_checkpoint,
     save_checkpoint,
     split_inner_lrs,
 )
+from metabt.metamodels.checkpoint_meta import CheckpointError, CheckpointMeta
 
 
 def _tensors(seed: int = 0, per_parameter_lr: bool = True) -> dict[str, torch.Tensor]:
@@ -213,6 +212,18 @@ def test_unknown_nested_key_is_named(ckpt: Path) -> None:
     sidecar["inner"]["stpes"] = 3
     _write_sidecar(ckpt, sidecar)
     with pytest.raises(CheckpointError, match=r"unknown key 'inner.stpes' \(did you mean 'steps'"):
+        load_checkpoint(ckpt)
+
+
+def test_unknown_key_inside_a_tensor_entry_is_named(ckpt: Path) -> None:
+    # tensors is a dict name -> entry: the hint looks inside the entry, past the tensor's name.
+    sidecar = _sidecar(ckpt)
+    entry = sidecar["tensors"]["net.0.bias"]
+    entry["shapes"] = entry.pop("shape")
+    _write_sidecar(ckpt, sidecar)
+    with pytest.raises(
+        CheckpointError, match=r"'tensors.net.0.bias.shapes' \(did you mean 'shape'"
+    ):
         load_checkpoint(ckpt)
 
 

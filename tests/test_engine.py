@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import absurd_after, assert_same_upto, cut_at, random_frames, upto
 
 from metabt.feeds.errors import DataError
 from metabt.strategies.base import TargetWeightStrategy
@@ -12,33 +13,6 @@ from metabt.strategies.engine import CostSpec, run_backtest
 from metabt.strategies.static import BuyAndHold, Momentum, RsiReversion, SmaCross
 
 COSTS = CostSpec(commission_bps=5.0, slippage_bps=5.0)
-
-
-def random_frames(n_assets: int = 3, n_bars: int = 300, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Seeded random walks with overnight gaps; high/low touch the open or close on many bars."""
-    rng = np.random.default_rng(seed)
-    idx = pd.bdate_range("2015-01-01", periods=n_bars, name="date")
-    frames = {}
-    for i in range(n_assets):
-        close = 100.0 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, n_bars)))
-        prev = np.concatenate([[100.0], close[:-1]])
-        open_ = prev * np.exp(rng.normal(0.0, 0.004, n_bars))
-        # No extra range on half the bars: open == high or low there, so a
-        # slipped fill lies outside the bar and must still pay full slippage.
-        extra = rng.uniform(0.0, 0.01, n_bars) * (rng.random(n_bars) < 0.5)
-        high = np.maximum(open_, close) * (1 + extra)
-        low = np.minimum(open_, close) * (1 - extra)
-        frames[f"A{i}"] = pd.DataFrame(
-            {
-                "open": open_,
-                "high": high,
-                "low": low,
-                "close": close,
-                "volume": rng.uniform(1e5, 1e6, n_bars),
-            },
-            index=idx,
-        )
-    return frames
 
 
 class Alternating(TargetWeightStrategy):
@@ -113,12 +87,6 @@ def test_no_orders_before_trade_start_and_returns_start_there():
     assert res.returns.index.tz is None and res.returns.index.name == "date"
 
 
-def _cut(res, t):
-    w = res.weights[res.weights["date"] <= t].reset_index(drop=True)
-    tr = res.trades[res.trades["date"] <= t].reset_index(drop=True)
-    return w, tr, res.returns.loc[:t]
-
-
 STRATS = [
     (SmaCross, {"fast": 5, "slow": 30, "allow_short": True}),
     (Momentum, {"lookback": 20, "allow_short": True}),
@@ -134,25 +102,10 @@ def test_prefix_invariance_no_look_ahead(cls, params):
     full = run_backtest(frames, cls, params, COSTS, trade_start=start)
     for cut in (100, 180):
         t = frames["A0"].index[cut]
-        short = run_backtest(
-            {k: f.loc[:t] for k, f in frames.items()}, cls, params, COSTS, trade_start=start
-        )
-        absurd = {}
-        for k, f in frames.items():
-            g = f.copy()
-            after = g.index > t
-            g.loc[after, ["open", "high", "low", "close"]] = (
-                1e6 * (1 + np.arange(after.sum()))[:, None]
-            )
-            absurd[k] = g
-        weird = run_backtest(absurd, cls, params, COSTS, trade_start=start)
-        w0, tr0, r0 = _cut(full, t)
-        assert len(w0) > 0
-        for other in (short, weird):
-            w, tr, r = _cut(other, t)
-            pd.testing.assert_frame_equal(w, w0)
-            pd.testing.assert_frame_equal(tr, tr0)
-            pd.testing.assert_series_equal(r, r0)
+        assert len(upto(full, t)[0]) > 0
+        for variant in (cut_at(frames, t), absurd_after(frames, t)):
+            other = run_backtest(variant, cls, params, COSTS, trade_start=start)
+            assert_same_upto(other, full, t)
 
 
 @pytest.mark.parametrize("cls,params", STRATS[:3], ids=lambda x: getattr(x, "__name__", ""))

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import invoke_cli, one_line, paper_ledger
 
-from metabt.backtests.paper.ledger import DB_FILE, read_rows
+from metabt.backtests.paper.ledger import DB_FILE
 from metabt.backtests.paper.manifest import MANIFEST_FILE
 from metabt.feeds.loaders import sample_data_dir
 
@@ -62,14 +63,6 @@ names = ["buy_and_hold", "momentum"]
 momentum = { lookback = [63] }
 """
 PAPER_START = "2008-03-18"
-
-
-def one_line(result, code: int = 2) -> str:
-    """The single stderr line of a refused command (asserting there is exactly one)."""
-    assert result.code == code, (result.code, result.err, result.out[-500:])
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.err, result.err
-    return lines[0]
 
 
 def sample_rows(symbol: str = "SPY", first: str = "2007-01-03", n: int = 60) -> list[str]:
@@ -399,26 +392,11 @@ def test_overwrite_replaces_a_run_and_an_accepted_gap_is_warned_in_it(
 # -- paper state damage, revised history, rebuild -----------------------------------------------
 
 
-def _ledger(state: Path) -> dict[str, list[tuple]]:
-    conn = sqlite3.connect(state / DB_FILE)
-    try:
-        rows = read_rows(conn)
-        rows["bars"] = conn.execute("SELECT * FROM bars ORDER BY date, asset").fetchall()
-        rows["processed"] = conn.execute(
-            "SELECT date, bar_no, n_orders, n_fills FROM processed ORDER BY date"
-        ).fetchall()
-        return rows
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory, config):
     """A checkpoint trained before the paper start, and a state that traded 3 bars on a copy of
     the sample files."""
     import types
-
-    from metabt.backtests.cli import main
 
     root = tmp_path_factory.mktemp("paperguards")
     data = root / "data"
@@ -426,14 +404,9 @@ def paper(tmp_path_factory, config):
     for symbol in SYMBOLS:
         shutil.copy(sample_data_dir() / f"{symbol}.csv", data / f"{symbol}.csv")
 
-    def cli(*args: str) -> None:
-        argv, sys.argv = sys.argv, ["metabt", *map(str, args)]
-        try:
-            main()
-        except SystemExit as exc:
-            assert exc.code in (0, None), args
-        finally:
-            sys.argv = argv
+    def cli(*args: object) -> None:
+        result = invoke_cli(*args)
+        assert result.code == 0, (args, result.err)
 
     cli("train", config, "--split", PAPER_START, "--out", root / "ckpt", "--data", data)
     state = root / "state"
@@ -453,7 +426,12 @@ def paper(tmp_path_factory, config):
         data,
     )
     return types.SimpleNamespace(
-        root=root, data=data, state=state, ckpt=root / "ckpt", config=config, ledger=_ledger(state)
+        root=root,
+        data=data,
+        state=state,
+        ckpt=root / "ckpt",
+        config=config,
+        ledger=paper_ledger(state),
     )
 
 
@@ -604,7 +582,7 @@ def test_accepted_revision_is_logged_and_trading_continues(paper, tmp_path, run_
     conn.close()
     assert logged == [("2008-03-19", "SPY", "high")]
     # The ledger keeps what was traded: the stored bar is the original one.
-    assert _ledger(state)["bars"][: len(paper.ledger["bars"])] == paper.ledger["bars"]
+    assert paper_ledger(state)["bars"][: len(paper.ledger["bars"])] == paper.ledger["bars"]
     # Accepted once is accepted: resuming again without the flag goes on.
     again = run_cli(*[*_run_args(paper, state)[:-1], revised], "--max-bars", "1")
     assert again.code == 0, again.err
@@ -620,7 +598,7 @@ def test_rebuild_recreates_the_same_ledger_and_keeps_the_damaged_file(
     result = run_cli("paper", "rebuild", "--state", state, "--data", paper.data)
     assert result.code == 0, result.err
     assert "3 bars re-traded up to 2008-03-20" in result.out
-    assert _ledger(state) == paper.ledger
+    assert paper_ledger(state) == paper.ledger
     kept = list(state.glob(f"{DB_FILE}.damaged-*"))
     assert [k.read_bytes() for k in kept] == [broken]
     assert run_cli(*_run_args(paper, state), "--max-bars", "1").code == 0
@@ -666,7 +644,7 @@ def test_status_reads_a_read_only_state_and_run_refuses_it(paper, tmp_path):
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write the paper state" in lines[0], run.stderr
-    assert _ledger(state) == paper.ledger
+    assert paper_ledger(state) == paper.ledger
 
 
 def test_a_long_step_prints_progress_when_output_is_piped(tmp_path, config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import absurd_after, assert_same_upto, cut_at, upto
 
 from metabt.feeds.btfeed import make_feature_feed
 from metabt.feeds.features import FeatureSpec
@@ -53,24 +54,6 @@ def run(frames, trade_start, **params):
     )
 
 
-def upto(res, t):
-    w = res.weights[res.weights["date"] <= t].reset_index(drop=True)
-    tr = res.trades[res.trades["date"] <= t].reset_index(drop=True)
-    ev = pd.DataFrame(res.events)
-    ev = ev[pd.to_datetime(ev["date"]) <= t].reset_index(drop=True) if len(ev) else ev
-    return w, tr, ev, res.returns.loc[:t]
-
-
-def absurd_after(frames, t):
-    out = {}
-    for symbol, frame in frames.items():
-        g = frame.copy()
-        after = g.index > t
-        g.loc[after, ["open", "high", "low", "close"]] = 1e6 * (1 + np.arange(after.sum()))[:, None]
-        out[symbol] = g
-    return out
-
-
 @pytest.mark.parametrize(
     "trigger, detector", [("regime", "bocpd_ar"), ("regime", "loss"), ("calendar", "bocpd_ar")]
 )
@@ -82,11 +65,8 @@ def test_positions_orders_and_adaptations_up_to_t_ignore_the_future(frames, trig
         t = frames["SPY"].index[cut]
         expected = upto(full, t)
         assert len(expected[0]) > 0
-        for variant in ({k: f.loc[:t] for k, f in frames.items()}, absurd_after(frames, t)):
-            got = upto(run(variant, start, trigger=trigger, detector=detector), t)
-            for a, b in zip(got[:3], expected[:3]):
-                pd.testing.assert_frame_equal(a, b)
-            pd.testing.assert_series_equal(got[3], expected[3])
+        for variant in (cut_at(frames, t), absurd_after(frames, t)):
+            assert_same_upto(run(variant, start, trigger=trigger, detector=detector), full, t)
 
 
 def test_runonce_and_preload_modes_agree(frames):

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import paper_ledger
 
 from metabt.backtests.config import build_specs, load_config
 from metabt.backtests.data import load_study_data
-from metabt.backtests.paper.ledger import DB_FILE, PaperError, StateLock, integrity_ok, read_rows
+from metabt.backtests.paper.ledger import DB_FILE, PaperError, StateLock, integrity_ok
 from metabt.backtests.paper.loop import CRASH_ENV, PaperLoop
 from metabt.backtests.paper.session import PaperOptions, open_session
 from metabt.backtests.paper.sources import ReplaySource, YahooSource
@@ -57,20 +58,6 @@ warmup_bars = 280  # more than the 253-bar feature warm-up
 # every change of target is ordered, so the paper and backtest orders have something to agree on
 rebalance_threshold = 0.0
 """
-
-
-def _ledger(state: Path) -> dict[str, list[tuple]]:
-    """Every row a paper run keeps, except wall-clock timings."""
-    conn = sqlite3.connect(state / DB_FILE)
-    try:
-        rows = read_rows(conn)
-        rows["bars"] = conn.execute("SELECT * FROM bars ORDER BY date, asset").fetchall()
-        rows["processed"] = conn.execute(
-            "SELECT date, bar_no, n_orders, n_fills FROM processed ORDER BY date"
-        ).fetchall()
-        return rows
-    finally:
-        conn.close()
 
 
 def _options(paper, state: Path, **kw) -> PaperOptions:
@@ -138,7 +125,7 @@ def paper(tmp_path_factory):
     paper = types.SimpleNamespace(config=config_path, ckpt=ckpt, root=root)
     paper.state = root / "baseline"
     assert _run(_options(paper, paper.state)) == 9
-    paper.ledger = _ledger(paper.state)
+    paper.ledger = paper_ledger(paper.state)
 
     # What `metabt backtest` runs for meta_adaptive, with the paper start as the split.
     loaded, _ = load_model(ckpt)
@@ -232,7 +219,7 @@ def test_sigkill_at_any_point_then_restart_gives_the_uninterrupted_ledger(
     resumed = _cli(paper, state)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{kept} bars already traded" in resumed.stdout
-    assert _ledger(state) == paper.ledger
+    assert paper_ledger(state) == paper.ledger
     conn = sqlite3.connect(state / DB_FILE)
     assert integrity_ok(conn)
     conn.close()
@@ -254,7 +241,7 @@ def test_reprocessing_bars_inserts_nothing(paper, tmp_path):
             loop.process_bar(changed)
     finally:
         session.close()
-    assert _ledger(state) == paper.ledger
+    assert paper_ledger(state) == paper.ledger
 
 
 def test_a_conflicting_row_for_the_next_bar_is_refused_and_nothing_is_written(paper, tmp_path):
@@ -271,13 +258,13 @@ def test_a_conflicting_row_for_the_next_bar_is_refused_and_nothing_is_written(pa
         session.conn.execute(
             "INSERT INTO targets (date, asset, weight) VALUES (?, ?, ?)", (day, asset, weight + 0.5)
         )
-        before = _ledger(state)
+        before = paper_ledger(state)
         with pytest.raises(PaperError, match="already holds other rows for this bar"):
             loop.process_bar(bar)
         assert session.last_bar < bar.date and session.n_processed == 3
     finally:
         session.close()
-    after = _ledger(state)
+    after = paper_ledger(state)
     assert after == before
     assert day not in {row[0] for row in after["processed"]}
     assert day not in {row[0] for row in after["bars"]}
@@ -374,7 +361,7 @@ def test_checkpoint_changed_under_a_running_state_is_refused(paper, tmp_path, ru
         str(START.date()),
     )
     assert run_cli(*args, "--max-bars", "2").code == 0
-    before = _ledger(state)
+    before = paper_ledger(state)
     # A valid checkpoint with other weights: it loads fine, but it is not what was traded.
     model, _ = load_model(ckpt)
     other = {k: v + 0.01 for k, v in model.params.items()}
@@ -383,7 +370,7 @@ def test_checkpoint_changed_under_a_running_state_is_refused(paper, tmp_path, ru
     assert result.code == 2 and "changed since this paper state started" in result.err
     _tamper(ckpt)
     assert run_cli(*args).code == 2
-    assert _ledger(state) == before
+    assert paper_ledger(state) == before
 
 
 # -- status, report, sources, bad input --------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import random_frames as shared_random_frames
 
 from metabt.strategies.engine import CostSpec, run_backtest
 from metabt.strategies.static import (
@@ -23,24 +25,8 @@ from metabt.strategies.tuning import annualised_sharpe, expand_grid, tune_static
 COSTS = CostSpec()
 
 
-def random_frames(n_assets: int = 2, n_bars: int = 300, seed: int = 0) -> dict[str, pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    idx = pd.bdate_range("2012-01-02", periods=n_bars, name="date")
-    frames = {}
-    for i in range(n_assets):
-        close = 50.0 * np.exp(np.cumsum(rng.normal(0.0002, 0.015, n_bars)))
-        open_ = np.concatenate([[50.0], close[:-1]]) * np.exp(rng.normal(0.0, 0.003, n_bars))
-        frames[f"S{i}"] = pd.DataFrame(
-            {
-                "open": open_,
-                "high": np.maximum(open_, close) * 1.005,
-                "low": np.minimum(open_, close) * 0.995,
-                "close": close,
-                "volume": np.full(n_bars, 1e6),
-            },
-            index=idx,
-        )
-    return frames
+# Two assets S0, S1 from 2012 unless a test asks for more.
+random_frames = partial(shared_random_frames, n_assets=2, start="2012-01-02", prefix="S")
 
 
 def decided(res) -> pd.DataFrame:

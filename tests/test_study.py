@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import quantstats as qs
+from conftest import invoke_cli
 
 from metabt.backtests.config import load_config
 
@@ -59,19 +60,9 @@ METRICS = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    import sys
-
-    from metabt.backtests.cli import main
-
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    argv = sys.argv
-    sys.argv = ["metabt", "backtest", str(TINY), "--out", str(out)]
-    try:
-        main()
-    except SystemExit as exc:
-        assert exc.code in (0, None)
-    finally:
-        sys.argv = argv
+    result = invoke_cli("backtest", TINY, "--out", out)
+    assert result.code == 0, result.err
     return out
 
 
@@ -125,19 +116,9 @@ SHORT_END = "2008-12-31"  # the tiny study cut six months early, split unchanged
 @pytest.fixture(scope="module")
 def short_run_dir(tmp_path_factory) -> Path:
     """The tiny study with every bar after SHORT_END dropped."""
-    import sys
-
-    from metabt.backtests.cli import main
-
     out = tmp_path_factory.mktemp("runs") / "short"
-    argv = sys.argv
-    sys.argv = ["metabt", "backtest", str(TINY), "--end", SHORT_END, "--out", str(out)]
-    try:
-        main()
-    except SystemExit as exc:
-        assert exc.code in (0, None)
-    finally:
-        sys.argv = argv
+    result = invoke_cli("backtest", TINY, "--end", SHORT_END, "--out", out)
+    assert result.code == 0, result.err
     return out
 
 

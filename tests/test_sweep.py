@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import invoke_cli
 
 from metabt.backtests.config import load_config
 from metabt.backtests.sweep import SweepError, expand, parse_grid, parse_seeds, parse_universes
@@ -57,22 +57,9 @@ names = ["buy_and_hold"]
 
 
 def _cli(*args: object) -> tuple[int, str]:
-    """Run ``metabt ARGS`` in-process through the real entry point; exit code, stdout + stderr."""
-    import contextlib
-    import io
-
-    from metabt.backtests.cli import main
-
-    argv, sys.argv = sys.argv, ["metabt", *map(str, args)]
-    buffer, code = io.StringIO(), 0
-    try:
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    finally:
-        sys.argv = argv
-    return code, buffer.getvalue()
+    """Exit code and stdout + stderr of ``metabt ARGS``."""
+    result = invoke_cli(*args)
+    return result.code, result.out + result.err
 
 
 def _sweep(config: Path, data: Path, out: Path, *extra: object) -> tuple[int, str]:

@@ -8,7 +8,7 @@ action is a subcommand. Bad input raises the library's one-line errors, which
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from metabt.backtests.heartbeat import Heartbeat
+from metabt.backtests.overrides import SetOpt
 from metabt.backtests.paper.ledger import PaperError
 from metabt.backtests.paper.sources import SOURCES
 
@@ -27,7 +28,7 @@ console = Console(soft_wrap=True)
 StateOpt = Annotated[Path, typer.Option("--state", help="Folder of the paper state (SQLite).")]
 
 
-def _date(text: str | None) -> object:
+def _date(text: str | None) -> date | None:
     if text is None:
         return None
     try:
@@ -83,6 +84,7 @@ def run(
     allow_gaps: Annotated[
         bool, typer.Option("--allow-gaps", help="Accept more than 30 days between bars.")
     ] = False,
+    settings: SetOpt = None,
 ) -> None:
     """Paper-trade bar by bar; resumable, crash-safe.
 
@@ -106,6 +108,7 @@ def run(
         accept_revised_history=accept_revised_history,
         allow_jumps=allow_jumps,
         allow_gaps=allow_gaps,
+        settings=tuple(settings or ()),
     )
     with Heartbeat(console):  # meta-training a new state's model can take minutes
         session = open_session(options)

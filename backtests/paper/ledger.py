@@ -329,7 +329,8 @@ def read_rows(conn: sqlite3.Connection, date: str | None = None, upto: str | Non
     out: Rows = {}
     for table, (cols, key) in LEDGER.items():
         quoted = ", ".join(f'"{c}"' for c in cols)
-        where, args = "", ()
+        where = ""
+        args: tuple[str, ...] = ()
         if date is not None:
             where, args = "WHERE date = ?", (date,)
         elif upto is not None:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from metabt.backtests.config import StudyConfig, build_specs, load_config, with_overrides
+from metabt.backtests.config import StudyConfig, build_specs, with_overrides
+from metabt.backtests.overrides import load_with_settings
 from metabt.backtests.paper.history import check_history
 from metabt.backtests.paper.ledger import (
     DB_FILE,
@@ -48,7 +49,8 @@ from metabt.backtests.runner import meta_adaptive_params, train_meta, warmup_sta
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.loaders import Frames, slice_period
-from metabt.metamodels.checkpoint import SIDECAR_FILE, WEIGHTS_FILE, CheckpointError
+from metabt.metamodels.checkpoint import SIDECAR_FILE, WEIGHTS_FILE
+from metabt.metamodels.checkpoint_meta import CheckpointError
 from metabt.metamodels.model import MetaModel
 from metabt.metamodels.model_io import load_model, save_model
 from metabt.strategies.engine import CostSpec
@@ -78,6 +80,7 @@ class PaperOptions:
         accept_revised_history (bool): resume although the source changed bars already
             traded (the changes are logged in the ledger's ``revisions`` table).
         allow_jumps, allow_gaps (bool): as ``--allow-jumps`` / ``--allow-gaps`` of a backtest.
+        settings (tuple[str, ...]): ``--set section.key=value`` overrides of the config.
     """
 
     config_path: Path
@@ -92,6 +95,7 @@ class PaperOptions:
     accept_revised_history: bool = False
     allow_jumps: bool = False
     allow_gaps: bool = False
+    settings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -121,7 +125,7 @@ class Session:
 
 
 def resolve_config(options: PaperOptions) -> StudyConfig:
-    config = load_config(options.config_path)
+    config = load_with_settings(options.config_path, options.settings)
     overrides: dict[str, object] = {
         "allow_jumps": options.allow_jumps or None,
         "allow_gaps": options.allow_gaps or None,

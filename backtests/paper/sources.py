@@ -35,7 +35,7 @@ class Bar:
     """One closed trading day: ``date`` and each asset's OHLCV row (absent: no bar that day)."""
 
     date: pd.Timestamp
-    rows: dict[str, tuple[float, float, float, float, float]]
+    rows: dict[str, tuple[float, ...]]  # open, high, low, close, volume
 
 
 def bars_after(

@@ -90,13 +90,13 @@ class ServeProcess:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        out = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+        out = open(log, "w") if log is not None else None  # noqa: SIM115
         self._out = out
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "metabt", "serve", "--port", str(self.port), *args],
             cwd=cwd,
             env={**os.environ, **(env or {}), "METABT_API_KEYS": keys},
-            stdout=out,
+            stdout=out if out is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
 
@@ -130,7 +130,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self._out is not subprocess.DEVNULL:
+        if self._out is not None:
             self._out.close()
 
 

@@ -27,7 +27,8 @@ from metabt.backtests.config import ConfigError, Specs, StudyConfig, build_specs
 from metabt.backtests.paper.session import checkpoint_sha256
 from metabt.backtests.serve import ServeError
 from metabt.feeds.errors import DataError
-from metabt.metamodels.checkpoint import SIDECAR_FILE, CheckpointError
+from metabt.metamodels.checkpoint import SIDECAR_FILE
+from metabt.metamodels.checkpoint_meta import CheckpointError
 from metabt.metamodels.model import MetaModel
 from metabt.metamodels.model_io import load_model
 

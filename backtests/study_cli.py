@@ -1,0 +1,116 @@
+"""``metabt study NAME`` and ``metabt choose-defaults CONFIG``: shipped studies, their tuning.
+
+Both follow the conventions of :mod:`backtests.cli`: the rich console, ``--set
+section.key=value`` for any config key, and bad input as one line on stderr with exit code 2
+(``backtests.cli.main`` turns the library's errors into that line).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from metabt.backtests.config import ConfigError, configs_dir
+from metabt.backtests.outdir import check_out
+from metabt.backtests.overrides import SetOpt, load_with_settings
+from metabt.feeds.did_you_mean import did_you_mean
+
+#: The studies shipped in backtests/configs/, one TOML file each.
+STUDIES = tuple(sorted(path.stem for path in configs_dir().glob("*.toml")))
+
+
+def study(
+    name: Annotated[str, typer.Argument(metavar="NAME", help=f"One of {', '.join(STUDIES)}.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Run folder (default runs/NAME, replaced on each run)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the earlier run in --out.")
+    ] = False,
+    settings: SetOpt = None,
+) -> None:
+    """Run one of the shipped studies (backtests/configs/NAME.toml) into a run folder."""
+    from metabt.backtests.cli import console, run_to_folder
+
+    if name not in STUDIES:
+        hint = did_you_mean(name, STUDIES)
+        raise ConfigError(
+            f"study {name!r} is not shipped{'; ' + hint if hint else ''} "
+            f"(shipped: {', '.join(STUDIES)}); run any other config with metabt backtest CONFIG"
+        )
+    config = load_with_settings(configs_dir() / f"{name}.toml", settings or [])
+    # Like the demo, the default folder belongs to the command: running it again replaces it.
+    folder = out or Path("runs") / name
+    check_out(folder, overwrite or out is None)  # before minutes of work, not after
+    run_to_folder(config, folder, console=console)
+    if config.study == "volatility":  # forecasts scored, no trading comparison to point at
+        console.print(f"\n[bold]run folder:[/bold] {folder}   see {folder / 'volatility.md'}")
+        return
+    metrics = json.loads((folder / "metrics.json").read_text())
+    sharpe = metrics.get("meta_adaptive", {}).get("sharpe")
+    console.print(
+        f"\n[bold]run folder:[/bold] {folder}   meta_adaptive Sharpe {sharpe}   "
+        f"[bold]comparison:[/bold] {folder / 'comparison.md'}"
+    )
+
+
+def choose_defaults(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
+    candidates: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--candidate",
+            metavar="SECTION.KEY=VALUE",
+            help="One candidate setting to validate (repeat); none: the config as is.",
+        ),
+    ] = None,
+    fraction: Annotated[
+        float,
+        typer.Option(
+            "--fraction", min=0.05, max=0.95, help="Share of the training period to validate on."
+        ),
+    ] = 0.3,
+    settings: SetOpt = None,
+) -> None:
+    """Compare candidate settings on the last part of the training period, never the test period.
+
+    Each --candidate is one full study run on the validation split; --set changes the
+    config for all of them.
+    """
+    from metabt.backtests.choose_defaults import validation_config, validation_sharpes
+    from metabt.backtests.cli import console
+
+    base = validation_config(load_with_settings(config_path, settings or []), fraction)
+    console.print(
+        f"validation: train {base.data.start} .. {base.data.split}, "
+        f"validate {base.data.split} .. {base.data.end}"
+    )
+    # Per-run notes (a late indicator, an order re-tried) would drown the one table this
+    # prints; they are counted instead.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = validation_sharpes(base, candidates or [])
+    table = Table(title="validation Sharpe (inside the training period)")
+    table.add_column("candidate")
+    names = list(next(iter(rows.values())))
+    for name in names:
+        table.add_column(name, justify="right")
+    for candidate, sharpe in rows.items():
+        table.add_row(
+            candidate, *(f"{sharpe[n]:.2f}" if sharpe[n] is not None else "-" for n in names)
+        )
+    console.print(table)
+    if caught:
+        console.print(f"{len({str(w.message) for w in caught})} distinct warnings not shown")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``study`` and ``choose-defaults`` commands to ``app``."""
+    app.command("study")(study)
+    app.command("choose-defaults")(choose_defaults)
