@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import one_line
 
-from metabt.backtests.config import ConfigError, load_config
+from metabt.backtests.config import ConfigError, configs_dir, load_config
 from metabt.backtests.overrides import load_with_settings, parse_setting
 
 TINY = Path(__file__).parent / "data" / "tiny_basket.toml"
@@ -97,7 +97,8 @@ def test_a_bad_set_names_itself(setting, needle, tmp_path, run_cli):
 def test_study_names_the_shipped_studies_and_hints_a_typo(run_cli):
     line = one_line(run_cli("study", "basekt"))
     assert "did you mean 'basket'?" in line
-    assert "(shipped: basket, prediction, recent, single_asset, synthetic)" in line
+    shipped = sorted(path.stem for path in configs_dir().glob("*.toml"))
+    assert f"(shipped: {', '.join(shipped)})" in line
 
 
 def test_choose_defaults_checks_every_candidate_before_the_first_run(run_cli):
