@@ -97,7 +97,7 @@ def _flat(figures: Figures) -> list[tuple[str, Any]]:
     return rows
 
 
-def _target_row(target: Target, figures: Figures) -> tuple[str, str, str, Text]:
+def _target_row(target: Target, figures: Figures) -> tuple[Text, str, str, Text]:
     value = figure(figures, target.key)
     met = target.met(value)
     verdict = (

@@ -330,6 +330,8 @@ def train(
     save_model(model, out, config.model_dump(mode="json", exclude_none=True))
     best = model.history.get("val_loss") or [float("nan")]
     frames = study_data.frames
+    if model.train_period is None:  # train_meta records it on every model it returns
+        raise RuntimeError("the trained model records no training period")
     periods = f"trained on bars {bar_dates(frames, *model.train_period)}"
     if model.val_period is not None:
         periods += f", validated on bars {bar_dates(frames, *model.val_period)}"

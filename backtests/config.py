@@ -291,7 +291,10 @@ class WalkForwardConfig(_Section):
         return value
 
 
-VolFeaturesConfig = _section_of(VolFeatureSpec)
+if TYPE_CHECKING:
+    VolFeaturesConfig: TypeAlias = Any  # built at run time, like the sections above
+else:
+    VolFeaturesConfig = _section_of(VolFeatureSpec)
 Estimator = Literal[ESTIMATORS]  # type: ignore[valid-type]
 
 
@@ -310,7 +313,7 @@ class VolatilityConfig(_Section):
         "tsmom_vt",
         "meta_adaptive",
     ]
-    meta: MetaConfig = MetaConfig()  # type: ignore[valid-type]
+    meta: MetaConfig = MetaConfig()
     # Symbols left out of meta-training (the forecaster never saw them before the test).
     heldout: list[str] = []
     # GARCH / GJR / HAR: bars between re-fits after the split (0 = fit once on training).
@@ -322,7 +325,7 @@ class VolatilityConfig(_Section):
     min_window: int = Field(MetaVolSchedule.min_window, ge=2, le=2_520)
     max_window: int = Field(MetaVolSchedule.max_window, ge=2, le=2_520)
     readapt_every: int = Field(MetaVolSchedule.readapt_every, ge=1, le=2_520)
-    features: VolFeaturesConfig = VolFeaturesConfig()  # type: ignore[valid-type]
+    features: VolFeaturesConfig = VolFeaturesConfig()
 
     @model_validator(mode="after")
     def _windows(self) -> VolatilityConfig:

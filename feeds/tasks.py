@@ -125,7 +125,7 @@ class TaskBatch:
         return out
 
 
-def _task_rows(frame: pd.DataFrame, spec: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _task_rows(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, labels and ``1 / vol`` of every bar, float32.
 
     A spec with its own ``task_rows`` (the volatility forecaster's

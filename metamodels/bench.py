@@ -28,7 +28,7 @@ from metabt.feeds.tasks import random_task_batch
 from metabt.metamodels import numpy_policy
 from metabt.metamodels.adapt import adapt
 from metabt.metamodels.bench_targets import targets_of
-from metabt.metamodels.learners import FOMAML, MAML, TorchTasks
+from metabt.metamodels.learners import FOMAML, MAML, MetaLearner, TorchTasks
 from metabt.metamodels.objective import ObjectiveSpec, trading_loss
 from metabt.metamodels.policy import (
     Params,
@@ -51,6 +51,12 @@ def _times_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> np.ndarra
         fn()
         out[i] = (time.perf_counter() - t0) * 1e3
     return out
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    if p.grad is None:  # set by the backward pass before it is read
+        raise RuntimeError("a parameter has no gradient")
+    return p.grad
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -91,8 +97,8 @@ def _higher_step(
                     opt.step(loss(fnet, tasks.support_x[b], tasks.support_y[b]))
                 (loss(fnet, tasks.query_x[b], tasks.query_y[b]) / n).backward()
         lins = [m for m in net if isinstance(m, torch.nn.Linear)]
-        grads = {f"w{i}": m.weight.grad.T.clone() for i, m in enumerate(lins)}
-        grads.update({f"b{i}": m.bias.grad.clone() for i, m in enumerate(lins)})
+        grads = {f"w{i}": _grad(m.weight).T.clone() for i, m in enumerate(lins)}
+        grads.update({f"b{i}": _grad(m.bias).clone() for i, m in enumerate(lins)})
         return grads
 
     return step
@@ -207,7 +213,7 @@ def _run(
     spec, objective = PolicySpec(n_features, (hidden,)), ObjectiveSpec()
     tasks = TorchTasks.from_batch(random_task_batch(n_tasks, support, query, n_features, seed))
     theta = {k: v.requires_grad_(True) for k, v in init_params(spec, seed).items()}
-    kw = {"inner_lr": inner_lr, "inner_steps": inner_steps}
+    kw: dict[str, Any] = {"inner_lr": inner_lr, "inner_steps": inner_steps}
     out: dict[str, Any] = {
         "n_tasks": n_tasks,
         "inner_steps": inner_steps,
@@ -218,7 +224,7 @@ def _run(
         "repeats": repeats,
     }
 
-    def meta_step(learner: MAML) -> Callable[[], dict[str, torch.Tensor]]:
+    def meta_step(learner: MetaLearner) -> Callable[[], dict[str, torch.Tensor]]:
         return lambda: learner.meta_grads(theta, tasks, spec, objective)[1]
 
     engines = {

@@ -124,6 +124,8 @@ def fit_conditioned(
     val_tasks = None if val is None else (TorchTasks.from_batch(val), decision_days(val))
 
     def val_losses() -> tuple[float, float]:
+        if val_tasks is None:  # only called with validation tasks
+            raise ValueError("no validation tasks")
         tasks, days = val_tasks
         with torch.no_grad():
             c = task_contexts(params, tasks, days, policy_spec, bank)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from metabt.feeds.features import LABEL_DELAY, compute_features, compute_labels
+from metabt.feeds.features import LABEL_DELAY, FeatureSpec, compute_features, compute_labels
 from metabt.metamodels.context_policy import (
     ContextSpec,
     context_shapes,
@@ -100,7 +100,7 @@ def day_number(when: object) -> int:
 
 def build_bank(
     frames: Mapping[str, pd.DataFrame],
-    feature_spec: object,
+    feature_spec: FeatureSpec,
     alarms: Alarms,
     start: object,
     end: object,
@@ -144,8 +144,11 @@ def build_bank(
     bm = np.zeros((n, width), np.float32)
     for i, (_, xs, ys, *_) in enumerate(rows):
         bx[i, width - len(ys) :], by[i, width - len(ys) :], bm[i, width - len(ys) :] = xs, ys, 1.0
-    days = [np.array([day_number(r[k]) for r in rows], np.int64) for k in (3, 4, 5)]
-    return SegmentBank(bx, by, bm, np.array([r[0] for r in rows], np.int64), *days, assets)
+    start_day, end_day, known_day = (
+        np.array([day_number(r[k]) for r in rows], np.int64) for k in (3, 4, 5)
+    )
+    asset = np.array([r[0] for r in rows], np.int64)
+    return SegmentBank(bx, by, bm, asset, start_day, end_day, known_day, assets)
 
 
 def memory_shapes(ctx: ContextSpec, spec: MemorySpec) -> dict[str, tuple[int, ...]]:

@@ -212,12 +212,12 @@ def save_vol_model(model: VolModel, path: str | Path, config: dict[str, Any]) ->
     """Write the forecaster as a checkpoint folder (safetensors + JSON sidecar)."""
     tensors = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in model.params.items()}
     per_parameter = isinstance(model.inner_lr, dict)
-    if per_parameter:
+    if isinstance(model.inner_lr, dict):
         tensors.update(
             {
                 INNER_LR_PREFIX + k: torch.as_tensor(v, dtype=torch.float32)
                 for k, v in model.inner_lr.items()
-            }  # type: ignore[union-attr]
+            }
         )
     end = (pd.Timestamp(model.train_period[1]) - pd.Timedelta(days=1)).date().isoformat()
     meta = {
@@ -228,7 +228,7 @@ def save_vol_model(model: VolModel, path: str | Path, config: dict[str, Any]) ->
         "objective": {"loss": "qlike", "log_clip": LOG_CLIP},
         "inner": {
             "steps": model.inner_steps,
-            "lr": None if per_parameter else float(model.inner_lr),  # type: ignore[arg-type]
+            "lr": None if isinstance(model.inner_lr, dict) else float(model.inner_lr),
             "per_parameter_lr": per_parameter,
             "length_power": float(model.lr_length_power),
         },
@@ -259,7 +259,7 @@ def load_vol_model(path: str | Path) -> VolModel:
     end = (pd.Timestamp(meta.training_period.end) + pd.Timedelta(days=1)).date().isoformat()
     return VolModel(
         params=to_numpy(params),
-        inner_lr=to_numpy(lrs) if meta.inner.per_parameter_lr else float(meta.inner.lr),  # type: ignore[arg-type]
+        inner_lr=to_numpy(lrs) if meta.inner.per_parameter_lr else float(meta.inner.lr),
         inner_steps=meta.inner.steps,
         feature_spec=feature_spec,
         task_spec=TaskSpec(**meta.task.model_dump()),

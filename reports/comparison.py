@@ -95,7 +95,9 @@ class Comparison:
     @property
     def headline_comparators(self) -> list[str]:
         """Buy-and-hold and the best static comparator (once if they are the same), if present."""
-        names = [n for n in (BUY_AND_HOLD, self.best_static) if n in self.outcomes]
+        names = [
+            n for n in (BUY_AND_HOLD, self.best_static) if n is not None and n in self.outcomes
+        ]
         return list(dict.fromkeys(names))
 
     @property
@@ -128,11 +130,11 @@ def pick_best_static(
     statics = [n for n in STATIC_COMPARATORS if n in names]
     if not statics:
         return None, ComparatorBasis.NONE
-    in_sample = [n for n in statics if train_best and n in train_best]
+    in_sample = {n: train_best[n] for n in statics if train_best and n in train_best}
     if in_sample:
-        return max(in_sample, key=lambda n: train_best[n]), ComparatorBasis.IN_SAMPLE
-    scored = [n for n in statics if test_sharpe.get(n) is not None]
-    best = max(scored, key=lambda n: test_sharpe[n]) if scored else statics[0]
+        return max(in_sample, key=in_sample.__getitem__), ComparatorBasis.IN_SAMPLE
+    scored = {n: s for n in statics if (s := test_sharpe.get(n)) is not None}
+    best = max(scored, key=scored.__getitem__) if scored else statics[0]
     return best, ComparatorBasis.TEST_SHARPE
 
 
@@ -161,14 +163,17 @@ def _ceiling_shares(metrics: Metrics) -> dict[str, float]:
     bound = metrics.get(CEILING, {}).get("sharpe")
     if bound is None or not math.isfinite(bound) or bound <= 0:
         return {}
-    return {
-        n: m["sharpe"] / bound
-        for n, m in metrics.items()
-        if n != CEILING
-        and n not in STATIC_COMPARATORS
-        and m.get("sharpe") is not None
-        and math.isfinite(m["sharpe"])
-    }
+    shares = {}
+    for n, m in metrics.items():
+        sharpe = m.get("sharpe")
+        if (
+            n != CEILING
+            and n not in STATIC_COMPARATORS
+            and sharpe is not None
+            and math.isfinite(sharpe)
+        ):
+            shares[n] = sharpe / bound
+    return shares
 
 
 def compare(
@@ -212,7 +217,9 @@ def compare(
         )
         for n in names
     }
-    pairs = {}
+    pairs: dict[str, SharpeDiffCI] = {}
+    outcomes: dict[str, Outcome] = {}
+    scale_differs: dict[str, bool] = {}
     if subject is not None:
         pairs = {
             other: sharpe_difference_ci(
@@ -221,17 +228,17 @@ def compare(
             for other in names
             if other != subject
         }
-    outcomes = {
-        other: outcome_of(ci, metrics[subject]["sharpe"], metrics[other]["sharpe"])
-        for other, ci in pairs.items()
-    }
-    scale_differs = {
-        other: any(
-            differ_a_lot(metrics[subject][key], metrics[other][key])
-            for key in ("cagr", "volatility")
-        )
-        for other in pairs
-    }
+        outcomes = {
+            other: outcome_of(ci, metrics[subject]["sharpe"], metrics[other]["sharpe"])
+            for other, ci in pairs.items()
+        }
+        scale_differs = {
+            other: any(
+                differ_a_lot(metrics[subject][key], metrics[other][key])
+                for key in ("cagr", "volatility")
+            )
+            for other in pairs
+        }
     return Comparison(
         title=study.title,
         start=returns.index[0],

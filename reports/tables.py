@@ -61,7 +61,9 @@ def strategy_rows(c: Comparison) -> Rows:
 def pair_rows(c: Comparison) -> Rows:
     """The subject against each other strategy: the Sharpe difference and its interval."""
     header = ["Against", f"Sharpe {c.subject}", "Sharpe other", "Difference", "CI", "Result"]
-    rows = []
+    rows: list[list[str]] = []
+    if c.subject is None:  # no subject, no pairs
+        return header, rows
     for other, ci in c.pairs.items():
         rows.append(
             [

@@ -122,6 +122,8 @@ def verdict(c: Comparison) -> str:
 
 def _numbers(c: Comparison, other: str) -> str:
     """Sharpe, difference and interval; CAGR and volatility too when they differ a lot."""
+    if c.subject is None:  # the callers check it: pairs exist only with a subject
+        raise ValueError("the comparison has no subject")
     mine, theirs = c.metrics[c.subject], c.metrics[other]
     ci = c.pairs[other]
     text = (

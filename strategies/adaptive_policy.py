@@ -127,7 +127,7 @@ def adaptive_policy(
 
 
 @lru_cache(maxsize=8)
-def _load(path: Path, stamp: tuple) -> AdaptivePolicy:
+def _load(path: Path, stamp: tuple) -> AdaptivePolicy | ContextPolicy:
     model, _ = load_model(path)
     return adaptive_policy(model)
 
@@ -139,7 +139,7 @@ def _stamp(path: Path) -> tuple:
     return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir()))
 
 
-def load_policy(path: str | Path) -> AdaptivePolicy:
+def load_policy(path: str | Path) -> AdaptivePolicy | ContextPolicy:
     """Load a checkpoint folder (``metabt train --out``) as a policy ready to trade.
 
     Parameters

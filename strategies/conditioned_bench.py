@@ -9,6 +9,7 @@ folded weights. Random weights of the study's sizes; a bank of
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,9 @@ import numpy as np
 from metabt.metamodels.bench import _times_ms
 from metabt.metamodels.context_policy import ContextSpec, init_context_params
 from metabt.metamodels.memory_policy import BANK, MemorySpec, init_memory_params
+from metabt.metamodels.numpy_policy import positions as numpy_positions
 from metabt.metamodels.objective import ObjectiveSpec
-from metabt.metamodels.policy import PolicySpec, init_params, numpy_positions, to_numpy
+from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
 from metabt.strategies.conditioned_policy import ContextPolicy, MemoryPolicy
 
 TARGETS = {"adapt_p50_ms": 0.25, "infer_us": 20.0, "bank_size": 2000}
@@ -28,7 +30,7 @@ def bench_conditioned(
     n_features: int = 14,
     hidden: int = 16,
     window: int = 120,
-    bank_size: int = TARGETS["bank_size"],
+    bank_size: int = int(TARGETS["bank_size"]),
     seed: int = 0,
 ) -> dict[str, Any]:
     """``context_adapt_p50_ms``, ``memory_adapt_p50_ms``, ``context_infer_us``, ``memory_infer_us``.
@@ -67,10 +69,10 @@ def bench_conditioned(
     out: dict[str, Any] = {}
     bar = x[-1]
     for name, pol in policies.items():
-        t = _times_ms(lambda pol=pol: pol.adapt(x, y, inv_vol, when=when), 400 * repeats)
+        t = _times_ms(partial(pol.adapt, x, y, inv_vol, when=when), 400 * repeats)
         out[f"{name}_adapt_p50_ms"] = float(np.percentile(t, 50))
         adapted = pol.adapt(x, y, inv_vol, when=when)[0]
-        per_bar = _times_ms(lambda a=adapted: numpy_positions(a, bar, spec), 2000 * repeats, 50)
+        per_bar = _times_ms(partial(numpy_positions, adapted, bar, spec), 2000 * repeats, 50)
         out[f"{name}_infer_us"] = 1e3 * float(np.median(per_bar))
     out["conditioned_targets"] = dict(TARGETS)
     return out

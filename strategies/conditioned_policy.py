@@ -89,7 +89,8 @@ class MemoryPolicy(ContextPolicy):
     def attention(self, x: np.ndarray, y: np.ndarray, when: object) -> tuple:
         if when is None:
             raise ValueError("the memory policy needs the decision date (when=...)")
-        day = int(np.datetime64(when, "D").astype(np.int64))
+        # numpy's stubs leave out datetime64(datetime64 | Timestamp, unit), which works.
+        day = int(np.datetime64(when, "D").astype(np.int64))  # type: ignore[call-overload]
         return numpy_attend(self.weights, x, y, day, self.policy_spec)
 
     def context(self, x: np.ndarray, y: np.ndarray, when: object) -> np.ndarray:

@@ -37,6 +37,7 @@ from metabt.metamodels import numpy_policy
 from metabt.metamodels.numpy_policy import NumpyParams
 from metabt.strategies.adaptive_policy import AdaptivePolicy, InSampleError, load_policy
 from metabt.strategies.base import TargetWeightStrategy
+from metabt.strategies.conditioned_policy import ContextPolicy
 from metabt.strategies.detectors import AnyDetector, make_detector
 
 TRIGGERS = ("regime", "calendar", "never", "oracle")
@@ -144,7 +145,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         pols = self.p.policy
         if pols is None:
             raise ValueError("MetaAdaptiveStrategy needs policy=metabt.load_policy(CHECKPOINT)")
-        self._policies: tuple[AdaptivePolicy, ...] = tuple(
+        self._policies: tuple[AdaptivePolicy | ContextPolicy, ...] = tuple(
             load_policy(p) if isinstance(p, (str, Path)) else p
             for p in (pols if isinstance(pols, (tuple, list)) else (pols,))
         )

@@ -244,7 +244,9 @@ def forecast_variances(
     if estimator.startswith("meta") and model is None:
         raise ValueError(f"the {estimator!r} volatility estimator needs a trained VolModel")
     if estimator == "meta_frozen":
-        model = dataclasses.replace(model, inner_steps=0)  # type: ignore[arg-type]
+        if model is None:  # checked above: every meta estimator needs one
+            raise ValueError(f"the {estimator!r} volatility estimator needs a trained VolModel")
+        model = dataclasses.replace(model, inner_steps=0)
     out = {}
     for name, frame in frames.items():
         if estimator == "ewm":
