@@ -35,7 +35,10 @@ def study(
     ] = False,
     settings: SetOpt = None,
 ) -> None:
-    """Run one of the shipped studies (backtests/configs/NAME.toml) into a run folder."""
+    """Run a shipped study by name.
+
+    Run one of the shipped studies (backtests/configs/NAME.toml) into a run folder.
+    """
     from metabt.backtests.cli import console, run_to_folder
 
     if name not in STUDIES:
@@ -78,8 +81,9 @@ def choose_defaults(
     ] = 0.3,
     settings: SetOpt = None,
 ) -> None:
-    """Compare candidate settings on the last part of the training period, never the test period.
+    """Compare candidate settings on validation data.
 
+    Compare candidate settings on the last part of the training period, never the test period.
     Each --candidate is one full study run on the validation split; --set changes the
     config for all of them.
     """

@@ -1,6 +1,6 @@
 """The meta-adaptive strategy decides exactly what it decided before it was made faster.
 
-``tests/data/meta_basket_reference.csv`` holds every target weight and every adaptation
+``tests/data/meta_basket_reference.csv.gz`` holds every target weight and every adaptation
 event of :func:`basket_runs` as computed by the strategy before its per-bar work was
 vectorised (features read from feed lines, one forward pass per asset, the detector's
 Student-t constants recomputed every bar). Regenerate it only for a deliberate change of
@@ -22,7 +22,7 @@ from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
 from metabt.strategies.engine import CostSpec, run_backtest
 from metabt.strategies.meta_adaptive import AdaptivePolicy, MetaAdaptiveStrategy
 
-REFERENCE = Path(__file__).parent / "data" / "meta_basket_reference.csv"
+REFERENCE = Path(__file__).parent / "data" / "meta_basket_reference.csv.gz"
 SPEC = FeatureSpec()
 TRADE_START = pd.Timestamp("2010-06-01")
 

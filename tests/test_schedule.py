@@ -36,9 +36,9 @@ class RecordingPolicy(AdaptivePolicy):
 
     calls: list = field(default_factory=list, compare=False)
 
-    def adapt(self, x, y, inv_vol=None):
+    def adapt(self, x, y, inv_vol=None, when=None):
         self.calls.append((np.array(x), np.array(y), np.array(inv_vol)))
-        return super().adapt(x, y, inv_vol)
+        return super().adapt(x, y, inv_vol, when)
 
 
 def recording_policy() -> RecordingPolicy:

@@ -207,7 +207,7 @@ def rebuild(
 def register(app: typer.Typer) -> None:
     """Add the ``paper`` command group (``run``, ``status``, ``report``, ``rebuild``) to ``app``."""
     paper_app = typer.Typer(
-        help="Paper-trade the meta-adaptive strategy on closed daily bars.", no_args_is_help=True
+        help="Paper-trade the meta strategy on closed daily bars.", no_args_is_help=True
     )
     paper_app.command("run")(run)
     paper_app.command("status")(status)
