@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from metabt.backtests.heartbeat import Heartbeat
-from metabt.metamodels.bench_targets import TARGETS, Target, figure
+from metabt.metamodels.bench_targets import AR_FLIP_MAX_FALSE_ALARMS, TARGETS, Target, figure
 
 Figures = dict[str, Any]
 Stage = tuple[str, Callable[[], Figures]]
@@ -28,13 +28,18 @@ def bench_stages(repeats: int, serve: bool) -> list[Stage]:
     """The measurements, in the order they run, each returning figures to merge."""
     from metabt.metamodels.bench import run_bench
     from metabt.strategies.conditioned_bench import bench_conditioned
+    from metabt.strategies.detection_bound import ar_flip_bound
     from metabt.strategies.detector_bench import bench_ar_flips, bench_detectors
     from metabt.strategies.speed_bench import bench_strategy_speed
 
     def detectors() -> Figures:
         flips = bench_ar_flips()
         rows = bench_detectors()["detectors"]
-        return {"detectors": {name: {**row, **flips[name]} for name, row in rows.items()}}
+        return {
+            "detectors": {name: {**row, **flips[name]} for name, row in rows.items()},
+            # What the optimal detector, told the true change, reaches on the same flips.
+            "ar_flip_bound": ar_flip_bound(max_false_alarms=AR_FLIP_MAX_FALSE_ALARMS),
+        }
 
     stages: list[Stage] = [
         (

@@ -231,9 +231,16 @@ def ar_series(
     flip: bool,
     vol_change: bool,
     segment: tuple[int, int] = (300, 700),
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns with AR(1) regimes: the sign of phi flips (``flip``) and/or vol doubles /
-    halves (``vol_change``) at each change; neither gives a no-change series."""
+    halves (``vol_change``) at each change; neither gives a no-change series.
+
+    Returns
+    -------
+    returns : ndarray of shape (n_bars,)
+    changes : int ndarray, index of the first bar of each new regime
+    phi : ndarray of shape (n_bars,), the AR coefficient in force at each bar
+    """
     lengths, total = [], 0
     while total < n_bars:
         lengths.append(int(rng.integers(segment[0], segment[1] + 1)))
@@ -258,7 +265,7 @@ def ar_series(
         prev = phi_t[t] * prev + np.sqrt(1.0 - phi_t[t] ** 2) * eps[t]
         z[t] = prev
     changes = np.cumsum(lengths)[:-1]
-    return z * vol_t, changes[changes < n_bars].astype(int)
+    return z * vol_t, changes[changes < n_bars].astype(int), phi_t
 
 
 def detector_inputs(kind: str, returns: np.ndarray, halflife: float = 20.0) -> np.ndarray:
@@ -307,7 +314,7 @@ def bench_ar_flips(
         for label, runs in series.items():
             delays: list[float] = []
             false_alarms, bars = 0, 0
-            for returns, changes in runs:
+            for returns, changes, _ in runs:
                 xs = detector_inputs(kind, returns)
                 shift = len(returns) - len(xs)  # bars the input needs before its first value
                 alarms = run_detector(make_detector(name), xs) + shift

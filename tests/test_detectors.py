@@ -257,3 +257,50 @@ def test_bench_reports_every_detector() -> None:
         assert row["update_us"] > 0, name
         assert row["false_alarms_per_1000"] >= 0, name
         assert row["delay_bars"] is None or 1 <= row["delay_bars"] <= 50, name
+
+
+def _ar1(phi: float, n: int, seed: int) -> np.ndarray:
+    """Unit-variance AR(1) series: z_t = phi z_{t-1} + sqrt(1 - phi^2) e_t."""
+    eps = np.random.default_rng(seed).standard_normal(n)
+    z = np.empty(n)
+    z[0] = eps[0]
+    for t in range(1, n):
+        z[t] = phi * z[t - 1] + np.sqrt(1.0 - phi * phi) * eps[t]
+    return z
+
+
+def test_flip_evidence_is_the_gaussian_log_likelihood_ratio() -> None:
+    from metabt.strategies.detection_bound import flip_llr
+
+    z = _ar1(0.2, 50, seed=1)
+    phi, var = 0.2, 1.0 - 0.2**2
+
+    def log_density(mean: np.ndarray) -> np.ndarray:
+        return -0.5 * np.log(2 * np.pi * var) - (z[1:] - mean) ** 2 / (2 * var)
+
+    expected = log_density(-phi * z[:-1]) - log_density(phi * z[:-1])
+    np.testing.assert_allclose(flip_llr(z[:-1], z[1:], np.full(49, phi)), expected, atol=1e-12)
+    # Its mean is -KL before the flip and +KL after: 2 phi^2 / (1 - phi^2) nats a bar.
+    kl = 2 * 0.3**2 / (1 - 0.3**2)
+    for sign in (1, -1):
+        long = _ar1(sign * 0.3, 200_000, seed=2)
+        mean = flip_llr(long[:-1], long[1:], np.full(len(long) - 1, 0.3)).mean()
+        assert abs(mean - (-kl if sign == 1 else kl)) < 0.01, (sign, mean, kl)
+
+
+def test_known_change_bound_catches_strong_flips_and_respects_the_false_alarm_limit() -> None:
+    from metabt.strategies.detection_bound import ar_flip_bound, known_change_cusum
+
+    z = np.concatenate([_ar1(0.6, 500, seed=3), _ar1(-0.6, 500, seed=4)])
+    phi = np.concatenate([np.full(500, 0.6), np.full(500, -0.6)])
+    alarms = known_change_cusum(z, phi, threshold=6.9)
+    assert ((alarms >= 500) & (alarms < 530)).any(), alarms
+    assert not (alarms < 500).any(), alarms  # a 6.9-nat threshold: no false alarm here
+    bound = ar_flip_bound(seed=0, n_series=4, n_bars=1500)
+    assert bound["ar_false_alarms_per_1000"] <= 1.0, bound
+    assert 0.0 <= bound["ar_flip_detect_30"] <= 1.0, bound
+    # The bound is the best possible: no implemented detector may beat it at that limit.
+    flips = bench_ar_flips(seed=0, n_series=4, n_bars=1500)
+    for name, row in flips.items():
+        if row["ar_false_alarms_per_1000"] <= bound["ar_false_alarms_per_1000"]:
+            assert row["ar_flip_detect_30"] <= bound["ar_flip_detect_30"] + 1e-9, (name, row)
