@@ -10,7 +10,7 @@ import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 import typer
@@ -31,6 +31,9 @@ from metabt.feeds.errors import DataError
 from metabt.feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
 from metabt.metamodels.checkpoint_meta import CheckpointError
 from metabt.reports.errors import ReportError
+
+if TYPE_CHECKING:
+    from joblib import Memory
 
 app = typer.Typer(
     name="metabt",
@@ -157,11 +160,13 @@ def run_to_folder(
     console: Console = console,
     n_jobs: int = 2,
     progress: bool = True,
+    cache: Memory | None = None,
 ) -> Path:
     """Run one study into the run folder ``out``: what ``metabt backtest`` does after parsing.
 
-    ``metabt sweep`` calls this in its workers (``n_jobs=1``, no progress bars), so a
-    sweep's run folder is the one ``metabt backtest`` would have written.
+    ``metabt sweep`` calls this in its workers (``n_jobs=1``, no progress bars, the
+    sweep's ``cache`` of seed-independent work), so a sweep's run folder is the one
+    ``metabt backtest`` would have written.
     """
     from metabt.backtests.study import run_study  # heavy imports only for commands that run studies
 
@@ -172,7 +177,13 @@ def run_to_folder(
         warnings.simplefilter("always")
         with Heartbeat(console):
             run_study(
-                config, out, model_path=model, n_jobs=n_jobs, progress=progress, console=console
+                config,
+                out,
+                model_path=model,
+                n_jobs=n_jobs,
+                progress=progress,
+                console=console,
+                cache=cache,
             )
     if caught:
         lines = sorted({f"{w.category.__name__}: {w.message}" for w in caught})

@@ -16,12 +16,13 @@ from dataclasses import replace as dc_replace
 from pathlib import Path
 
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import Memory, Parallel, delayed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from metabt.backtests.config import Specs, StudyConfig, build_specs, parse_period
 from metabt.backtests.data import StudyData
+from metabt.backtests.shared_work import run_once, tune_once
 from metabt.feeds.btfeed import feature_frame, make_feature_feed
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
@@ -38,7 +39,7 @@ from metabt.strategies.engine import BacktestResult, CostSpec, run_backtest
 from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 from metabt.strategies.regime_bound import RegimeBound, fit_regime_rules
 from metabt.strategies.static import DEFAULT_GRIDS, STATIC_STRATEGIES
-from metabt.strategies.tuning import TuningResult, tune_static
+from metabt.strategies.tuning import TuningResult
 
 log = logging.getLogger(__name__)
 
@@ -400,8 +401,13 @@ def run_segment(
     n_jobs: int = 2,
     progress: bool = True,
     console: Console | None = None,
+    cache: Memory | None = None,
 ) -> Segment:
-    """Train on ``[start, split)``, then trade every strategy on ``[split, end)``."""
+    """Train on ``[start, split)``, then trade every strategy on ``[split, end)``.
+
+    ``cache`` (a sweep's, see :mod:`backtests.shared_work`) keeps the work that no
+    seed changes, the comparators' tuning and test runs, for the sweep's other runs.
+    """
     console = console or Console(stderr=True)
     specs = build_specs(config)
     console.print(
@@ -423,8 +429,8 @@ def run_segment(
     tuning: dict[str, TuningResult] = {}
     for name in config.comparators.names:
         grid = config.comparators.grids.get(name, DEFAULT_GRIDS[name])
-        tuning[name] = tune_static(
-            train_frames, name, grid, specs.costs, start, split, n_jobs=n_jobs
+        tuning[name] = tune_once(
+            cache, train_frames, name, grid, specs.costs, start, split, n_jobs=n_jobs
         )
         console.print(
             f"  tuned {name} on the training period: {tuning[name].best_params} "
@@ -448,8 +454,18 @@ def run_segment(
     # Every meta strategy reads the same features: computed once per asset, not once per run.
     tables = {s: feature_frame(f, specs.features) for s, f in test_frames.items()}
     done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(_run_one)(
-            test_frames, name, params, specs.costs, split, end, specs.features, tables
+        delayed(run_once)(
+            # A static rule's test run is the same in every run of a sweep over seeds.
+            cache if name in STATIC_STRATEGIES else None,
+            _run_one,
+            test_frames,
+            name,
+            params,
+            specs.costs,
+            split,
+            end,
+            specs.features,
+            {} if name in STATIC_STRATEGIES else tables,  # static rules read no features
         )
         for name, params in jobs.items()
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from metabt.backtests.runner import Segment, run_segment, segment_splits
 from metabt.feeds.features import FeatureSpec, compute_labels
 from metabt.reports.build import build_reports
 from metabt.strategies.regime_bound import fit_regime_rules
+
+if TYPE_CHECKING:
+    from joblib import Memory
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +145,11 @@ def run_study(
     n_jobs: int = 2,
     progress: bool = True,
     console: Console | None = None,
+    cache: Memory | None = None,
 ) -> dict:
     """Run every segment of ``config``, write the run folder and its reports.
 
+    ``cache``: a sweep's cache of seed-independent work (``backtests.shared_work``).
     Returns the metrics of every strategy (as in ``metrics.json``).
     """
     console = console or Console(stderr=True)
@@ -173,6 +179,7 @@ def run_study(
                 n_jobs=n_jobs,
                 progress=progress,
                 console=console,
+                cache=cache,
             )
         )
     write_run(out, config, data, segments)

@@ -53,6 +53,7 @@ def run_one(task: dict, out: str) -> str:
     """
     from metabt.backtests.cli import run_to_folder
     from metabt.backtests.config import parse_config
+    from metabt.backtests.shared_work import sweep_cache
 
     runs = Path(out) / "runs"
     final = runs / task["hash"]
@@ -63,7 +64,14 @@ def run_one(task: dict, out: str) -> str:
     start = time.perf_counter()
     try:
         tmp.mkdir(parents=True)  # at once, so an interrupted run is visible as partial
-        run_to_folder(config, tmp, console=Console(file=io.StringIO()), n_jobs=1, progress=False)
+        run_to_folder(
+            config,
+            tmp,
+            console=Console(file=io.StringIO()),
+            n_jobs=1,
+            progress=False,
+            cache=sweep_cache(Path(out)),
+        )
         record = {**task["record"], "seconds": round(time.perf_counter() - start, 2)}
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         try:
