@@ -63,6 +63,25 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def _ms_by_threads(
+    fn: Callable[[], Any], counts: tuple[int, ...], repeats: int
+) -> dict[str, float]:
+    """Median ms of ``fn`` at each torch thread count, the counts taking turns so a load
+    change on the machine hits them alike (the thread setting is restored)."""
+    before = torch.get_num_threads()
+    times: dict[str, list[float]] = {str(n): [] for n in counts}
+    try:
+        for rep in range(repeats + 1):  # the first round warms up each setting
+            for n in counts:
+                torch.set_num_threads(n)
+                ms = float(_times_ms(fn, 1, warmup=0)[0])
+                if rep:
+                    times[str(n)].append(ms)
+    finally:
+        torch.set_num_threads(before)
+    return {n: float(np.median(t)) for n, t in times.items()}
+
+
 def _higher_step(
     theta: Params,
     tasks: TorchTasks,
@@ -168,7 +187,9 @@ def run_bench(
         tensors a second thread gains little, while on a busy machine every
         parallel op waits for its slowest thread, and a thread the OS has
         parked costs a whole time slice (the batched step then swings from
-        ~10 ms to seconds).
+        ~10 ms to seconds). ``maml_batched_ms_by_threads`` measures the
+        batched step at 1 and 2 threads in the same run, so the choice stays
+        checked.
 
     Returns
     -------
@@ -239,6 +260,7 @@ def _run(
         out[f"maml_{name}_tasks_per_s"] = n_tasks / ms * 1e3
         if name != "batched":
             out[f"grad_diff_{name}"] = _max_diff(reference, fn())
+    out["maml_batched_ms_by_threads"] = _ms_by_threads(engines["batched"], (1, 2), repeats)
     fomaml = meta_step(FOMAML(**kw))
     out["fomaml_batched_ms"] = float(np.median(_times_ms(fomaml, repeats)))
     # The keys the batched engine had before it was named for what it does.
