@@ -67,16 +67,15 @@ def _ms_by_threads(
     fn: Callable[[], Any], counts: tuple[int, ...], repeats: int
 ) -> dict[str, float]:
     """Median ms of ``fn`` at each torch thread count, the counts taking turns so a load
-    change on the machine hits them alike (the thread setting is restored)."""
+    change on the machine hits them alike (the thread setting is restored). The first
+    call after a switch (the thread pool resizing) is not timed."""
     before = torch.get_num_threads()
     times: dict[str, list[float]] = {str(n): [] for n in counts}
     try:
-        for rep in range(repeats + 1):  # the first round warms up each setting
+        for _ in range(repeats):
             for n in counts:
                 torch.set_num_threads(n)
-                ms = float(_times_ms(fn, 1, warmup=0)[0])
-                if rep:
-                    times[str(n)].append(ms)
+                times[str(n)].append(float(_times_ms(fn, 1, warmup=1)[0]))
     finally:
         torch.set_num_threads(before)
     return {n: float(np.median(t)) for n, t in times.items()}
