@@ -184,12 +184,12 @@ def _adapt_written_out(
     """
     support = Support(x, y, objective_spec, inv_vol, mask)
     with torch.set_grad_enabled(create_graph):
+        scale = 1.0 if lr_scale is None else lr_scale.reshape(-1, 1, 1)  # per task
         rates: list[float | Tensor]
         if isinstance(lr, dict):  # Meta-SGD: one step size per weight, packed like the weights
-            scale = 1.0 if lr_scale is None else lr_scale.reshape(-1, 1, 1)
             rates = [r * scale for r in pack(lr, policy_spec)]
         else:
-            rates = [lr_for(lr, "", lr_scale, 3)] * (2 * policy_spec.n_layers - 1)
+            rates = [lr * scale] * (2 * policy_spec.n_layers - 1)
         cur = pack(params, policy_spec)
         for _ in range(steps):
             grads = packed_grads(cur, support, policy_spec)
