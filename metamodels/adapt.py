@@ -3,12 +3,18 @@
 Meta-training (every learner, batched or looped) and the reference for the
 trading-time numpy path (:mod:`metamodels.numpy_policy`) both go through
 :func:`adapt`, so what was trained is what trades.
+
+A batch of tasks (weights with a task dimension) under the trading loss takes
+its gradient from :mod:`metamodels.inner_grad` (written out, no autograd call
+per step); one window, or another objective, uses autograd, which is the
+reference the tests hold the batched path to.
 """
 
 from __future__ import annotations
 
 import torch
 
+from metabt.metamodels.inner_grad import Support, pack, packed_grads, unpack, written_out
 from metabt.metamodels.objective import ObjectiveSpec, trading_loss
 from metabt.metamodels.policy import Params, PolicySpec, positions
 
@@ -114,6 +120,20 @@ def adapt(
         raise ValueError(f"adaptation steps must be >= 0, got {steps}")
     if steps == 0:
         return dict(params)
+    if written_out(params, policy_spec, objective_spec):
+        return _adapt_written_out(
+            params,
+            x,
+            y,
+            steps,
+            lr,
+            policy_spec,
+            objective_spec,
+            create_graph,
+            inv_vol,
+            mask,
+            lr_scale,
+        )
     names = list(params)
     with torch.enable_grad():
         if create_graph:
@@ -141,6 +161,41 @@ def adapt(
     if not create_graph:
         cur = {k: v.detach() for k, v in cur.items()}
     return cur
+
+
+def _adapt_written_out(
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    lr: LearningRate,
+    policy_spec: PolicySpec,
+    objective_spec: ObjectiveSpec,
+    create_graph: bool,
+    inv_vol: Tensor | None,
+    mask: Tensor | None,
+    lr_scale: Tensor | None,
+) -> Params:
+    """:func:`adapt` for a task batch with the gradient of :mod:`metamodels.inner_grad`.
+
+    No autograd call per step: with ``create_graph`` the steps are recorded as
+    one forward graph the meta-gradient differentiates; without it nothing is
+    recorded at all.
+    """
+    support = Support(x, y, objective_spec, inv_vol, mask)
+    with torch.set_grad_enabled(create_graph):
+        scale = 1.0 if lr_scale is None else lr_scale.reshape(-1, 1, 1)  # per task
+        rates: list[float | Tensor]
+        if isinstance(lr, dict):  # Meta-SGD: one step size per weight, packed like the weights
+            rates = [r * scale for r in pack(lr, policy_spec)]
+        else:
+            rates = [lr * scale] * (2 * policy_spec.n_layers - 1)
+        cur = pack(params, policy_spec)
+        for _ in range(steps):
+            grads = packed_grads(cur, support, policy_spec)
+            cur = [v - r * g for v, r, g in zip(cur, rates, grads)]
+        out = unpack(cur, policy_spec)
+    return out if create_graph else {k: v.detach() for k, v in out.items()}
 
 
 def expand_tasks(params: Params, n_tasks: int) -> Params:

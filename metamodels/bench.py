@@ -9,7 +9,8 @@ On identical tasks and the same 14-16-1 network, in one run:
   autograd loop, with the ``higher`` library
   (the usual way to write MAML over ``nn.Module``), and with ``torch.func``
   ``vmap`` over per-task ``grad`` calls; the meta-gradients of all four are
-  compared so the speed-up is for the same answer;
+  compared so the speed-up is for the same answer, and the batched step takes
+  turns with each slower engine so both see the same machine load;
 * one trading-time adaptation (5 steps on 60 bars): the numpy path the
   strategy uses and the torch reference;
 * per-bar inference in numpy and in torch.
@@ -61,6 +62,24 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _ms_by_threads(
+    fn: Callable[[], Any], counts: tuple[int, ...], repeats: int
+) -> dict[str, float]:
+    """Median ms of ``fn`` at each torch thread count, the counts taking turns so a load
+    change on the machine hits them alike (the thread setting is restored). The first
+    call after a switch (the thread pool resizing) is not timed."""
+    before = torch.get_num_threads()
+    times: dict[str, list[float]] = {str(n): [] for n in counts}
+    try:
+        for _ in range(repeats):
+            for n in counts:
+                torch.set_num_threads(n)
+                times[str(n)].append(float(_times_ms(fn, 1, warmup=1)[0]))
+    finally:
+        torch.set_num_threads(before)
+    return {n: float(np.median(t)) for n, t in times.items()}
 
 
 def _higher_step(
@@ -168,7 +187,9 @@ def run_bench(
         tensors a second thread gains little, while on a busy machine every
         parallel op waits for its slowest thread, and a thread the OS has
         parked costs a whole time slice (the batched step then swings from
-        ~10 ms to seconds).
+        ~10 ms to seconds). ``maml_batched_ms_by_threads`` measures the
+        batched step at 1 and 2 threads in the same run, so the choice stays
+        checked.
 
     Returns
     -------
@@ -232,19 +253,31 @@ def _run(
         "loop": meta_step(MAML(engine="loop", **kw)),
         "funcvmap": _funcvmap_step(theta, tasks, inner_steps, inner_lr, spec, objective),
     }
-    reference = engines["batched"]()
-    for name, fn in engines.items():
-        ms = float(np.median(_times_ms(fn, repeats if name != "loop" else max(1, repeats // 2))))
+    batched = engines["batched"]
+    reference = batched()
+    # The batched step is also timed once before every run of each slower engine, and
+    # its median is over all those runs: on a shared machine the load drifts during the
+    # seconds the slow engines take, and a speed-up is only fair if both sides see it.
+    batched_ms = list(_times_ms(batched, repeats))
+
+    def in_turns(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:
+        for _ in range(warmup):
+            fn()
+        own: list[float] = []
+        for _ in range(runs):
+            batched_ms.extend(_times_ms(batched, 1, warmup=0))
+            own.extend(_times_ms(fn, 1, warmup=0))
+        return float(np.median(own))
+
+    out["maml_batched_ms"] = out["maml_batched_tasks_per_s"] = None  # set once all turns ran
+    for name in ("loop", "funcvmap"):
+        ms = in_turns(engines[name], max(1, repeats // 2) if name == "loop" else repeats)
         out[f"maml_{name}_ms"] = ms
         out[f"maml_{name}_tasks_per_s"] = n_tasks / ms * 1e3
-        if name != "batched":
-            out[f"grad_diff_{name}"] = _max_diff(reference, fn())
+        out[f"grad_diff_{name}"] = _max_diff(reference, engines[name]())
+    out["maml_batched_ms_by_threads"] = _ms_by_threads(batched, (1, 2), repeats)
     fomaml = meta_step(FOMAML(**kw))
     out["fomaml_batched_ms"] = float(np.median(_times_ms(fomaml, repeats)))
-    # The keys the batched engine had before it was named for what it does.
-    out["maml_vmap_ms"] = out["maml_batched_ms"]
-    out["maml_vmap_tasks_per_s"] = out["maml_batched_tasks_per_s"]
-    out["fomaml_vmap_ms"] = out["fomaml_batched_ms"]
 
     out["maml_higher_ms"] = out["maml_higher_tasks_per_s"] = out["grad_diff_higher"] = None
     out["higher_error"] = None if with_higher else "skipped (with_higher=False)"
@@ -252,13 +285,19 @@ def _run(
         try:
             hstep = _higher_step(theta, tasks, inner_steps, inner_lr, spec, objective)
             out["grad_diff_higher"] = _max_diff(reference, hstep())
-            ms = float(np.median(_times_ms(hstep, min(repeats, 3), warmup=0)))
+            ms = in_turns(hstep, min(repeats, 3), warmup=0)
             out["maml_higher_ms"], out["maml_higher_tasks_per_s"] = ms, n_tasks / ms * 1e3
         except ImportError as exc:
             out["higher_error"] = f"higher is not installed ({exc}); pip install 'metabt[dev]'"
         except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
             # A higher release that no longer fits this torch must not kill the bench.
             out["higher_error"] = f"higher failed: {type(exc).__name__}: {exc}"
+    ms = float(np.median(batched_ms))
+    out["maml_batched_ms"], out["maml_batched_tasks_per_s"] = ms, n_tasks / ms * 1e3
+    # The keys the batched engine had before it was named for what it does.
+    out["maml_vmap_ms"] = out["maml_batched_ms"]
+    out["maml_vmap_tasks_per_s"] = out["maml_batched_tasks_per_s"]
+    out["fomaml_vmap_ms"] = out["fomaml_batched_ms"]
     out["speedup_vs_loop"] = out["maml_loop_ms"] / out["maml_batched_ms"]
     out["speedup_vs_higher"] = (
         None if out["maml_higher_ms"] is None else out["maml_higher_ms"] / out["maml_batched_ms"]

@@ -10,14 +10,15 @@ Two engines compute the same thing:
     The weights are expanded over a task dimension (``(B, in, out)`` views of
     the shared tensors, no copy) and every task is adapted by one call of
     :func:`metamodels.adapt.adapt` on the whole batch; each layer is a single
-    ``baddbmm``, so the inner loop and the second-order backward pass run as
-    one graph. On CPU this is tens of times faster than the loop and about
-    twice as fast as ``torch.func.vmap`` over per-task ``grad`` calls
-    (``metabt bench`` measures all three, and ``higher``).
+    batched matmul and the inner gradient is written out in torch
+    (:mod:`metamodels.inner_grad`), so the inner loop is one forward graph
+    and the meta-gradient one backward pass. On CPU this is tens of times
+    faster than the loop and about twice as fast as ``torch.func.vmap`` over
+    per-task ``grad`` calls (``metabt bench`` measures all three, and ``higher``).
 ``"loop"``
-    The textbook version: adapt and differentiate one task at a time. Kept as
-    the reference the tests compare the batched engine with, and for the
-    benchmark.
+    The textbook version: adapt and differentiate one task at a time, with
+    autograd's inner gradient. Kept as the reference the tests compare the
+    batched engine with, and for the benchmark.
 
 Both engines call the same :func:`~metamodels.adapt.adapt`, which is also the
 reference for the trading-time numpy path.

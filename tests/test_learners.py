@@ -200,7 +200,12 @@ def test_registry_and_invalid_combinations():
 def test_bench_engines_agree_with_each_other_and_with_higher():
     from metabt.metamodels.bench import run_bench
 
+    threads = torch.get_num_threads()
     result = run_bench(n_tasks=4, inner_steps=2, repeats=1, support=20, query=5)
+    assert torch.get_num_threads() == threads  # the bench restores the setting
+    # The thread count is measured, not assumed: the batched step at 1 and 2 threads.
+    assert set(result["maml_batched_ms_by_threads"]) == {"1", "2"}
+    assert all(ms > 0 for ms in result["maml_batched_ms_by_threads"].values())
     for key in (
         "maml_vmap_ms",
         "maml_batched_ms",
