@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS account (date TEXT PRIMARY KEY, cash REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS revisions (
     date TEXT NOT NULL, asset TEXT NOT NULL, field TEXT NOT NULL, traded REAL,
     source REAL, logged TEXT NOT NULL, PRIMARY KEY (date, asset, field, source));
+CREATE TABLE IF NOT EXISTS snapshots (
+    date TEXT PRIMARY KEY, bar_no INTEGER NOT NULL UNIQUE, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS adaptations (
     date TEXT NOT NULL, asset TEXT NOT NULL, seq INTEGER NOT NULL, "trigger" TEXT NOT NULL,
     "window" INTEGER NOT NULL, loss_before REAL NOT NULL, loss_after REAL NOT NULL,
