@@ -17,7 +17,7 @@ from test_paper import CONFIG, START, _options
 from metabt.backtests.config import build_specs, load_config
 from metabt.backtests.data import load_study_data
 from metabt.backtests.paper import carry
-from metabt.backtests.paper.feature_state import TRAIL, FeatureState
+from metabt.backtests.paper.feature_state import PRICES, TRAIL, FeatureState
 from metabt.backtests.paper.ledger import DB_FILE, PaperError
 from metabt.backtests.paper.loop import PaperLoop
 from metabt.backtests.paper.session import open_session
@@ -219,7 +219,8 @@ def test_new_bar_features_equal_the_backtests():
         feats, vols = [], []
         for i in range(first, first + n):
             state.push(float(frame["close"].iloc[i]))
-            f, v = state.row(frame.iloc[max(0, i - TRAIL + 1) : i + 1])
+            trail = frame.iloc[max(0, i - TRAIL + 1) : i + 1]
+            f, v = state.row(trail[list(PRICES)].to_numpy(), list(trail.index))
             feats.append(f)
             vols.append(v)
         return np.array(feats), np.array(vols)

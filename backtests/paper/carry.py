@@ -50,7 +50,7 @@ def refused(session: Session, day: str, what: str) -> PaperError:
 
 
 def bars_upto(frames: dict[str, pd.DataFrame], day: pd.Timestamp) -> dict[str, pd.DataFrame]:
-    return {a: f.loc[f.index <= day] for a, f in frames.items()}
+    return {a: f.iloc[: f.index.searchsorted(day, "right")] for a, f in frames.items()}
 
 
 def stored_bar(frames: dict[str, pd.DataFrame], day: pd.Timestamp) -> Bar:

@@ -28,10 +28,10 @@ import pandas as pd
 from metabt.backtests.paper.carry import trade_bar, write_snapshot
 from metabt.backtests.paper.ledger import (
     PaperError,
-    bars_digest,
     first_difference,
     insert_bars,
     insert_rows,
+    next_bars_digest,
     read_rows,
     transaction,
 )
@@ -182,7 +182,8 @@ class PaperLoop:
         if not again:
             s.frames, s.last_bar, s.n_processed = frames, bar.date, bar_no
             # After the commit: the database is the record, the manifest the way back to it.
-            record_bar(s.state_dir, day, bars_digest(s.conn))
+            s.bars_sha256 = next_bars_digest(s.conn, s.bars_sha256, day)
+            record_bar(s.state_dir, day, s.bars_sha256)
         cash, equity = new["account"][0][1:]
         return BarOutcome(
             bar.date,

@@ -122,6 +122,7 @@ class Session:
     n_processed: int = 0
     revisions_accepted: int = 0
     verify_bars: int = 5
+    bars_sha256: str = ""  # digest of the stored bars (ledger.bars_digest), kept per bar
 
     def close(self) -> None:
         self.conn.close()
@@ -410,4 +411,5 @@ def make_session(
     processed = conn.execute("SELECT max(date), count(*) FROM processed").fetchone()
     session.last_bar = None if processed[0] is None else pd.Timestamp(processed[0])
     session.n_processed = int(processed[1])
+    session.bars_sha256 = bars_digest(conn)
     return session

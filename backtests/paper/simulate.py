@@ -207,6 +207,10 @@ def ledger_rows(
         day = pd.Timestamp(ev["date"]).date().isoformat()
         if pd.Timestamp(day) < start:  # warm-up adaptations are not part of the paper run
             continue
+        if ev["trigger"] == "alarm":
+            # A regime alarm only moves the window's start; it has no losses (NaN, which
+            # the table's NOT NULL columns refuse), and the adaptation it leads to is logged.
+            continue
         key = (day, ev["asset"])
         rows["adaptations"].append(
             (

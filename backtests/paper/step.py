@@ -77,22 +77,23 @@ def _table(
     ):
         got = None if tail is None else tail.shape
         raise SnapshotError(f"asset.{asset}.tail is {got}, expected (1..2, {n_feats})")
-    prefix = frame.iloc[-len(tail) :]
-    index = list(prefix.index)
-    prices = prefix[PRICES].to_numpy(dtype=np.float64)
-    feats, vol = tail, vols
+    recent = frame.iloc[-(TRAIL - 1) :]
+    trail = recent[PRICES].to_numpy(dtype=np.float64)
+    index = list(recent.index[-len(tail) :])
+    prices, feats, vol = trail[-len(tail) :], tail, vols
     if asset in bar.rows:
-        new = pd.DataFrame([bar.rows[asset]], columns=PRICES, index=[bar.date])
-        feature.push(float(bar.rows[asset][3]))
-        row, v = feature.row(pd.concat([frame.iloc[-(TRAIL - 1) :][PRICES], new]))
+        new = np.array([bar.rows[asset]], dtype=np.float64)
+        feature.push(float(new[0, 3]))
+        trail = np.vstack([trail, new])
+        row, v = feature.row(trail, [*recent.index, bar.date])
         index.append(bar.date)
-        prices = np.vstack([prices, new.to_numpy(dtype=np.float64)])
+        prices = np.vstack([prices, new])
         feats, vol = np.vstack([tail, row]), np.append(vols, v)
-    table = pd.DataFrame(prices, columns=PRICES, index=pd.DatetimeIndex(index, name="date"))
-    for i, name in enumerate(spec.names):
-        table[name] = feats[:, i]
-    table[VOL_LINE] = vol
-    return table
+    return pd.DataFrame(
+        np.hstack([prices, feats, vol[:, None]]),
+        columns=[*PRICES, *spec.names, VOL_LINE],
+        index=pd.DatetimeIndex(index, name="date"),
+    )
 
 
 def step(
@@ -120,7 +121,7 @@ def step(
     if sorted(features) != sorted(frames):
         raise SnapshotError(f"feature state for {sorted(features)}, expected {sorted(frames)}")
     tables = {
-        a: _table(a, f.loc[f.index <= last], arrays, features[a], bar, spec)
+        a: _table(a, f.iloc[: f.index.searchsorted(last, "right")], arrays, features[a], bar, spec)
         for a, f in frames.items()
     }
     cerebro = bt.Cerebro(stdstats=False, maxcpus=1)
