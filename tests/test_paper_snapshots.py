@@ -9,6 +9,7 @@ import sqlite3
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import paper_ledger
 from safetensors.numpy import save as save_arrays
@@ -21,6 +22,7 @@ from metabt.backtests.paper.feature_state import PRICES, TRAIL, FeatureState
 from metabt.backtests.paper.ledger import DB_FILE, PaperError
 from metabt.backtests.paper.loop import PaperLoop
 from metabt.backtests.paper.session import open_session
+from metabt.backtests.paper.simulate import simulate
 from metabt.backtests.paper.snapshot import FORMAT, decode, encode
 from metabt.backtests.paper.verify import state_difference
 from metabt.feeds.features import FeatureSpec, compute_features, ewm_means, trailing_vol
@@ -107,6 +109,34 @@ def test_resume_re_derives_only_the_last_bars(paper, tmp_path, monkeypatch):
     monkeypatch.setattr(carry, "simulate", no_full_replay)
     session = open_session(_options(paper, state, verify_bars=2), progress=False)
     session.close()
+
+
+def test_each_snapshot_is_the_state_of_an_uninterrupted_backtrader_run(paper, tmp_path):
+    """Restore + one bar leaves the strategy, broker and features exactly where a run
+    over every bar leaves them: detector, window, weights, orders, cash, all of it."""
+    state = tmp_path / "state"
+    shutil.copytree(paper.state, state)
+    stored = _snapshots(state)
+    assert len(stored) == 3  # --verify-bars 2 keeps 3
+    session = open_session(_options(paper, state, verify_bars=2), progress=False)
+    try:
+        days = tuple(pd.Timestamp(d) for d in stored)
+        replay = simulate(
+            session.frames,
+            session.params,
+            session.costs,
+            session.features,
+            session.start,
+            session.run_id,
+            session.cash,
+            capture_dates=days,
+        )
+        for day in stored:
+            upto = carry.bars_upto(session.frames, pd.Timestamp(day))
+            uninterrupted = carry.sealed(session, replay, upto, day)
+            assert state_difference(uninterrupted, stored[day]) is None, day
+    finally:
+        session.close()
 
 
 # -- resume == uninterrupted -------------------------------------------------------------------

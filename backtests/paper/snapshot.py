@@ -44,6 +44,11 @@ class SnapshotError(PaperError):
     """A stored snapshot cannot be used (unknown version, wrong shape, unreadable)."""
 
 
+def _copy(values: object) -> np.ndarray:
+    # A copy, never a view: the detectors update their arrays in place after the capture.
+    return np.array(values, order="C", copy=True)
+
+
 # -- plain objects (the detectors) -----------------------------------------------------------------
 
 
@@ -63,7 +68,7 @@ def object_state(obj: object, prefix: str, arrays: Arrays) -> dict:
 
 def _encode(value: object, name: str, arrays: Arrays) -> object:
     if isinstance(value, np.ndarray):
-        arrays[name] = np.ascontiguousarray(value)
+        arrays[name] = _copy(value)
         return {"array": name}
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
@@ -134,17 +139,17 @@ def strategy_state(strat: MetaAdaptiveStrategy, arrays: Arrays) -> dict:
         st, name = strat._state[d], d._name
         rows = list(st.support_row)
         p = f"asset.{name}"
-        arrays[f"{p}.support_x"] = np.ascontiguousarray(st.feats[rows])
+        arrays[f"{p}.support_x"] = _copy(st.feats[rows])
         for key in ("y", "a", "when"):
             arrays[f"{p}.support_{key}"] = np.asarray(getattr(st, f"support_{key}"), np.float64)
         arrays[f"{p}.support_bar"] = np.asarray(st.support_bar, np.int64)
         for i, params in enumerate(st.params):
             for k, v in params.items():
-                arrays[f"{p}.params.{i}.{k}"] = np.ascontiguousarray(v)
+                arrays[f"{p}.params.{i}.{k}"] = _copy(v)
         # The feed's last rows: the next run's feed starts with them (the lags it reads).
         lo = max(0, len(d) - LABEL_DELAY)
-        arrays[f"{p}.tail"] = np.ascontiguousarray(d.feature_array[lo : len(d)])
-        arrays[f"{p}.tail_vol"] = np.ascontiguousarray(d.vol_array[lo : len(d)])
+        arrays[f"{p}.tail"] = _copy(d.feature_array[lo : len(d)])
+        arrays[f"{p}.tail_vol"] = _copy(d.vol_array[lo : len(d)])
         vol = strat._vol_state.get(d)
         assets[name] = {
             "pending_back": [len(d) - 1 - r for r in st.pending],
