@@ -141,10 +141,8 @@ class PaperLoop:
         else:
             bar_no, frames = s.n_processed + 1, self._frames_with(bar)
         t0 = time.perf_counter()
-        prior = s.conn.execute("SELECT max(date) FROM processed WHERE date < ?", (day,)).fetchone()[
-            0
-        ]
-        replay, snapshot = trade_bar(s, frames, bar, prior)
+        before = s.conn.execute("SELECT max(date) FROM processed WHERE date < ?", (day,))
+        replay, snapshot = trade_bar(s, frames, bar, before.fetchone()[0])
         rows, messages = replay.rows, replay.messages
         for message in messages:
             if message not in self._warned:

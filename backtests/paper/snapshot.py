@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 import numpy as np
+import pandas as pd
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
@@ -181,8 +182,6 @@ def restore_strategy(strat: MetaAdaptiveStrategy, raw: dict, arrays: Arrays) -> 
     Call it on the feed's last restored bar: each asset's pending labels point
     at its last feed rows, its labelled window is appended below its features.
     """
-    import pandas as pd
-
     names = [d._name for d in strat.datas]
     if sorted(raw["assets"]) != sorted(names):
         raise SnapshotError(f"assets {sorted(raw['assets'])}, expected {sorted(names)}")

@@ -137,11 +137,8 @@ def _verify_by_full_replay(s: Session) -> None:
     key = s.last_bar.date().isoformat()
     if read_snapshot(s.conn, key) is None:
         with transaction(s.conn):
-            write_snapshot(s.conn, key, s.n_processed, sealed(s, replay, s.frames, key), k_keep(s))
+            blob = sealed(s, replay, s.frames, key)
+            write_snapshot(s.conn, key, s.n_processed, blob, s.verify_bars + 1)
     log.info(
         "resumed %s: %d bars reproduced, last %s", s.state_dir, s.n_processed, s.last_bar.date()
     )
-
-
-def k_keep(s: Session) -> int:
-    return s.verify_bars + 1
