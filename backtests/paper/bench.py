@@ -59,7 +59,9 @@ def bench_paper(n_bars: int = 10) -> dict:
         try:
             loop = PaperLoop(session)
             bars = session.source.new_bars(session.last_bar, session.start)
-            ms, fed, stored = [], [], []
+            ms: list[float] = []
+            stored: list[float] = []
+            fed: list[int] = []
             while len(stored) < n_bars:
                 bar = next(bars)
                 t0 = time.perf_counter()

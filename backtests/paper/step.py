@@ -31,7 +31,7 @@ from metabt.backtests.paper.simulate import (
 )
 from metabt.backtests.paper.snapshot import SnapshotError, decode, encode
 from metabt.backtests.paper.sources import Bar
-from metabt.feeds.btfeed import VOL_LINE, make_feature_feed
+from metabt.feeds.btfeed import VOL_LINE, feature_feed_class
 from metabt.feeds.features import FeatureSpec
 from metabt.strategies.engine import CostSpec, configure_broker
 
@@ -55,15 +55,15 @@ def open_snapshot(blob: bytes, spec: FeatureSpec) -> tuple[dict, dict, dict[str,
     return state, arrays, features
 
 
-def _table(
+def _feed(
     asset: str,
     frame: pd.DataFrame,
     arrays: dict,
     feature: FeatureState,
     bar: Bar,
     spec: FeatureSpec,
-) -> pd.DataFrame:
-    """Feed rows: the asset's last stored bars (features from the snapshot) and the new bar."""
+) -> bt.feeds.PandasData:
+    """The asset's feed: its last stored bars (features from the snapshot) and the new bar."""
     tail = arrays.get(f"asset.{asset}.tail")
     vols = arrays.get(f"asset.{asset}.tail_vol")
     n_feats = len(spec.names)
@@ -89,11 +89,19 @@ def _table(
         index.append(bar.date)
         prices = np.vstack([prices, new])
         feats, vol = np.vstack([tail, row]), np.append(vols, v)
-    return pd.DataFrame(
-        np.hstack([prices, feats, vol[:, None]]),
-        columns=[*PRICES, *spec.names, VOL_LINE],
+    # What make_feature_feed builds, from the rows at hand: a Backtrader feed of the
+    # prices and the vol line, carrying the feature rows as one array (six times faster
+    # than handing it a wide table to pick the columns from).
+    frame = pd.DataFrame(
+        np.hstack([prices, vol[:, None]]),
+        columns=[*PRICES, VOL_LINE],
         index=pd.DatetimeIndex(index, name="date"),
     )
+    feed = feature_feed_class(())(dataname=frame, name=asset)
+    feed.feature_names = tuple(spec.names)
+    feed.feature_array = np.ascontiguousarray(feats, dtype=np.float64)
+    feed.vol_array = np.ascontiguousarray(vol, dtype=np.float64)
+    return feed
 
 
 def step(
@@ -120,13 +128,14 @@ def step(
     last = pd.Timestamp(state["date"])
     if sorted(features) != sorted(frames):
         raise SnapshotError(f"feature state for {sorted(features)}, expected {sorted(frames)}")
-    tables = {
-        a: _table(a, f.iloc[: f.index.searchsorted(last, "right")], arrays, features[a], bar, spec)
-        for a, f in frames.items()
-    }
     cerebro = bt.Cerebro(stdstats=False, maxcpus=1)
-    for asset, table in tables.items():
-        cerebro.adddata(make_feature_feed(asset, table[PRICES], spec, table=table), name=asset)
+    n_bars = 0
+    for a, f in frames.items():
+        feed = _feed(
+            a, f.iloc[: f.index.searchsorted(last, "right")], arrays, features[a], bar, spec
+        )
+        n_bars += len(feed.vol_array)
+        cerebro.adddata(feed, name=a)
     # The cash is set from the snapshot on the last restored bar, before the new bar's
     # fills; this starting value only seeds Backtrader's fund-share count (unused here).
     configure_broker(cerebro.broker, costs, 1.0)
@@ -149,8 +158,6 @@ def step(
     if key not in rec["states"]:
         raise SnapshotError(f"the strategy did not reach {key} from the snapshot of {last.date()}")
     rows = ledger_rows(rec, strat.weights_frame(), strat.events, run_id, start)
-    replay = Replay(
-        rows, [str(w.message) for w in caught], rec["states"], sum(map(len, tables.values()))
-    )
+    replay = Replay(rows, [str(w.message) for w in caught], rec["states"], n_bars)
     new_state, new_arrays = rec["states"][key]
     return replay, seal(new_state, new_arrays, features, key)
