@@ -171,6 +171,10 @@ def _detector_moved(state, arrays) -> None:
     arrays[name] = arrays[name] + 0.5
 
 
+def _field_missing(state, arrays) -> None:
+    del next(iter(state["strategy"]["assets"].values()))["regime_start"]
+
+
 def _wrong_shape(state, arrays) -> None:
     name = next(k for k in arrays if k.endswith(".support_x"))
     arrays[name] = np.zeros((3, 2))
@@ -183,6 +187,7 @@ def _wrong_shape(state, arrays) -> None:
         # A changed detector either changes the next bars' rows or the snapshots after them.
         ("base", _detector_moved, ["does not reproduce", "differs from the re-derived state"]),
         ("base", _wrong_shape, ["support_x"]),
+        ("base", _field_missing, ["state unreadable", "regime_start"]),
     ],
 )
 def test_a_tampered_snapshot_is_refused_and_nothing_is_traded(

@@ -27,6 +27,7 @@ import pandas as pd
 
 from metabt.backtests.paper.ledger import Rows, sort_rows
 from metabt.backtests.paper.snapshot import (
+    SnapshotError,
     broker_state,
     restore_broker,
     restore_strategy,
@@ -89,8 +90,7 @@ class LedgerStrategy(MetaAdaptiveStrategy):
         resume = self.p.resume
         if resume is not None and self.datetime[0] <= resume.num:
             if self.datetime[0] == resume.num:  # the bars before only fill the feed's lags
-                restore_strategy(self, resume.state["strategy"], resume.arrays)
-                self._order_ids.update(restore_broker(self, resume.state["broker"]))
+                self._restore(resume)
             return
         if self.trading:
             # Before super().next(): the broker has filled this bar's opening orders
@@ -114,6 +114,16 @@ class LedgerStrategy(MetaAdaptiveStrategy):
                 "broker": broker_state(self.broker, self._order_ids),
             }
             self.p.recorder["states"][_day(self.datetime[0], self._days)] = (state, arrays)
+
+    def _restore(self, resume: Resume) -> None:
+        try:
+            restore_strategy(self, resume.state["strategy"], resume.arrays)
+            self._order_ids.update(restore_broker(self, resume.state["broker"]))
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            # A field missing or of the wrong kind: the snapshot was not written by this code.
+            raise SnapshotError(f"state unreadable ({type(exc).__name__}: {exc})") from None
 
     def order_target_percent(
         self, data: bt.LineSeries = None, target: float = 0.0, **kwargs: object

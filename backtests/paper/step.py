@@ -21,7 +21,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from metabt.backtests.paper.feature_state import TRAIL, FeatureState
+from metabt.backtests.paper.feature_state import PRICES, TRAIL, FeatureState
 from metabt.backtests.paper.simulate import (
     LedgerStrategy,
     Replay,
@@ -34,8 +34,6 @@ from metabt.backtests.paper.sources import Bar
 from metabt.feeds.btfeed import VOL_LINE, feature_feed_class
 from metabt.feeds.features import FeatureSpec
 from metabt.strategies.engine import CostSpec, configure_broker
-
-PRICES = ["open", "high", "low", "close", "volume"]
 
 
 def seal(state: dict, arrays: dict, features: dict[str, FeatureState], day: str) -> bytes:
@@ -78,7 +76,7 @@ def _feed(
         got = None if tail is None else tail.shape
         raise SnapshotError(f"asset.{asset}.tail is {got}, expected (1..2, {n_feats})")
     recent = frame.iloc[-(TRAIL - 1) :]
-    trail = recent[PRICES].to_numpy(dtype=np.float64)
+    trail = recent[list(PRICES)].to_numpy(dtype=np.float64)
     index = list(recent.index[-len(tail) :])
     prices, feats, vol = trail[-len(tail) :], tail, vols
     if asset in bar.rows:
