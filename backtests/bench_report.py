@@ -26,6 +26,7 @@ Stage = tuple[str, Callable[[], Figures]]
 
 def bench_stages(repeats: int, serve: bool) -> list[Stage]:
     """The measurements, in the order they run, each returning figures to merge."""
+    from metabt.backtests.paper.bench import bench_paper
     from metabt.metamodels.bench import run_bench
     from metabt.strategies.conditioned_bench import bench_conditioned
     from metabt.strategies.detection_bound import ar_flip_bound
@@ -55,6 +56,7 @@ def bench_stages(repeats: int, serve: bool) -> list[Stage]:
             "context and memory policies: adaptation and per-bar inference",
             lambda: bench_conditioned(repeats=repeats),
         ),
+        ("paper loop: ms per bar, 8 assets, about 2,400 stored bars", bench_paper),
     ]
     if serve:
         from metabt.backtests.serve.bench import bench_serve

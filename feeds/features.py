@@ -110,11 +110,33 @@ def log_returns(frame: pd.DataFrame) -> pd.Series:
     return np.log(frame["close"]).diff()
 
 
-def trailing_vol(frame: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
+def ewm_means(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, pd.Series]:
+    """The exponentially weighted means the features use, by name.
+
+    ``vol`` and ``long_vol`` are EWMs of squared log returns (``adjust=True``),
+    ``ema_<span>`` EWMs of the close (``adjust=False``). They remember every bar
+    since the first, so the paper loop carries their state from bar to bar
+    (:mod:`backtests.paper.feature_state`) and passes them back in here.
+    """
+    sq = log_returns(frame) ** 2
+    out = {
+        "vol": sq.ewm(halflife=spec.vol_halflife, min_periods=1).mean(),
+        "long_vol": sq.ewm(halflife=spec.long_vol_halflife, min_periods=1).mean(),
+    }
+    for span in sorted({s for pair in spec.macd for s in pair}):
+        out[f"ema_{span}"] = frame["close"].ewm(span=span, adjust=False).mean()
+    return out
+
+
+def trailing_vol(
+    frame: pd.DataFrame, spec: FeatureSpec, ewms: dict[str, pd.Series] | None = None
+) -> pd.Series:
     """Daily vol known at each bar: EWM root-mean-square of log returns, floored."""
-    r = log_returns(frame)
-    vol = np.sqrt((r**2).ewm(halflife=spec.vol_halflife, min_periods=1).mean())
-    return vol.clip(lower=VOL_FLOOR)
+    if ewms is None:
+        ewms = {
+            "vol": (log_returns(frame) ** 2).ewm(halflife=spec.vol_halflife, min_periods=1).mean()
+        }
+    return np.sqrt(ewms["vol"]).clip(lower=VOL_FLOOR)
 
 
 def _rolling_z(x: pd.Series, window: int) -> pd.Series:
@@ -124,14 +146,21 @@ def _rolling_z(x: pd.Series, window: int) -> pd.Series:
     return z.fillna(0.0).where(mean.notna()).clip(-CLIP, CLIP)
 
 
-def compute_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """Feature rows for every bar, NaN during the first ``spec.warmup`` bars."""
+def compute_features(
+    frame: pd.DataFrame, spec: FeatureSpec, ewms: dict[str, pd.Series] | None = None
+) -> pd.DataFrame:
+    """Feature rows for every bar, NaN during the first ``spec.warmup`` bars.
+
+    ``ewms`` (as :func:`ewm_means` returns them) replaces the EWMs computed from
+    ``frame`` alone: the paper loop passes the ones carried over the whole history.
+    """
+    ewms = ewm_means(frame, spec) if ewms is None else ewms
     r = log_returns(frame)
-    vol = trailing_vol(frame, spec)
+    vol = trailing_vol(frame, spec, ewms)
     cols: dict[str, pd.Series] = {}
     for k in range(1, spec.lags + 1):
         cols[f"ret_{k}"] = (r.shift(k - 1) / vol).clip(-CLIP, CLIP)
-    long_vol = np.sqrt((r**2).ewm(halflife=spec.long_vol_halflife, min_periods=1).mean())
+    long_vol = np.sqrt(ewms["long_vol"])
     cols["vol_ratio"] = np.log(vol / long_vol.clip(lower=VOL_FLOOR))
     log_close = np.log(frame["close"])
     ma = log_close.rolling(spec.trend_window, min_periods=spec.trend_window).mean()
@@ -144,7 +173,7 @@ def compute_features(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         )
     close = frame["close"]
     for fast, slow in spec.macd:
-        gap = close.ewm(span=fast, adjust=False).mean() - close.ewm(span=slow, adjust=False).mean()
+        gap = ewms[f"ema_{fast}"] - ewms[f"ema_{slow}"]
         cols[f"macd_{fast}_{slow}"] = (gap / (close * vol)).clip(-CLIP, CLIP)
     for w in spec.autocorr_windows:
         cols[f"ac_{w}"] = r.rolling(w, min_periods=w).corr(r.shift(1)).fillna(0.0)

@@ -70,6 +70,14 @@ TARGETS: tuple[Target, ...] = (
         0.5,
         "",
     ),
+    # The paper loop (issue 12): 8 assets, replay source, the bundled sample.
+    Target(
+        "paper_ms_per_bar_after_2500",
+        "paper loop, one bar, 8 assets, after ~2,400 stored bars",
+        "<=",
+        20,
+        "ms",
+    ),
     # Detectors (issue 9): cost of an update, volatility changes, autocorrelation flips.
     *(
         Target(f"detectors.{name}.update_us", f"{name}: one update", "<=", 100, "us")

@@ -114,6 +114,35 @@ def _check_frame(symbol: str, frame: pd.DataFrame) -> None:
         )
 
 
+def configure_broker(broker: bt.brokers.BackBroker, costs: CostSpec, cash: float) -> None:
+    """The broker rules every metabt run shares: next-open fills, commission and slippage.
+
+    One function for the backtest and the paper loop's one-bar runs, so both fill
+    the same orders at the same prices with the same costs.
+    """
+    broker.setcash(float(cash))
+    broker.set_coc(False)  # fill at the next open, never at the decision bar's close
+    broker.set_coo(False)
+    # Orders are sized at the decision close but checked at the fill: a
+    # submission-time check against the stale close could reject a buy that the
+    # sells submitted just before it will fund.
+    broker.set_checksubmit(False)
+    broker.setcommission(
+        commission=costs.commission_bps / 1e4,
+        commtype=bt.CommInfoBase.COMM_PERC,
+        percabs=True,
+        stocklike=True,
+    )
+    if costs.slippage_bps:
+        broker.set_slippage_perc(
+            costs.slippage_bps / 1e4,
+            slip_open=True,
+            slip_limit=True,
+            slip_match=True,
+            slip_out=True,
+        )
+
+
 def run_backtest(
     frames: dict[str, pd.DataFrame],
     strategy_cls: type[TargetWeightStrategy],
@@ -187,28 +216,7 @@ def run_backtest(
             stacklevel=2,
         )
 
-    broker = cerebro.broker
-    broker.setcash(float(cash))
-    broker.set_coc(False)  # fill at the next open, never at the decision bar's close
-    broker.set_coo(False)
-    # Orders are sized at the decision close but checked at the fill: a
-    # submission-time check against the stale close could reject a buy that the
-    # sells submitted just before it will fund.
-    broker.set_checksubmit(False)
-    broker.setcommission(
-        commission=costs.commission_bps / 1e4,
-        commtype=bt.CommInfoBase.COMM_PERC,
-        percabs=True,
-        stocklike=True,
-    )
-    if costs.slippage_bps:
-        broker.set_slippage_perc(
-            costs.slippage_bps / 1e4,
-            slip_open=True,
-            slip_limit=True,
-            slip_match=True,
-            slip_out=True,
-        )
+    configure_broker(cerebro.broker, costs, cash)
 
     cerebro.addstrategy(strategy_cls, trade_start=trade_start, **params)
     # Not the PyFolio analyzer: it returns a UTC index that breaks QuantStats.

@@ -84,6 +84,14 @@ def run(
     allow_gaps: Annotated[
         bool, typer.Option("--allow-gaps", help="Accept more than 30 days between bars.")
     ] = False,
+    verify_bars: Annotated[
+        int,
+        typer.Option(
+            "--verify-bars",
+            help="On resume, re-derive this many last bars from the stored snapshot "
+            "before them and refuse a state that differs.",
+        ),
+    ] = 5,
     settings: SetOpt = None,
 ) -> None:
     """Paper-trade bar by bar; resumable, crash-safe.
@@ -109,6 +117,7 @@ def run(
         allow_jumps=allow_jumps,
         allow_gaps=allow_gaps,
         settings=tuple(settings or ()),
+        verify_bars=verify_bars,
     )
     with Heartbeat(console):  # meta-training a new state's model can take minutes
         session = open_session(options)

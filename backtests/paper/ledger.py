@@ -20,8 +20,9 @@ import hashlib
 import math
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,6 +95,8 @@ CREATE TABLE IF NOT EXISTS account (date TEXT PRIMARY KEY, cash REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS revisions (
     date TEXT NOT NULL, asset TEXT NOT NULL, field TEXT NOT NULL, traded REAL,
     source REAL, logged TEXT NOT NULL, PRIMARY KEY (date, asset, field, source));
+CREATE TABLE IF NOT EXISTS snapshots (
+    date TEXT PRIMARY KEY, bar_no INTEGER NOT NULL UNIQUE, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS adaptations (
     date TEXT NOT NULL, asset TEXT NOT NULL, seq INTEGER NOT NULL, "trigger" TEXT NOT NULL,
     "window" INTEGER NOT NULL, loss_before REAL NOT NULL, loss_after REAL NOT NULL,
@@ -386,7 +389,35 @@ def integrity_ok(conn: sqlite3.Connection) -> bool:
 
 
 def bars_digest(conn: sqlite3.Connection) -> str:
-    """sha256 of every stored bar, in key order (what a rebuild must reproduce)."""
+    """Digest of every stored bar: a sha256 chain with one link per date, in date order.
+
+    A chain so that the loop extends it by the new bar alone
+    (:func:`next_bars_digest`) instead of hashing the whole history each bar.
+    """
+    digest = ""
+    rows = conn.execute(f"SELECT {', '.join(BAR_COLUMNS)} FROM bars ORDER BY date, asset")
+    for _, day_rows in groupby(rows, key=lambda row: row[0]):
+        digest = _link(digest, day_rows)
+    return digest
+
+
+def next_bars_digest(conn: sqlite3.Connection, previous: str, date: str) -> str:
+    """:func:`bars_digest` after the bars of ``date`` (the last stored date) were added."""
+    rows = conn.execute(
+        f"SELECT {', '.join(BAR_COLUMNS)} FROM bars WHERE date = ? ORDER BY asset", (date,)
+    )
+    return _link(previous, rows)
+
+
+def _link(previous: str, rows: Iterable[tuple]) -> str:
+    digest = hashlib.sha256(previous.encode())
+    for row in rows:
+        digest.update(repr(tuple(row)).encode())
+    return digest.hexdigest()
+
+
+def flat_bars_digest(conn: sqlite3.Connection) -> str:
+    """sha256 of every stored bar in key order: what manifests held before the chain."""
     digest = hashlib.sha256()
     for row in conn.execute(f"SELECT {', '.join(BAR_COLUMNS)} FROM bars ORDER BY date, asset"):
         digest.update(repr(tuple(row)).encode())

@@ -1,9 +1,10 @@
 """The paper-trading loop: each newly closed bar in, one committed transaction out.
 
-Per bar: append it to the stored bars, replay them through the strategy
-(:func:`backtests.paper.simulate.simulate`), take the rows dated on this bar
-(fills at its open of yesterday's orders, today's orders, positions, cash,
-equity, targets, adaptations) and write them with the bar in one transaction.
+Per bar: append it to the stored bars, trade it from the snapshot of the bar
+before (:func:`backtests.paper.carry.trade_bar`; the first bar replays the
+warm-up), take the rows dated on this bar (fills at its open of yesterday's
+orders, today's orders, positions, cash, equity, targets, adaptations) and
+write them, the bar and the snapshot after it in one transaction.
 A crash before the commit loses the bar entirely (it is fetched again on
 restart); a crash after it loses nothing.
 
@@ -24,18 +25,19 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from metabt.backtests.paper.carry import trade_bar, write_snapshot
 from metabt.backtests.paper.ledger import (
     PaperError,
-    bars_digest,
     first_difference,
     insert_bars,
     insert_rows,
+    next_bars_digest,
     read_rows,
     transaction,
 )
 from metabt.backtests.paper.manifest import record_bar
 from metabt.backtests.paper.session import Session
-from metabt.backtests.paper.simulate import rows_on, simulate
+from metabt.backtests.paper.simulate import rows_on
 from metabt.backtests.paper.sources import Bar
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class BarOutcome:
     equity: float
     inserted: int
     seconds: float
+    bars_fed: int  # bars Backtrader was fed to trade it, over all assets
 
 
 def _crash_plan() -> tuple[str, int] | None:
@@ -138,7 +141,9 @@ class PaperLoop:
         else:
             bar_no, frames = s.n_processed + 1, self._frames_with(bar)
         t0 = time.perf_counter()
-        rows, messages = simulate(frames, s.params, s.costs, s.features, s.start, s.run_id, s.cash)
+        before = s.conn.execute("SELECT max(date) FROM processed WHERE date < ?", (day,))
+        replay, snapshot = trade_bar(s, frames, bar, before.fetchone()[0])
+        rows, messages = replay.rows, replay.messages
         for message in messages:
             if message not in self._warned:
                 self._warned.add(message)
@@ -161,6 +166,8 @@ class PaperLoop:
                 "VALUES (?, ?, ?, ?, ?)",
                 (day, bar_no, len(new["orders"]), len(new["fills"]), seconds),
             ).rowcount
+            if not again:
+                write_snapshot(s.conn, day, bar_no, snapshot, s.verify_bars + 1)
             self._crash_point("fills", bar_no)
             # INSERT OR IGNORE keeps a stored row; make sure it is the row we meant.
             diff = first_difference(read_rows(s.conn, date=day), new)
@@ -173,10 +180,19 @@ class PaperLoop:
         if not again:
             s.frames, s.last_bar, s.n_processed = frames, bar.date, bar_no
             # After the commit: the database is the record, the manifest the way back to it.
-            record_bar(s.state_dir, day, bars_digest(s.conn))
+            s.bars_sha256 = next_bars_digest(s.conn, s.bars_sha256, day)
+            record_bar(s.state_dir, day, s.bars_sha256)
         cash, equity = new["account"][0][1:]
         return BarOutcome(
-            bar.date, bar_no, len(new["orders"]), len(new["fills"]), cash, equity, inserted, seconds
+            bar.date,
+            bar_no,
+            len(new["orders"]),
+            len(new["fills"]),
+            cash,
+            equity,
+            inserted,
+            seconds,
+            replay.bars_fed,
         )
 
     def run(

@@ -27,6 +27,7 @@ from metabt.backtests.paper.ledger import (
     bars_digest,
     connect,
     db_path,
+    flat_bars_digest,
 )
 from metabt.backtests.paper.loop import PaperLoop
 from metabt.backtests.paper.manifest import MANIFEST_FILE, read_manifest, write_manifest
@@ -143,7 +144,8 @@ def rebuild(state_dir: Path, data: Path | None = None) -> Rebuilt:
                         "(--data DIR)",
                     )
                 digest = bars_digest(conn)
-                if manifest.get("bars_sha256") and digest != manifest["bars_sha256"]:
+                recorded = manifest.get("bars_sha256")
+                if recorded and recorded not in (digest, flat_bars_digest(conn)):
                     raise _refuse(
                         state,
                         "the source's bars are not the ones that were traded "

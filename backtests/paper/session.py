@@ -6,9 +6,10 @@ state), store the warm-up bars and the run metadata in one transaction.
 
 Every later run: lock, check that the config, the paper start and the
 checkpoint (sha256 of its files) are the ones the state was created with,
-load the checkpoint (a corrupt one is refused before anything trades), replay
-every stored bar through the strategy and check it reproduces the stored
-ledger. Only then does the loop continue with the next unseen bar.
+load the checkpoint (a corrupt one is refused before anything trades), and
+re-derive the last bars from the snapshot before them
+(:mod:`backtests.paper.verify`). Only then does the loop continue with the next
+unseen bar.
 """
 
 from __future__ import annotations
@@ -34,17 +35,16 @@ from metabt.backtests.paper.ledger import (
     check_state_dir,
     connect,
     db_path,
-    first_difference,
     insert_bars,
     read_bars,
     read_meta,
-    read_rows,
     transaction,
     write_meta,
 )
 from metabt.backtests.paper.manifest import MANIFEST_FILE, read_manifest, write_manifest
-from metabt.backtests.paper.simulate import DEFAULT_CASH, simulate
+from metabt.backtests.paper.simulate import DEFAULT_CASH
 from metabt.backtests.paper.sources import ReplaySource, YahooSource, make_source, utc_today
+from metabt.backtests.paper.verify import verify
 from metabt.backtests.runner import meta_adaptive_params, train_meta, warmup_start
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
@@ -81,6 +81,8 @@ class PaperOptions:
             traded (the changes are logged in the ledger's ``revisions`` table).
         allow_jumps, allow_gaps (bool): as ``--allow-jumps`` / ``--allow-gaps`` of a backtest.
         settings (tuple[str, ...]): ``--set section.key=value`` overrides of the config.
+        verify_bars (int): on resume, re-derive this many last bars from the snapshot
+            before them and compare with the stored rows and snapshots.
     """
 
     config_path: Path
@@ -96,6 +98,7 @@ class PaperOptions:
     allow_jumps: bool = False
     allow_gaps: bool = False
     settings: tuple[str, ...] = ()
+    verify_bars: int = 5
 
 
 @dataclass
@@ -118,6 +121,8 @@ class Session:
     last_bar: pd.Timestamp | None = None
     n_processed: int = 0
     revisions_accepted: int = 0
+    verify_bars: int = 5
+    bars_sha256: str = ""  # digest of the stored bars (ledger.bars_digest), kept per bar
 
     def close(self) -> None:
         self.conn.close()
@@ -354,7 +359,10 @@ def open_session(options: PaperOptions, progress: bool = True) -> Session:
             write_manifest(state, {**meta, "last_bar": "", "bars_sha256": bars_digest(conn)})
         meta = read_meta(conn)
         start, path, model = _resume(options, conn, meta, config)
+        if options.verify_bars < 1:
+            raise PaperError(f"--verify-bars must be >= 1, got {options.verify_bars}")
         session = make_session(state, conn, lock, config, source, meta, path, model)
+        session.verify_bars = options.verify_bars
         verify(session)
         session.revisions_accepted = len(check_history(session, options.accept_revised_history))
         return session
@@ -403,32 +411,5 @@ def make_session(
     processed = conn.execute("SELECT max(date), count(*) FROM processed").fetchone()
     session.last_bar = None if processed[0] is None else pd.Timestamp(processed[0])
     session.n_processed = int(processed[1])
+    session.bars_sha256 = bars_digest(conn)
     return session
-
-
-def verify(session: Session) -> None:
-    """Replay every stored bar and check the stored ledger is what the strategy does."""
-    if session.last_bar is None:
-        return
-    rebuilt, _ = simulate(
-        session.frames,
-        session.params,
-        session.costs,
-        session.features,
-        session.start,
-        session.run_id,
-        session.cash,
-    )
-    diff = first_difference(read_rows(session.conn), rebuilt)
-    if diff is not None:
-        raise PaperError(
-            f"{session.state_dir}: replaying the {session.n_processed} stored bars "
-            f"does not reproduce the stored ledger ({diff}); the code, the "
-            "checkpoint or the stored bars changed, start a new --state folder"
-        )
-    log.info(
-        "resumed %s: %d bars reproduced, last %s",
-        session.state_dir,
-        session.n_processed,
-        session.last_bar.date(),
-    )
