@@ -36,9 +36,10 @@ from metabt.metamodels.trainer import meta_train, split_period, validation_tasks
 # The synthetic study's inputs (backtests/configs/synthetic.toml: no multi-bar returns or MACDs).
 FEATURES, TASK, OBJ = FeatureSpec(horizons=(), macd=()), TaskSpec(), ObjectiveSpec()
 POLICY = PolicySpec(len(FEATURES.names), (16,), "long_short")
-# The study's training settings (TrainConfig defaults: learning rates, inner loop, meta-steps,
-# early stopping); QUICK is for the tests that check mechanics, not performance.
-CONFIG = TrainConfig(algorithm="maml", seed=0)
+# The synthetic study's training settings (TrainConfig defaults: learning rates, inner loop,
+# meta-steps; like synthetic.toml, no early stopping); QUICK is for the tests that check
+# mechanics, not performance.
+CONFIG = TrainConfig(algorithm="maml", seed=0, val_fraction=0.0)
 QUICK = TrainConfig(
     algorithm="maml", meta_steps=200, tasks_per_step=32, eval_every=20, patience=5, seed=0
 )
