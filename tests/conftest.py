@@ -155,3 +155,28 @@ def assert_same_upto(result, expected, t: pd.Timestamp) -> None:
     for a, b in zip(got[:3], want[:3]):
         pd.testing.assert_frame_equal(a, b)
     pd.testing.assert_series_equal(got[3], want[3])
+
+
+def paper_checkpoint(config_path: Path, start: object, out: Path) -> Path:
+    """A checkpoint meta-trained on the config's bars before ``start``, saved to ``out``."""
+    from metabt.backtests.config import build_specs, load_config
+    from metabt.backtests.data import load_study_data
+    from metabt.feeds.loaders import slice_period
+    from metabt.metamodels.model_io import save_model
+    from metabt.metamodels.trainer import meta_train
+
+    config = load_config(config_path)
+    specs = build_specs(config)
+    frames = load_study_data(config).frames
+    model = meta_train(
+        slice_period(frames, config.data.start, start),
+        specs.features,
+        specs.task,
+        specs.policy,
+        specs.objective,
+        specs.train,
+        config.data.start,
+        start,
+        progress=False,
+    )
+    return save_model(model, out, config.model_dump(mode="json", exclude_none=True))

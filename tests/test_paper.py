@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import paper_ledger
+from conftest import paper_checkpoint, paper_ledger
 
 from metabt.backtests.config import build_specs, load_config
 from metabt.backtests.data import load_study_data
@@ -29,7 +29,6 @@ from metabt.backtests.runner import meta_runs
 from metabt.feeds.btfeed import make_feature_feed
 from metabt.feeds.loaders import slice_period
 from metabt.metamodels.model_io import load_model, save_model
-from metabt.metamodels.trainer import meta_train
 from metabt.strategies.engine import run_backtest
 from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
@@ -107,27 +106,16 @@ def paper(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
     config_path = root / "paper.toml"
     config_path.write_text(CONFIG)
-    config = load_config(config_path)
-    specs = build_specs(config)
-    frames = load_study_data(config).frames
-    model = meta_train(
-        slice_period(frames, config.data.start, START),
-        specs.features,
-        specs.task,
-        specs.policy,
-        specs.objective,
-        specs.train,
-        config.data.start,
-        START,
-        progress=False,
-    )
-    ckpt = save_model(model, root / "ckpt", config.model_dump(mode="json", exclude_none=True))
+    ckpt = paper_checkpoint(config_path, START, root / "ckpt")
     paper = types.SimpleNamespace(config=config_path, ckpt=ckpt, root=root)
     paper.state = root / "baseline"
     assert _run(_options(paper, paper.state)) == 9
     paper.ledger = paper_ledger(paper.state)
 
     # What `metabt backtest` runs for meta_adaptive, with the paper start as the split.
+    config = load_config(config_path)
+    specs = build_specs(config)
+    frames = load_study_data(config).frames
     loaded, _ = load_model(ckpt)
     models = {"meta": [loaded], "erm": [loaded], "random": [loaded]}
     params = meta_runs(config, models, specs)["meta_adaptive"]

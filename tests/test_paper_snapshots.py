@@ -11,12 +11,10 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import paper_ledger
+from conftest import paper_checkpoint, paper_ledger
 from safetensors.numpy import save as save_arrays
 from test_paper import CONFIG, START, _options
 
-from metabt.backtests.config import build_specs, load_config
-from metabt.backtests.data import load_study_data
 from metabt.backtests.paper import carry
 from metabt.backtests.paper.feature_state import PRICES, TRAIL, FeatureState
 from metabt.backtests.paper.ledger import DB_FILE, PaperError
@@ -26,9 +24,7 @@ from metabt.backtests.paper.simulate import simulate
 from metabt.backtests.paper.snapshot import FORMAT, decode, encode
 from metabt.backtests.paper.verify import state_difference
 from metabt.feeds.features import FeatureSpec, compute_features, ewm_means, trailing_vol
-from metabt.feeds.loaders import load_sample, slice_period
-from metabt.metamodels.model_io import save_model
-from metabt.metamodels.trainer import meta_train
+from metabt.feeds.loaders import load_sample
 
 N_BARS = 9  # the config's paper bars, 2008-03-18 .. 2008-03-31
 
@@ -49,21 +45,7 @@ def paper(tmp_path_factory):
     root = tmp_path_factory.mktemp("snapshots")
     config_path = root / "paper.toml"
     config_path.write_text(CONFIG)
-    config = load_config(config_path)
-    specs = build_specs(config)
-    frames = load_study_data(config).frames
-    model = meta_train(
-        slice_period(frames, config.data.start, START),
-        specs.features,
-        specs.task,
-        specs.policy,
-        specs.objective,
-        specs.train,
-        config.data.start,
-        START,
-        progress=False,
-    )
-    ckpt = save_model(model, root / "ckpt", config.model_dump(mode="json", exclude_none=True))
+    ckpt = paper_checkpoint(config_path, START, root / "ckpt")
     paper = types.SimpleNamespace(config=config_path, ckpt=ckpt, root=root)
     paper.state = root / "uninterrupted"
     paper.outcomes = _run(_options(paper, paper.state, verify_bars=2))

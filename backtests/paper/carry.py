@@ -84,7 +84,7 @@ def trade_bar(
     ``prior`` is the paper bar before it (None: this is the first)."""
     blob = None if prior is None else read_snapshot(session.conn, prior)
     key = bar.date.date().isoformat()
-    if blob is None:
+    if prior is None or blob is None:
         replay = full_replay(session, frames, bar.date)
         if key not in replay.states:
             raise PaperError(
@@ -92,6 +92,16 @@ def trade_bar(
                 f"paper start {session.start.date()}?)"
             )
         return replay, sealed(session, replay, frames, key)
+    return step_from(session, blob, frames, prior, bar)
+
+
+def step_from(
+    session: Session, blob: bytes, frames: dict[str, pd.DataFrame], prior: str, bar: Bar
+) -> tuple[Replay, bytes]:
+    """Trade ``bar`` from the snapshot ``blob`` of the paper bar ``prior``.
+
+    A snapshot that does not fit the running strategy is refused in one line.
+    """
     s = session
     try:
         return step(

@@ -22,18 +22,17 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from metabt.backtests.paper.carry import (
-    bars_upto,
     full_replay,
     read_snapshot,
     refused,
     sealed,
+    step_from,
     stored_bar,
     write_snapshot,
 )
 from metabt.backtests.paper.ledger import PaperError, first_difference, read_rows, transaction
 from metabt.backtests.paper.simulate import rows_on
 from metabt.backtests.paper.snapshot import SnapshotError, decode
-from metabt.backtests.paper.step import step
 
 if TYPE_CHECKING:
     from metabt.backtests.paper.session import Session
@@ -102,19 +101,7 @@ def verify(session: Session) -> None:
     blob = base
     for prior, day in zip(days, days[1:]):
         bar = stored_bar(s.frames, pd.Timestamp(day))
-        try:
-            replay, blob = step(
-                blob,
-                bars_upto(s.frames, pd.Timestamp(prior)),
-                bar,
-                s.params,
-                s.costs,
-                s.features,
-                s.start,
-                s.run_id,
-            )
-        except SnapshotError as exc:
-            raise refused(s, prior, str(exc)) from None
+        replay, blob = step_from(s, blob, s.frames, prior, bar)
         diff = first_difference(read_rows(s.conn, date=day), rows_on(replay.rows, day))
         if diff is not None:
             raise _diverged(s, f"bar {day}: {diff}")
