@@ -22,7 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from metabt.backtests.config import Specs, StudyConfig, build_specs, parse_period
 from metabt.backtests.data import StudyData
-from metabt.backtests.shared_work import run_once, tune_once
+from metabt.backtests.shared_work import (
+    in_turn,
+    run_once,
+    seed_run_once,
+    train_seeds_once,
+    tune_once,
+)
 from metabt.feeds.btfeed import feature_frame, make_feature_feed
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
@@ -200,8 +206,12 @@ def train_models(
     regimes: dict | None = None,
     n_jobs: int = 2,
     console: Console | None = None,
+    cache: Memory | None = None,
 ) -> Models:
-    """Meta-learned, ERM and random-init models, one per seed, from bars before ``split`` only."""
+    """Meta-learned, ERM and random-init models, one per seed, from bars before ``split`` only.
+
+    With a sweep's ``cache`` each seed's models are trained once per sweep.
+    """
     loaded = None
     if model_path is not None:
         loaded, last_bar = load_model(model_path)
@@ -236,9 +246,13 @@ def train_models(
             f"{split.date()} ({sum(map(len, changes.values()))} regime changes "
             "anchor the tasks) ..."
         )
-    trained = Parallel(n_jobs=min(n_jobs, len(seeds)))(
-        delayed(_train_seed)(frames, config, specs, split, changes, seed, loaded) for seed in seeds
-    )
+    if cache is not None and loaded is None:
+        trained = train_seeds_once(cache, _train_seed, frames, config, specs, split, changes, seeds)
+    else:
+        trained = Parallel(n_jobs=min(n_jobs, len(seeds)))(
+            delayed(_train_seed)(frames, config, specs, split, changes, seed, loaded)
+            for seed in seeds
+        )
     models = {
         "meta": [t[0] for t in trained],
         "erm": [t[1] for t in trained],
@@ -375,6 +389,15 @@ def _run_one(
     return name, result, [str(w.message) for w in caught]
 
 
+def _shared_run(cache: Memory, frames: Frames, name: str, args: tuple) -> tuple:
+    """``(key, call)`` of one test run for :func:`backtests.shared_work.in_turn`."""
+    if name in STATIC_STRATEGIES:
+        return None, lambda: run_once(cache, _run_one, frames, name, *args)
+    if "#" in name:
+        return seed_run_once(cache, _run_one, frames, name, *args)
+    return None, lambda: _run_one(frames, name, *args)
+
+
 def split_assets(frames: Frames, config: StudyConfig) -> tuple[Frames, Frames]:
     """Frames to train (and tune) on and frames to trade: ``data.held_out`` splits them."""
     held = config.data.held_out
@@ -418,7 +441,7 @@ def run_segment(
     if trade is not data.frames:
         console.print(f"  zero-shot: train on {', '.join(learn)}; trade {', '.join(trade)}")
     models = train_models(
-        learn, config, specs, split, model_path, progress, data.regimes, n_jobs, console
+        learn, config, specs, split, model_path, progress, data.regimes, n_jobs, console, cache
     )
     train_frames = slice_period(learn, None, split)
     first_bar = min(f.index[0] for f in train_frames.values())
@@ -453,22 +476,31 @@ def run_segment(
         jobs.update(per_seed_runs(runs))
     # Every meta strategy reads the same features: computed once per asset, not once per run.
     tables = {s: feature_frame(f, specs.features) for s, f in test_frames.items()}
-    done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(run_once)(
-            # A static rule's test run is the same in every run of a sweep over seeds.
-            cache if name in STATIC_STRATEGIES else None,
-            _run_one,
-            test_frames,
-            name,
+
+    def args(name: str, params: dict) -> tuple:
+        # Static rules read no features.
+        return (
             params,
             specs.costs,
             split,
             end,
             specs.features,
-            {} if name in STATIC_STRATEGIES else tables,  # static rules read no features
+            {} if name in STATIC_STRATEGIES else tables,
         )
-        for name, params in jobs.items()
-    )
+
+    if cache is None:
+        done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+            delayed(_run_one)(test_frames, name, *args(name, params))
+            for name, params in jobs.items()
+        )
+    else:
+        # A static rule's test run, and each seed's own run, is the same in every run
+        # of a sweep over seeds that trades it: each is computed once per sweep.
+        done = iter(
+            in_turn(
+                cache, [_shared_run(cache, test_frames, n, args(n, p)) for n, p in jobs.items()]
+            )
+        )
     results = {}
     with Progress(
         TextColumn("  test period"),

@@ -7,15 +7,21 @@ run's CPU, repeated identically in every run. ``metabt sweep`` hands each run a
 compute each of these results once and read it back after.
 
 What is cached is a pure function of its arguments: the tuning of a comparator
-(bars, grid, costs, period) and a static strategy's test-period backtest (bars,
-params, costs, period). joblib keys each entry by a hash of every argument and
-of the function's code, so a changed data file, grid or cost misses the cache;
-the cache folder is named by the metabt version and a digest of its source, so
-changed code anywhere in the package starts a new cache. Warnings raised while
-computing are stored with the result and raised again on every read, so a run
-folder's ``warnings.log`` is the same whether the result came from the cache.
-The cache holds pickles written by the sweep itself: share a sweep folder only
-with people you trust, as you would its run folders.
+(bars, grid, costs, period), a static strategy's test-period backtest (bars,
+params, costs, period), and, per meta-training seed, the trained models and the
+test runs of that seed alone. A run of seed ``s`` trains the ensemble
+``s .. s + n - 1``, so neighbouring runs share all but one of their seeds; each
+is trained and traded once per sweep. Two workers that need the same entry at
+the same time do not both compute it: :func:`in_turn` puts an entry another
+worker holds aside and takes the next free one. joblib keys each entry by a
+hash of every argument and of the function's code, so a changed data file,
+grid or cost misses the cache; the cache folder is named by the metabt version
+and a digest of its source, so changed code anywhere in the package starts a
+new cache. Warnings raised while computing are stored with the result and
+raised again on every read, so a run folder's ``warnings.log`` is the same
+whether the result came from the cache. The cache holds pickles written by the
+sweep itself: share a sweep folder only with people you trust, as you would
+its run folders.
 """
 
 from __future__ import annotations
@@ -23,15 +29,21 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable
+from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import joblib
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from joblib import Memory
 
 from metabt.strategies.engine import CostSpec
 from metabt.strategies.tuning import TuningResult, tune_static
+
+if TYPE_CHECKING:
+    from metabt.backtests.config import Specs, StudyConfig
 
 Frames = dict[str, pd.DataFrame]
 
@@ -119,3 +131,119 @@ def run_once(cache: Memory | None, run: Callable[..., T], frames: Frames, *args:
     if cache is None:
         return run(frames, *args)
     return cache.cache(_ran, ignore=["frames"])(frames_digest(frames), run, frames, *args)
+
+
+def in_turn(cache: Memory, calls: list[tuple[str | None, Callable[[], T]]]) -> list[T]:
+    """Each ``(key, call)`` once, the calls whose entry is free first; results in order.
+
+    ``key`` names the cache entry a call reads or writes (None: nothing shared). While
+    another worker of the sweep holds an entry's lock it is computing that entry, so
+    the call is put aside and done after the free ones, when it is a cache read.
+    """
+    locks = Path(cache.location) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    results: dict[int, T] = {}
+    pending = list(range(len(calls)))
+    while pending:
+        chosen, lock = pending[0], None
+        for i in pending:
+            key = calls[i][0]
+            if key is None:
+                chosen, lock = i, None
+                break
+            candidate = FileLock(str(locks / f"{key}.lock"))
+            try:
+                candidate.acquire(timeout=0)
+            except Timeout:
+                continue
+            chosen, lock = i, candidate
+            break
+        else:  # every entry left is being computed elsewhere: wait for the first
+            lock = FileLock(str(locks / f"{calls[chosen][0]}.lock"))
+            lock.acquire()
+        try:
+            results[chosen] = calls[chosen][1]()
+        finally:
+            if lock is not None:
+                lock.release()
+        pending.remove(chosen)
+    return [results[i] for i in range(len(calls))]
+
+
+def _seedless(config: StudyConfig, specs: Specs) -> tuple[StudyConfig, Specs]:
+    # A model of seed k is the same whichever run's ensemble it belongs to: the run's
+    # own seed is set to 0, so it cannot reach the training (tests/test_shared_work.py
+    # checks the models equal those trained without the cache).
+    return config.model_copy(update={"seed": 0}), dc_replace(
+        specs, train=dc_replace(specs.train, seed=0)
+    )
+
+
+def _trained_seed(
+    bars: str, train: Callable[..., T], frames: Frames, config: dict, *args: Any
+) -> tuple[T, list[str]]:
+    # Keyed by ``bars``, not the frames; the config travels as its JSON form, which
+    # hashes the same in every process (its section classes are built at import).
+    from metabt.backtests.config import parse_config
+
+    return _with_warnings(train, frames, parse_config(config, "sweep cache"), *args)
+
+
+def train_seeds_once(
+    cache: Memory,
+    train: Callable[..., T],
+    frames: Frames,
+    config: StudyConfig,
+    specs: Specs,
+    split: pd.Timestamp,
+    changes: dict,
+    seeds: list[int],
+) -> list[T]:
+    """``train(frames, config, specs, split, changes, seed, None)`` per seed, once per sweep."""
+    seedless, specs = _seedless(config, specs)
+    as_json = seedless.model_dump(mode="json")
+    bars = frames_digest(frames)
+    cached = cache.cache(_trained_seed, ignore=["frames"])
+
+    def call(seed: int) -> Callable[[], tuple[T, list[str]]]:
+        return lambda: cached(bars, train, frames, as_json, specs, split, changes, seed, None)
+
+    args = [(bars, train.__name__, as_json, specs, split, changes, s) for s in seeds]
+    done = in_turn(cache, [(joblib.hash(a), call(s)) for a, s in zip(args, seeds)])
+    for _, notes in done:
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+    return [result for result, _ in done]
+
+
+def _ran_seed(
+    bars: str,
+    run: Callable[..., T],
+    frames: Frames,
+    name: str,
+    params: dict,
+    *args: Any,
+    tables: Any,
+) -> T:
+    return run(frames, name, params, *args, tables)  # keyed by ``bars``: tables follow from them
+
+
+def seed_run_once(
+    cache: Memory, run: Callable[..., tuple], frames: Frames, name: str, params: dict, *args: Any
+) -> tuple[str | None, Callable[[], tuple]]:
+    """``(key, call)`` for :func:`in_turn`: the test run of one seed's model, once per sweep.
+
+    ``name`` is ``"<variant>#<i>"``, ``i`` the model's place in this run's ensemble;
+    the entry is keyed by the variant and the model, so the run of another seed that
+    trades the same model reads it. The result carries ``name`` back.
+    """
+    *rest, tables = args
+    variant = name.split("#")[0] + "#"
+    bars = frames_digest(frames)
+    cached = cache.cache(_ran_seed, ignore=["frames", "tables"])
+
+    def call() -> tuple:
+        _, result, notes = cached(bars, run, frames, variant, params, *rest, tables=tables)
+        return name, result, notes
+
+    return joblib.hash((bars, run.__name__, variant, params, *rest)), call
