@@ -1,4 +1,4 @@
-"""Work that does not depend on the meta-training seed, done once per sweep.
+"""Work the runs of a sweep have in common, done once per sweep.
 
 In a sweep over seeds every run tunes the same static comparators on the same
 training bars and trades them over the same test bars: a third of a basket
