@@ -121,15 +121,15 @@ def support_loss(
 def _loss_grad_pos(
     pos: np.ndarray, y: np.ndarray, inv_vol: np.ndarray | None, spec: ObjectiveSpec
 ) -> np.ndarray:
-    """d trading_loss / d positions of one window (see the module docstring)."""
-    n = pos.shape[0]
+    """d trading_loss / d positions of one window, or of a batch of windows (last axis = bars)."""
+    n = pos.shape[-1]
     g_pos = (2.0 * spec.risk * pos * y - 1.0) * y * (1.0 / n)
     if n > 1 and spec.cost > 0:
         held = pos if inv_vol is None else pos * inv_vol
-        s = np.sign(np.diff(held)) * (spec.cost / (n - 1))
-        g_held = np.zeros(n)
-        g_held[1:] += s
-        g_held[:-1] -= s
+        s = np.sign(np.diff(held, axis=-1)) * (spec.cost / (n - 1))
+        g_held = np.zeros_like(pos)
+        g_held[..., 1:] += s
+        g_held[..., :-1] -= s
         g_pos += g_held if inv_vol is None else g_held * inv_vol
     return g_pos
 
@@ -142,21 +142,29 @@ def _grads(
     policy_spec: PolicySpec,
     objective_spec: ObjectiveSpec,
 ) -> tuple[np.ndarray, NumpyParams]:
-    """Positions of one window and the loss's gradient for every parameter (backprop)."""
+    """Positions of one window and the loss's gradient for every parameter (backprop).
+
+    With batched weights (a leading dimension ``B``, see :func:`positions`) ``x`` is
+    ``(B, n, F)``, ``y`` and ``inv_vol`` ``(B, n)``, and every gradient gets the leading
+    dimension too: ``B`` windows adapt in one pass of a few large numpy operations.
+    """
     z, inputs = _forward(params, x, policy_spec)
     pos, dpos = squash(z, policy_spec)
-    g = _loss_grad_pos(pos, y, inv_vol, objective_spec) * dpos  # d loss / d z, (n,)
+    g = _loss_grad_pos(pos, y, inv_vol, objective_spec) * dpos  # d loss / d z, (..., n)
     last = policy_spec.n_layers - 1
-    grads = {f"w{last}": (inputs[last].T @ g)[:, None], f"b{last}": g.sum(keepdims=True)}
+    grads = {
+        f"w{last}": np.swapaxes(inputs[last], -1, -2) @ g[..., None],
+        f"b{last}": g.sum(-1, keepdims=True),
+    }
     if last > 0:
-        g = np.multiply.outer(g, params[f"w{last}"][:, 0])
+        g = g[..., None] * params[f"w{last}"][..., None, :, 0]
     for i in range(last - 1, -1, -1):
         h = inputs[i + 1]  # tanh output of layer i
         g *= 1.0 - h * h
-        grads[f"w{i}"] = inputs[i].T @ g
-        grads[f"b{i}"] = g.sum(0)
+        grads[f"w{i}"] = np.swapaxes(inputs[i], -1, -2) @ g
+        grads[f"b{i}"] = g.sum(-2)
         if i > 0:
-            g = g @ params[f"w{i}"].T
+            g = g @ np.swapaxes(params[f"w{i}"], -1, -2)
     return pos, grads
 
 

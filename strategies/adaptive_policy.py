@@ -99,6 +99,72 @@ class AdaptivePolicy:
         return adapted, before, after
 
 
+def together(policies: tuple[object, ...]) -> bool:
+    """Whether :func:`adapt_batch` can adapt these policies in one pass.
+
+    True for gradient-adapted policies of one network shape, objective and
+    number of steps (e.g. an ensemble of meta-training seeds); their weights and
+    step sizes may differ. A subclass that overrides ``adapt`` is always asked
+    itself, one window at a time.
+    """
+    first = policies[0]
+    return all(
+        type(p).adapt is AdaptivePolicy.adapt
+        and isinstance(p, AdaptivePolicy)
+        and isinstance(first, AdaptivePolicy)
+        and (p.policy_spec, p.objective_spec, p.inner_steps)
+        == (first.policy_spec, first.objective_spec, first.inner_steps)
+        for p in policies
+    )
+
+
+def adapt_batch(
+    policies: tuple[AdaptivePolicy, ...], x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray
+) -> list[list[tuple[NumpyParams, float, float]]]:
+    """Adapt every policy on every window at once; what :meth:`AdaptivePolicy.adapt` gives.
+
+    ``x`` is ``(A, n, F)``, ``y`` and ``inv_vol`` ``(A, n)``: ``A`` windows of one
+    length. The ``M`` policies' weights are stacked ``M * A`` deep and adapted in
+    one batched pass (:func:`metamodels.numpy_policy.adapt`), which costs little
+    more than adapting one of them. Returns, per window, per policy, the
+    adapted weights and the support loss before and after.
+    """
+    first = policies[0]
+    spec, obj = first.policy_spec, first.objective_spec
+    n_win, n = len(x), x.shape[1]
+    start = {
+        k: np.repeat(np.stack([p.params[k] for p in policies]).astype(np.float64), n_win, axis=0)
+        for k in first.params
+    }
+    # Each policy's step size, broadcast to its parameters' shapes, repeated per window.
+    steps = [p.step_size(n) for p in policies]
+    rates = {
+        k: np.repeat(
+            np.stack([np.broadcast_to(r[k] if isinstance(r, dict) else r, v.shape) for r in steps]),
+            n_win,
+            axis=0,
+        )
+        for k, v in first.params.items()
+    }
+    xs, ys, inv = (np.concatenate([v] * len(policies)) for v in (x, y, inv_vol))
+    adapted = numpy_policy.adapt(start, xs, ys, first.inner_steps, rates, spec, obj, inv)
+    before, after = (
+        numpy_policy.trading_loss(numpy_policy.positions(p, xs, spec), ys, obj, inv)
+        for p in (start, adapted)
+    )
+    return [
+        [
+            (
+                {k: v[m * n_win + j] for k, v in adapted.items()},
+                float(before[m * n_win + j]),
+                float(after[m * n_win + j]),
+            )
+            for m in range(len(policies))
+        ]
+        for j in range(n_win)
+    ]
+
+
 def adaptive_policy(
     model: MetaModel, features: FeatureSpec | None = None
 ) -> AdaptivePolicy | ContextPolicy:

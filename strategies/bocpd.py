@@ -157,12 +157,12 @@ class BOCPD:
         self._n = m
         self._t += 1
 
-        return self._rule.step(self._logp, m)
+        return bool(self._rule.step(self._logp[None], m)[0])
 
     @property
     def change_probability(self) -> float:
         """P(the regime started within the last ``short_run`` bars)."""
-        return self._rule.cp
+        return float(self._rule.cp[0])
 
     @property
     def run_length(self) -> int:
@@ -171,7 +171,7 @@ class BOCPD:
         At an alarm it is the most probable run length among the short ones; after
         that it counts up by one per bar.
         """
-        return self._rule.since_change
+        return int(self._rule.since_change[0])
 
     @property
     def map_run_length(self) -> int:

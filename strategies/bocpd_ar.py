@@ -22,7 +22,7 @@ from scipy.special import gammaln
 
 from metabt.strategies.detector_base import ShortRunRule, _check, _finite, check_run_length_settings
 
-__all__ = ["ARBOCPD", "ARBOCPDSettings"]
+__all__ = ["ARBOCPD", "ARBOCPDBank", "ARBOCPDSettings"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,120 @@ class ARBOCPDSettings:
         _check(self, "clip", self.clip >= 0.0, ">= 0 (0 disables)")
 
 
+class ARBOCPDBank:
+    """The AR(1) BOCPD of ``size`` series at once: one numpy pass per bar serves all.
+
+    A strategy trading eight assets runs eight detectors; their per-bar updates are
+    the same arithmetic on different rows, so they are done as one update of
+    ``(size, max_run)`` arrays instead of eight small ones (numpy's per-call cost,
+    not the arithmetic, is most of an update). Row ``i`` of every result is
+    exactly what a lone :class:`ARBOCPD` fed series ``i`` computes.
+    """
+
+    input_kind = "scaled_return"
+
+    def __init__(self, size: int, settings: ARBOCPDSettings | None = None) -> None:
+        self.settings = s = settings or ARBOCPDSettings()
+        self.size = size
+        self._log_h = -math.log(s.hazard)
+        self._log_1mh = math.log1p(-1.0 / s.hazard)
+        # A run of i bars has alpha = noise_prior + i / 2 whatever the data, so alpha,
+        # the Student-t's degrees of freedom and its constants are fixed per slot and
+        # computed once here instead of on every bar.
+        alpha = s.noise_prior + 0.5 * np.arange(s.max_run)
+        nu = 2.0 * alpha
+        self._inv_alpha, self._nu = 1.0 / alpha, nu
+        self._half_nu1 = (nu + 1.0) / 2.0
+        self._t_const = gammaln(self._half_nu1) - gammaln(nu / 2.0) - 0.5 * np.log(nu * math.pi)
+        # A new run's posterior: coefficients 0 with covariance I / coef_prior, beta.
+        self._prior = np.array([0.0, 0.0, 1.0 / s.coef_prior, 0.0, 1.0 / s.coef_prior])
+        self._prior = np.append(self._prior, s.noise_prior)[:, None]
+        self.reset()
+
+    def reset(self) -> None:
+        s = self.settings
+        # One array holds every run's posterior, so shifting the runs one slot per bar
+        # is one copy: rows m1, m2 (posterior mean of intercept and AR coefficient),
+        # s11, s12, s22 (their covariance over beta / alpha), beta. Slot 0 = the prior.
+        # Every series spans all max_run slots from the start: slots no run has reached
+        # yet hold the prior and log probability -inf, so they change no sum or max.
+        self._post = np.repeat(self._prior[:, None, :], self.size, axis=1)
+        self._post = np.ascontiguousarray(np.broadcast_to(self._post, (6, self.size, s.max_run)))
+        self._logp = np.full((self.size, s.max_run), -np.inf)
+        self._logp[:, 0] = 0.0
+        self._prev = np.zeros(self.size)
+        self._has_prev = np.zeros(self.size, dtype=bool)
+        self.rule = ShortRunRule(s.short_run, s.threshold, s.cooldown, self.size)
+
+    def update(self, x: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """One bar of every ``active`` series (all if None); True where an alarm fires.
+
+        ``x`` holds one finite vol-scaled return per series (inactive rows are ignored).
+        """
+        s = self.settings
+        x = np.asarray(x, dtype=np.float64)
+        if active is None:
+            active = np.ones(self.size, dtype=bool)
+        if s.clip:
+            x = np.clip(x, -s.clip, s.clip)
+        # A series' first input only becomes its regressor.
+        first = active & ~self._has_prev
+        step = active & self._has_prev
+        self._prev[first] = x[first]
+        self._has_prev |= first
+        self.rule.since_change += first
+        if not step.any():
+            return np.zeros(self.size, dtype=bool)
+        old = None if step.all() else (self._post[:, ~step].copy(), self._logp[~step].copy())
+        post = self._post
+        m1, m2, s11, s12, s22, beta = post
+        z, xc = self._prev[:, None], x[:, None]
+        # Student-t predictive of x given regressors phi = [1, z], for every run.
+        s1, s2 = s11 + s12 * z, s12 + s22 * z  # S phi
+        d = 1.0 + s1 + s2 * z  # 1 + phi' S phi
+        e = xc - m1 - m2 * z
+        e2 = e * e
+        scale2 = beta * self._inv_alpha * d
+        lpred = (
+            self._t_const
+            - 0.5 * np.log(scale2)
+            - self._half_nu1 * np.log1p(e2 / (self._nu * scale2))
+        )
+        # Run-length posterior: every run grows by one; a new run starts at this bar.
+        grown = self._logp + lpred
+        new = np.empty_like(grown)
+        new[:, 0] = -np.inf
+        new[:, 1:] = grown[:, :-1] + self._log_1mh
+        new[:, 1] = np.logaddexp(new[:, 1], self._log_h + lpred[:, 0])
+        top = new[:, 1:].max(axis=1, keepdims=True)
+        new[:, 1:] -= top + np.log(np.exp(new[:, 1:] - top).sum(axis=1, keepdims=True))
+        # Conjugate (recursive least squares) update of every run, then the shift.
+        k1, k2 = s1 / d, s2 / d
+        m1 += k1 * e
+        m2 += k2 * e
+        s11 -= s1 * k1
+        s12 -= s1 * k2
+        s22 -= s2 * k2
+        beta += 0.5 * e2 / d
+        post[:, :, 1:] = post[:, :, :-1]
+        post[:, :, :1] = self._prior[:, None, :]
+        self._logp = new
+        if old is not None:
+            post[:, ~step], self._logp[~step] = old
+        self._prev[step] = x[step]
+        return self.rule.step(self._logp, s.max_run, step)
+
+    @property
+    def change_probability(self) -> np.ndarray:
+        """P(the regime started within the last ``short_run`` bars), per series."""
+        return self.rule.cp
+
+    @property
+    def run_length(self) -> np.ndarray:
+        """Bars since the regime start estimated at the last alarm, per series."""
+        return self.rule.since_change
+
+
 class ARBOCPD:
     """Bayesian online change-point detection with an AR(1) regression per regime.
 
@@ -65,6 +179,7 @@ class ARBOCPD:
     is that of :class:`strategies.bocpd.BOCPD`: alarm when the posterior mass on
     runs of at most ``short_run`` bars reaches ``threshold`` (with hysteresis and
     a cooldown); ``run_length`` is then the most probable of those short runs.
+    One series is a bank of one (:class:`ARBOCPDBank`).
     """
 
     Settings = ARBOCPDSettings
@@ -76,106 +191,21 @@ class ARBOCPD:
         return cls(ARBOCPDSettings(**settings))
 
     def __init__(self, settings: ARBOCPDSettings | None = None) -> None:
-        self.settings = settings or ARBOCPDSettings()
-        self._log_h = -math.log(self.settings.hazard)
-        self._log_1mh = math.log1p(-1.0 / self.settings.hazard)
-        # A run of i bars has alpha = noise_prior + i / 2 whatever the data, so alpha,
-        # the Student-t's degrees of freedom and its gamma-function constant are fixed
-        # per slot: computed once here, by the very additions a per-bar update of alpha
-        # would make (so every value is identical), instead of on every bar.
-        alpha = np.empty(self.settings.max_run)
-        alpha[0] = self.settings.noise_prior
-        for i in range(1, len(alpha)):
-            alpha[i] = alpha[i - 1] + 0.5
-        nu = 2.0 * alpha
-        self._alpha, self._nu, self._nu_pi = alpha, nu, nu * math.pi
-        self._half_nu1 = (nu + 1.0) / 2.0
-        self._t_const = gammaln(self._half_nu1) - gammaln(nu / 2.0)
-        self.reset()
+        self._bank = ARBOCPDBank(1, settings)
+        self.settings = self._bank.settings
 
     def reset(self) -> None:
-        s = self.settings
-        m = s.max_run
-        # Per run length: precision matrix [[l11, l12], [l12, l22]] of (intercept,
-        # AR coef), the precision-weighted mean h = L m, alpha, beta. Slot 0 = prior.
-        self._l11, self._l12, self._l22 = (
-            np.full(m, s.coef_prior),
-            np.zeros(m),
-            np.full(m, s.coef_prior),
-        )
-        self._h1, self._h2 = np.zeros(m), np.zeros(m)
-        self._beta = np.full(m, s.noise_prior)  # prior residual variance 1
-        self._logp = np.full(m, -np.inf)
-        self._logp[0] = 0.0
-        self._n = 1
-        self._prev: float | None = None
-        self._rule = ShortRunRule(s.short_run, s.threshold, s.cooldown)
-
-    def _set_prior(self, i: int) -> None:
-        s = self.settings
-        self._l11[i] = self._l22[i] = s.coef_prior
-        self._l12[i] = self._h1[i] = self._h2[i] = 0.0
-        self._beta[i] = s.noise_prior
+        self._bank.reset()
 
     def update(self, x: float) -> bool:
-        s = self.settings
-        x = _finite(x)
-        if s.clip:
-            x = min(max(x, -s.clip), s.clip)
-        if self._prev is None:  # the first input only becomes the regressor
-            self._prev = x
-            self._rule.since_change += 1
-            return False
-        z, n = self._prev, self._n
-        l11, l12, l22 = self._l11[:n], self._l12[:n], self._l22[:n]
-        h1, h2 = self._h1[:n], self._h2[:n]
-        alpha, beta = self._alpha[:n], self._beta[:n]
-        det = l11 * l22 - l12 * l12
-        m1, m2 = (l22 * h1 - l12 * h2) / det, (l11 * h2 - l12 * h1) / det
-        # phi' L^-1 phi for phi = [1, z]
-        quad = (l22 - 2.0 * l12 * z + l11 * z * z) / det
-        mean = m1 + m2 * z
-        scale2 = beta / alpha * (1.0 + quad)
-        lpred = (
-            self._t_const[:n]
-            - 0.5 * np.log(self._nu_pi[:n] * scale2)
-            - self._half_nu1[:n] * np.log1p((x - mean) ** 2 / (self._nu[:n] * scale2))
-        )
-        top_n = min(n + 1, s.max_run)
-        new = np.full(s.max_run, -np.inf)
-        new[1:top_n] = (self._logp[:n] + lpred)[: top_n - 1] + self._log_1mh
-        new[1] = np.logaddexp(new[1], self._log_h + lpred[0])
-        top = new[1:top_n].max()
-        new[1:top_n] -= top + math.log(np.exp(new[1:top_n] - top).sum())
-        self._logp = new
-        # Conjugate update of every run, shifted one slot; slot 0 gets the prior again.
-        quad_old = m1 * h1 + m2 * h2  # m' L m
-        n11, n12, n22 = l11 + 1.0, l12 + z, l22 + z * z
-        g1, g2 = h1 + x, h2 + z * x
-        ndet = n11 * n22 - n12 * n12
-        nm1, nm2 = (n22 * g1 - n12 * g2) / ndet, (n11 * g2 - n12 * g1) / ndet
-        quad_new = nm1 * g1 + nm2 * g2
-        for arr, value in (
-            (self._l11, n11),
-            (self._l12, n12),
-            (self._l22, n22),
-            (self._h1, g1),
-            (self._h2, g2),
-            (self._beta, beta + 0.5 * (x * x + quad_old - quad_new)),
-        ):
-            arr[1:top_n] = value[: top_n - 1]
-        self._set_prior(0)
-        self._n = top_n
-        self._prev = x
-
-        return self._rule.step(self._logp, top_n)
+        return bool(self._bank.update(np.array([_finite(x)]))[0])
 
     @property
     def change_probability(self) -> float:
         """P(the regime started within the last ``short_run`` bars)."""
-        return self._rule.cp
+        return float(self._bank.change_probability[0])
 
     @property
     def run_length(self) -> int:
         """Bars since the start of the regime estimated at the last alarm (since reset if none)."""
-        return self._rule.since_change
+        return int(self._bank.run_length[0])

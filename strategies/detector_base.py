@@ -105,29 +105,39 @@ class ShortRunRule:
     ``threshold`` since (hysteresis: one alarm per change, none during the start-up
     bars when every run is short). At an alarm the run length is the most probable
     of the short runs; after that it counts up by one per bar.
+
+    The rule runs ``size`` series side by side (one row of every array each), so a
+    bank of detectors decides for all its series in a few numpy operations.
     """
 
-    def __init__(self, short_run: int, threshold: float, cooldown: int) -> None:
+    def __init__(self, short_run: int, threshold: float, cooldown: int, size: int = 1) -> None:
         self.short_run, self.threshold, self.cooldown = short_run, threshold, cooldown
+        self.size = size
         self.reset()
 
     def reset(self) -> None:
-        self.cp = 1.0
-        self.armed = False
-        self.since_alarm = self.cooldown
-        self.since_change = 0
+        self.cp = np.ones(self.size)
+        self.armed = np.zeros(self.size, dtype=bool)
+        self.since_alarm = np.full(self.size, self.cooldown, dtype=np.int64)
+        self.since_change = np.zeros(self.size, dtype=np.int64)
 
-    def step(self, logp: np.ndarray, n: int) -> bool:
-        """One bar: ``logp[1:n]`` is the log posterior of runs 1..n-1. True on an alarm."""
+    def step(self, logp: np.ndarray, n: int, active: np.ndarray | None = None) -> np.ndarray:
+        """One bar of the ``active`` rows (all if None).
+
+        ``logp[:, 1:n]`` holds the log posterior of runs 1..n-1, one row per series.
+        Returns a bool array, True where an alarm fires.
+        """
         k = min(self.short_run, n - 1)
-        self.cp = min(1.0, float(np.exp(logp[1 : k + 1]).sum()))
-        self.since_alarm += 1
-        self.since_change += 1
-        fire = self.armed and self.cp >= self.threshold and self.since_alarm >= self.cooldown
-        if fire:
-            self.armed = False
-            self.since_alarm = 0
-            self.since_change = 1 + int(np.argmax(logp[1 : k + 1]))
-        elif self.cp < self.threshold:
-            self.armed = True
+        short = logp[:, 1 : k + 1]
+        cp = np.minimum(1.0, np.exp(short).sum(axis=1))
+        if active is None:
+            active = np.ones(self.size, dtype=bool)
+        self.cp = np.where(active, cp, self.cp)
+        self.since_alarm += active
+        self.since_change += active
+        fire = active & self.armed & (cp >= self.threshold) & (self.since_alarm >= self.cooldown)
+        self.armed = (self.armed | (active & (cp < self.threshold))) & ~fire
+        if fire.any():
+            self.since_alarm[fire] = 0
+            self.since_change[fire] = 1 + np.argmax(short[fire], axis=1)
         return fire

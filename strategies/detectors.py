@@ -32,7 +32,7 @@ import pandas as pd
 from metabt.feeds.did_you_mean import did_you_mean
 from metabt.feeds.features import FeatureSpec, log_returns, trailing_vol
 from metabt.strategies.bocpd import BOCPD, BOCPDSettings
-from metabt.strategies.bocpd_ar import ARBOCPD, ARBOCPDSettings
+from metabt.strategies.bocpd_ar import ARBOCPD, ARBOCPDBank, ARBOCPDSettings
 from metabt.strategies.cusum import CUSUM, CUSUMSettings
 from metabt.strategies.detector_base import Detector
 from metabt.strategies.loss_cusum import LossCUSUM, LossCUSUMSettings
@@ -51,6 +51,7 @@ __all__ = [
     "detect_alarms",
     "detect_changes",
     "make_detector",
+    "make_detector_bank",
 ]
 
 
@@ -100,6 +101,35 @@ def make_detector(name: str, **settings: Any) -> AnyDetector:
                 f"(allowed: {', '.join(allowed)})"
             )
     return cls.from_settings(**settings)
+
+
+class DetectorBank:
+    """One detector per series behind the interface of :class:`ARBOCPDBank`.
+
+    Detectors with no vectorised bank are updated one series at a time.
+    """
+
+    def __init__(self, detectors: list[AnyDetector]) -> None:
+        self.detectors = detectors
+        self.input_kind = getattr(detectors[0], "input_kind", "return")
+
+    def update(self, x: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """One bar of every ``active`` series; True where an alarm fires."""
+        return np.array(
+            [bool(on) and det.update(v) for det, v, on in zip(self.detectors, x, active)]
+        )
+
+    @property
+    def run_length(self) -> np.ndarray:
+        return np.array([det.run_length for det in self.detectors])
+
+
+def make_detector_bank(name: str, size: int, **settings: Any) -> ARBOCPDBank | DetectorBank:
+    """``size`` detectors of one kind (see :func:`make_detector`), updated together."""
+    first = make_detector(name, **settings)
+    if isinstance(first, ARBOCPD):
+        return ARBOCPDBank(size, first.settings)
+    return DetectorBank([first, *(make_detector(name, **settings) for _ in range(size - 1))])
 
 
 def detect_changes(frame: pd.DataFrame, name: str, **settings: Any) -> list[pd.Timestamp]:

@@ -24,73 +24,36 @@ averaged.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from metabt.feeds.features import LABEL_DELAY, label_from_opens
+from metabt.feeds.features import LABEL_DELAY
 from metabt.metamodels import numpy_policy
 from metabt.metamodels.numpy_policy import NumpyParams
-from metabt.strategies.adaptive_policy import AdaptivePolicy, InSampleError, load_policy
+from metabt.strategies.adaptive_policy import (
+    AdaptivePolicy,
+    InSampleError,
+    adapt_batch,
+    load_policy,
+    together,
+)
+from metabt.strategies.asset_state import AssetState
 from metabt.strategies.base import TargetWeightStrategy
 from metabt.strategies.conditioned_policy import ContextPolicy
-from metabt.strategies.detectors import AnyDetector, make_detector
+from metabt.strategies.detectors import make_detector, make_detector_bank
 
 TRIGGERS = ("regime", "calendar", "never", "oracle")
 # The policy's position moves a little on every bar; re-ordering each wiggle
 # pays costs for nothing (and is most of a backtest's run time). A change of
 # 0.02 in portfolio weight is 16% of a full position in an 8-asset basket.
 DEFAULT_REBALANCE_THRESHOLD = 0.02
-
-
-class _AssetState:
-    """Per-asset memory: the feed's feature rows, recent labels, detector, current weights."""
-
-    def __init__(
-        self,
-        d: bt.LineSeries,
-        names: tuple[str, ...],
-        detector: AnyDetector,
-        params: list[NumpyParams],
-        keep: int,
-    ) -> None:
-        feats, vols = getattr(d, "feature_array", None), getattr(d, "vol_array", None)
-        if feats is None or vols is None:
-            raise ValueError(
-                f"MetaAdaptiveStrategy: feed {d._name!r} carries no feature_array; build it "
-                "with metabt.feeds.btfeed.make_feature_feed"
-            )
-        have = tuple(d.feature_names)
-        if have != names:
-            missing = [n for n in names if n not in have]
-            if missing:
-                raise ValueError(
-                    f"MetaAdaptiveStrategy: feed {d._name!r} lacks the policy's features "
-                    f"{missing}; build it with the FeatureSpec the policy was trained on"
-                )
-            feats = np.ascontiguousarray(feats[:, [have.index(n) for n in names]])
-        self.feats, self.vols = feats, vols  # row i = the feed's i-th bar
-        self.detector = detector
-        self.params = params
-        # Feature rows of the last LABEL_DELAY bars, whose labels are not known yet.
-        self.pending: deque[int] = deque(maxlen=LABEL_DELAY)
-        # Labelled rows available for adaptation: feature row, label, 1/vol, bar number.
-        self.support_row: deque[int] = deque(maxlen=keep)
-        self.support_y: deque[float] = deque(maxlen=keep)
-        self.support_a: deque[float] = deque(maxlen=keep)
-        self.support_bar: deque[int] = deque(maxlen=keep)
-        self.support_when: deque[float] = deque(maxlen=keep)  # backtrader date numbers
-        self.seen = 0  # len(data) at the last processed bar
-        self.bar = -1  # this asset's bar number (0 = its first bar in the run)
-        self.regime_start = 0  # bar number where the current regime is estimated to start
-        self.position: float | None = None
-        self.bars_since_adapt = 0
-        self.adapted = False  # False while the fallback (initial) weights trade
-        self.loss_ref = (0.0, 1.0)  # mean, sd of the adapted policy's per-bar support loss
+# An asset with a new bar: its data feed, its memory and this bar's features (None if missing).
+Moved = tuple[bt.LineSeries, AssetState, "np.ndarray | None"]
 
 
 class MetaAdaptiveStrategy(TargetWeightStrategy):
@@ -171,12 +134,22 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             )
         settings = dict(self.p.detector_settings or {})
         keep = max(self.p.max_window, self.p.calendar_window)
+        first = make_detector(self.p.detector, **settings)  # checks name and settings
+        watches_loss = getattr(first, "input_kind", "return") == "loss"
         self._state = {
-            d: _AssetState(
-                d, names, make_detector(self.p.detector, **settings), self._initial(), keep
+            d: AssetState(
+                d, names, make_detector(self.p.detector, **settings) if watches_loss else None, keep
             )
             for d in self.datas
         }
+        #: Every asset's return detector, updated together once per bar (None: the
+        #: detector watches the policy's losses, per asset, see _feed_loss_detector).
+        self._detectors = (
+            None
+            if watches_loss
+            else make_detector_bank(self.p.detector, len(self.datas), **settings)
+        )
+        self._adapt_together = together(self._policies)
         # Every asset's current weights stacked, one stack per ensemble member, so one
         # forward pass per member gives all assets' positions (see _positions).
         self._stacked = [
@@ -184,6 +157,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             for p in self._policies
         ]
         self._slot = {d: i for i, d in enumerate(self.datas)}
+        self._order = {d._name: i for i, d in enumerate(self.datas)}
         self.n_adaptations = 0
         self._changes = {
             name: {pd.Timestamp(t).date() for t in dates}
@@ -197,8 +171,12 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         # The feed's vol is the very vol the tasks and labels were scaled by.
         return float(d.vol_array[len(d) - 1])
 
-    def _set_params(self, d: bt.LineSeries, st: _AssetState, params: list[NumpyParams]) -> None:
-        st.params = params
+    def asset_params(self, d: bt.LineSeries) -> list[NumpyParams]:
+        """The weights each ensemble member trades ``d`` with now (views, do not modify)."""
+        slot = self._slot[d]
+        return [{k: v[slot] for k, v in stack.items()} for stack in self._stacked]
+
+    def _set_params(self, d: bt.LineSeries, params: list[NumpyParams]) -> None:
         slot = self._slot[d]
         for stack, p in zip(self._stacked, params):
             for k, v in p.items():
@@ -228,39 +206,23 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             )
         self.in_sample = True
 
-    def _observe(self, d: bt.LineSeries, st: _AssetState) -> np.ndarray | None:
-        """Record this bar's features and the label that just became known.
-
-        A feed with a missing date still advances one bar per own bar, so
-        ``d.open[-1]`` is this asset's previous bar.
-        """
-        row = len(d) - 1
-        x = st.feats[row]
-        if len(st.pending) == LABEL_DELAY:
-            # The label of bar t-2 (open t-1 -> open t) is known now, at bar t.
-            old = st.pending[0]
-            label = float(label_from_opens(d.open[-1], d.open[0], st.vols[old]))
-            old_x = st.feats[old]
-            if math.isfinite(label) and np.isfinite(old_x).all():
-                st.support_row.append(old)
-                st.support_y.append(label)
-                st.support_a.append(1.0 / st.vols[old])
-                st.support_bar.append(st.bar - LABEL_DELAY)
-                st.support_when.append(d.datetime[-LABEL_DELAY])
-                self._feed_loss_detector(d, st, old_x, label)
-        st.pending.append(row)
-        return x if np.isfinite(x).all() else None
+    def _observe(self, d: bt.LineSeries, st: AssetState) -> np.ndarray | None:
+        """Record this bar's features and the label that just became known."""
+        x, labelled = st.observe(d)
+        if labelled is not None:
+            self._feed_loss_detector(d, st, *labelled)
+        return x
 
     def _feed_loss_detector(
-        self, d: bt.LineSeries, st: _AssetState, x: np.ndarray, label: float
+        self, d: bt.LineSeries, st: AssetState, x: np.ndarray, label: float
     ) -> None:
         # The loss detector watches how the trading policy does on each newly labelled
         # bar against what it scored on its own support window. In an ensemble the first
         # member stands for all: they adapt on the same windows.
-        if getattr(st.detector, "input_kind", "return") != "loss" or not st.adapted:
+        if st.detector is None or not st.adapted:
             return
         pol = self._policies[0]
-        pnl = float(numpy_policy.positions(st.params[0], x, pol.policy_spec)) * label
+        pnl = float(numpy_policy.positions(self.asset_params(d)[0], x, pol.policy_spec)) * label
         loss = -pnl + pol.objective_spec.risk * pnl * pnl
         mean, sd = st.loss_ref
         if st.detector.update((loss - mean) / sd):
@@ -268,27 +230,44 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             st.regime_start = st.bar - LABEL_DELAY - int(st.detector.run_length) + 1
             self._moved(d, st, start)
 
-    def _detect(self, d: bt.LineSeries, st: _AssetState) -> None:
-        """Move the estimated start of the current regime when a change is seen.
+    def _detect(self, moved: Sequence[Moved]) -> None:
+        """Move the estimated start of each asset's current regime when a change is seen.
 
         Every move is logged as an ``"alarm"`` event whose ``window`` is the bars
         since the estimated start.
         """
-        start = st.regime_start
+        starts = [st.regime_start for _, st, _ in moved]
         if self.p.trigger == "oracle":
-            if self.datetime.date(0) in self._changes.get(d._name, ()):
-                st.regime_start = st.bar
-        elif self.p.trigger == "regime" and len(d) > 1:
-            kind = getattr(st.detector, "input_kind", "return")
-            if kind != "loss":
-                ret = math.log(d.close[0] / d.close[-1])
-                if kind == "scaled_return":
-                    ret /= st.vols[len(d) - 2]
-                if math.isfinite(ret) and st.detector.update(ret):
-                    st.regime_start = st.bar - int(st.detector.run_length) + 1
-        self._moved(d, st, start)
+            today = self.datetime.date(0)
+            for d, st, _ in moved:
+                if today in self._changes.get(d._name, ()):
+                    st.regime_start = st.bar
+        elif self.p.trigger == "regime" and self._detectors is not None:
+            self._detect_returns(moved)
+        for (d, st, _), start in zip(moved, starts):
+            self._moved(d, st, start)
 
-    def _moved(self, d: bt.LineSeries, st: _AssetState, start: int) -> None:
+    def _detect_returns(self, moved: Sequence[Moved]) -> None:
+        bank = self._detectors
+        assert bank is not None
+        scaled = bank.input_kind == "scaled_return"
+        x = np.zeros(len(self.datas))
+        active = np.zeros(len(self.datas), dtype=bool)
+        for d, st, _ in moved:
+            if len(d) > 1:
+                ret = math.log(d.close[0] / d.close[-1])
+                if scaled:
+                    ret /= st.vols[len(d) - 2]
+                if math.isfinite(ret):
+                    x[self._slot[d]], active[self._slot[d]] = ret, True
+        fired = bank.update(x, active)
+        if fired.any():
+            run = bank.run_length
+            for d, st, _ in moved:
+                if fired[self._slot[d]]:
+                    st.regime_start = st.bar - int(run[self._slot[d]]) + 1
+
+    def _moved(self, d: bt.LineSeries, st: AssetState, start: int) -> None:
         """Log a new regime start and drop the weights fitted to the old regime."""
         if st.regime_start == start:
             return
@@ -304,22 +283,34 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         )
         if st.adapted:
             # Fall back to the initial weights until the new regime has min_window labels.
-            self._set_params(d, st, self._initial())
+            self._set_params(d, self._initial())
             st.adapted = False
 
-    def _adapt(self, d: bt.LineSeries, st: _AssetState, n: int) -> None:
-        x = st.feats[list(st.support_row)[-n:]]
-        y = np.array(list(st.support_y)[-n:])
-        a = np.array(list(st.support_a)[-n:])
+    def _adapt(self, group: list[tuple[bt.LineSeries, AssetState]], n: int) -> None:
+        """Adapt every member on the last ``n`` labelled bars of each asset in ``group``."""
+        x, y, a = (np.stack(v) for v in zip(*(st.window(n) for _, st in group)))
         when = self.datetime.date(0)
-        results = [pol.adapt(x, y, a, when=when) for pol in self._policies]
-        self._set_params(d, st, [r[0] for r in results])
+        if self._adapt_together:
+            results = adapt_batch(cast(tuple[AdaptivePolicy, ...], self._policies), x, y, a)
+        else:
+            results = [
+                [pol.adapt(x[j], y[j], a[j], when=when) for pol in self._policies]
+                for j in range(len(group))
+            ]
+        for (d, st), got in zip(group, results):
+            self._adapted(d, st, n, got)
+
+    def _adapted(self, d: bt.LineSeries, st: AssetState, n: int, results: list[tuple]) -> None:
+        """Trade the adapted weights of ``d`` and log the adaptation."""
+        self._set_params(d, [r[0] for r in results])
         st.bars_since_adapt, st.adapted = 0, True
         self.n_adaptations += 1
-        pol = self._policies[0]
-        pnl = numpy_policy.positions(st.params[0], x, pol.policy_spec) * y
-        per_bar = -pnl + pol.objective_spec.risk * pnl * pnl
-        st.loss_ref = (float(per_bar.mean()), max(float(per_bar.std()), 1e-6))
+        if st.detector is not None:  # the loss detector's reference: the support loss per bar
+            pol = self._policies[0]
+            x, y, _ = st.window(n)
+            pnl = numpy_policy.positions(results[0][0], x, pol.policy_spec) * y
+            per_bar = -pnl + pol.objective_spec.risk * pnl * pnl
+            st.loss_ref = (float(per_bar.mean()), max(float(per_bar.std()), 1e-6))
         self.events.append(
             {
                 "date": self.datetime.date(0),
@@ -334,7 +325,7 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             }
         )
 
-    def window_length(self, st: _AssetState) -> int:
+    def window_length(self, st: AssetState) -> int:
         """Labelled bars the next adaptation uses (0 = trade the fallback weights).
 
         ``regime`` / ``oracle``: the labelled bars at or after the regime's start, at
@@ -346,38 +337,50 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             return 0
         if self.p.trigger == "calendar":
             return min(self.p.calendar_window, have)
-        # support_bar is increasing: the bars at or after the regime's start are its tail.
-        new = len(st.support_bar) - bisect_left(st.support_bar, st.regime_start)
+        new = st.labelled_since(st.regime_start)
         return min(new, self.p.max_window) if new >= self.p.min_window else 0
 
-    def _schedule(self, d: bt.LineSeries, st: _AssetState) -> None:
-        st.bars_since_adapt += 1
-        # Re-adapt on the cadence, and as soon as a fallback can end.
-        if st.adapted and st.bars_since_adapt < self.p.readapt_every:
-            return
-        n = self.window_length(st)
-        if n:
-            self._adapt(d, st, n)
+    def _schedule(self, moved: Sequence[Moved]) -> None:
+        """Re-adapt on the cadence, and as soon as a fallback can end.
+
+        Assets whose windows have the same length adapt together (one batched pass).
+        """
+        due: dict[int, list[tuple[bt.LineSeries, AssetState]]] = {}
+        for d, st, _ in moved:
+            st.bars_since_adapt += 1
+            if st.adapted and st.bars_since_adapt < self.p.readapt_every:
+                continue
+            n = self.window_length(st)
+            if n:
+                due.setdefault(n, []).append((d, st))
+        for n, group in due.items():
+            self._adapt(group, n)
 
     def target_weights(self) -> dict:
-        moved: list[tuple[bt.LineSeries, _AssetState, np.ndarray]] = []
+        logged = len(self.events)
+        moved: list[Moved] = []
         for d in self.datas:
             st = self._state[d]
             if len(d) != st.seen:  # a feed with no bar on this date did not move
                 st.seen = len(d)
                 st.bar += 1
-                x = self._observe(d, st)
-                self._detect(d, st)
-                self._schedule(d, st)
                 st.position = None
-                if x is not None:
-                    moved.append((d, st, x))
+                moved.append((d, st, self._observe(d, st)))
         if moved:
-            self._positions(moved)
+            self._detect(moved)
+            self._schedule(moved)
+            if len(self.events) > logged + 1:
+                # One asset's events after another's, each in the order they happened.
+                self.events[logged:] = sorted(
+                    self.events[logged:], key=lambda e: self._order[e["asset"]]
+                )
+            self._positions([(d, st, x) for d, st, x in moved if x is not None])
         return {d: st.position for d, st in self._state.items() if st.position is not None}
 
-    def _positions(self, moved: list[tuple[bt.LineSeries, _AssetState, np.ndarray]]) -> None:
+    def _positions(self, moved: list[tuple[bt.LineSeries, AssetState, np.ndarray]]) -> None:
         """Positions of every asset that has a new bar: one forward pass per ensemble member."""
+        if not moved:
+            return
         slots = [self._slot[d] for d, _, _ in moved]
         x = np.stack([x for _, _, x in moved])[:, None, :]  # (assets, 1 bar, features)
         per_member = [

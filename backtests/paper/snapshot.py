@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 
 FORMAT = "metabt-paper-snapshot"
-VERSION = 1
+VERSION = 2
 
 Arrays = dict[str, np.ndarray]
 
@@ -144,7 +144,8 @@ def strategy_state(strat: MetaAdaptiveStrategy, arrays: Arrays) -> dict:
         for key in ("y", "a", "when"):
             arrays[f"{p}.support_{key}"] = np.asarray(getattr(st, f"support_{key}"), np.float64)
         arrays[f"{p}.support_bar"] = np.asarray(st.support_bar, np.int64)
-        for i, params in enumerate(st.params):
+        members = strat.asset_params(d)
+        for i, params in enumerate(members):
             for k, v in params.items():
                 arrays[f"{p}.params.{i}.{k}"] = _copy(v)
         # The feed's last rows: the next run's feed starts with them (the lags it reads).
@@ -160,15 +161,20 @@ def strategy_state(strat: MetaAdaptiveStrategy, arrays: Arrays) -> dict:
             "bars_since_adapt": st.bars_since_adapt,
             "adapted": st.adapted,
             "loss_ref": list(st.loss_ref),
-            "members": len(st.params),
-            "detector": object_state(st.detector, f"{p}.detector", arrays),
+            "members": len(members),
+            "detector": None
+            if st.detector is None
+            else object_state(st.detector, f"{p}.detector", arrays),
             "last_target": strat._last_target[d],
             "retry": d in strat._retry,
             # (bars behind, close, EWM sum, EWM weight): the base class's own vol estimate
             "vol_state": None if vol is None else [len(d) - vol[0], *vol[1:]],
         }
+    bank = strat._detectors
     return {
         "assets": assets,
+        "order": [d._name for d in strat.datas],
+        "detectors": None if bank is None else object_state(bank, "detectors", arrays),
         "first_traded": None if strat.first_traded is None else str(strat.first_traded.date()),
         "in_sample": strat.in_sample,
         "n_adaptations": strat.n_adaptations,
@@ -183,8 +189,12 @@ def restore_strategy(strat: MetaAdaptiveStrategy, raw: dict, arrays: Arrays) -> 
     at its last feed rows, its labelled window is appended below its features.
     """
     names = [d._name for d in strat.datas]
-    if sorted(raw["assets"]) != sorted(names):
-        raise SnapshotError(f"assets {sorted(raw['assets'])}, expected {sorted(names)}")
+    if raw["order"] != names:  # the detector bank holds one row per asset, in this order
+        raise SnapshotError(f"assets {raw['order']}, expected {names}")
+    if (raw["detectors"] is None) != (strat._detectors is None):
+        raise SnapshotError("the snapshot's detectors do not match the strategy's detector")
+    if strat._detectors is not None:
+        load_object_state(strat._detectors, raw["detectors"], "detectors", arrays)
     for d in strat.datas:
         st, a, p = strat._state[d], raw["assets"][d._name], f"asset.{d._name}"
         x = _array(arrays, f"{p}.support_x", (None, st.feats.shape[1]), np.float64)
@@ -219,8 +229,11 @@ def restore_strategy(strat: MetaAdaptiveStrategy, raw: dict, arrays: Arrays) -> 
             {k: _array(arrays, f"{p}.params.{i}.{k}", v.shape, v.dtype) for k, v in member.items()}
             for i, member in enumerate(initial)
         ]
-        strat._set_params(d, st, params)
-        load_object_state(st.detector, a["detector"], f"{p}.detector", arrays)
+        strat._set_params(d, params)
+        if (a["detector"] is None) != (st.detector is None):
+            raise SnapshotError(f"{p}: the snapshot's detector does not match the strategy's")
+        if st.detector is not None:
+            load_object_state(st.detector, a["detector"], f"{p}.detector", arrays)
         strat._last_target[d] = float(a["last_target"])
         if a["retry"]:
             strat._retry.add(d)
