@@ -33,12 +33,13 @@ class ArrayPandasData(bt.feeds.PandasData):
     def start(self) -> None:
         super().start()
         frame = self.p.dataname
+        values = frame.to_numpy(dtype=float)  # one copy of the table, not one per column
         self._columns = [
-            (getattr(self.lines, alias), frame.iloc[:, col].to_numpy(dtype=float).tolist())
+            (getattr(self.lines, alias), values[:, col].tolist())
             for alias in self.getlinealiases()
             if alias != "datetime" and (col := self._colmapping[alias]) is not None
         ]
-        self._dtnums = [bt.date2num(ts.to_pydatetime()) for ts in frame.index]
+        self._dtnums = [bt.date2num(ts) for ts in frame.index.to_pydatetime()]
 
     def _load(self) -> bool:
         self._idx += 1

@@ -237,7 +237,7 @@ def test_new_bar_features_equal_the_backtests():
         for i in range(first, first + n):
             state.push(float(frame["close"].iloc[i]))
             trail = frame.iloc[max(0, i - TRAIL + 1) : i + 1]
-            f, v = state.row(trail[list(PRICES)].to_numpy(), list(trail.index))
+            f, v = state.row(trail[list(PRICES)].to_numpy(), lambda t=trail: t.index)
             feats.append(f)
             vols.append(v)
         return np.array(feats), np.array(vols)

@@ -23,6 +23,7 @@ stay exact.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,18 +137,21 @@ class FeatureState:
             state.push(close)
         return state
 
-    def row(self, bars: np.ndarray, dates: list) -> tuple[np.ndarray, float]:
+    def row(
+        self, bars: np.ndarray, dates: Callable[[], pd.DatetimeIndex]
+    ) -> tuple[np.ndarray, float]:
         """Features and vol of the last of ``bars`` (the bar just pushed).
 
-        ``bars`` (``open, high, low, close, volume`` of ``dates``) holds the last
-        stored bars and this one; the EWMs come from the carried state. While the
+        ``bars`` (``open, high, low, close, volume``) holds the last stored bars
+        and this one; ``dates()`` gives their dates, asked for only while the
+        history is short enough for pandas; the EWMs come from the carried state. While the
         whole history fits in ``bars`` the rest is ``compute_features`` over it,
         the backtest's own computation; after that, :func:`last_row` (numpy, the
         same formulas for one row).
         """
         if self.n_bars > len(bars):
             return last_row(bars, self.values, self.spec)
-        trail = pd.DataFrame(bars, columns=list(PRICES), index=pd.DatetimeIndex(dates))
+        trail = pd.DataFrame(bars, columns=list(PRICES), index=dates())
         ewms = ewm_means(trail, self.spec)
         for name, series in ewms.items():
             series.iloc[-1] = self.values[name]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from metabt.backtests.paper.carry import trade_bar, write_snapshot
@@ -90,12 +91,13 @@ class PaperLoop:
         frames = {}
         for asset, frame in self.s.frames.items():
             if asset in bar.rows:
-                row = pd.DataFrame(
-                    [bar.rows[asset]],
+                # The stored bars are one float table: a new table of them and the
+                # bar, without pd.concat's per-call alignment work.
+                frame = pd.DataFrame(
+                    np.vstack([frame.to_numpy(dtype=np.float64), [bar.rows[asset]]]),
                     columns=frame.columns,
-                    index=pd.DatetimeIndex([bar.date], name="date"),
+                    index=frame.index.insert(len(frame), bar.date),
                 )
-                frame = pd.concat([frame, row])
             frames[asset] = frame
         unknown = set(bar.rows) - set(frames)
         if unknown:

@@ -76,15 +76,17 @@ def _feed(
         got = None if tail is None else tail.shape
         raise SnapshotError(f"asset.{asset}.tail is {got}, expected (1..2, {n_feats})")
     recent = frame.iloc[-(TRAIL - 1) :]
-    trail = recent[list(PRICES)].to_numpy(dtype=np.float64)
-    index = list(recent.index[-len(tail) :])
+    trail = recent.to_numpy(dtype=np.float64)
+    if tuple(recent.columns) != PRICES:
+        trail = recent[list(PRICES)].to_numpy(dtype=np.float64)
+    index = recent.index[-len(tail) :]
     prices, feats, vol = trail[-len(tail) :], tail, vols
     if asset in bar.rows:
         new = np.array([bar.rows[asset]], dtype=np.float64)
         feature.push(float(new[0, 3]))
         trail = np.vstack([trail, new])
-        row, v = feature.row(trail, [*recent.index, bar.date])
-        index.append(bar.date)
+        index = index.insert(len(index), bar.date)
+        row, v = feature.row(trail, lambda: recent.index.insert(len(recent), bar.date))
         prices = np.vstack([prices, new])
         feats, vol = np.vstack([tail, row]), np.append(vols, v)
     # What make_feature_feed builds, from the rows at hand: a Backtrader feed of the
@@ -93,7 +95,7 @@ def _feed(
     frame = pd.DataFrame(
         np.hstack([prices, vol[:, None]]),
         columns=[*PRICES, VOL_LINE],
-        index=pd.DatetimeIndex(index, name="date"),
+        index=index.rename("date"),
     )
     feed = feature_feed_class(())(dataname=frame, name=asset)
     feed.feature_names = tuple(spec.names)
