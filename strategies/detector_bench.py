@@ -12,6 +12,10 @@ Reported per detector (the ``detectors`` block of the bench JSON):
 
 ``update_us``
     median wall time of one ``update`` call [microseconds].
+``bank8_update_us_per_series``
+    median wall time of one bar of a vectorised bank of 8 series (what the
+    strategy runs for 8 assets), divided by 8 [microseconds]; None for detectors
+    without a bank.
 ``delay_bars``
     mean detection delay of a volatility doubling [bars]: the number of post-change
     bars seen up to and including the alarm (an alarm on the first changed bar
@@ -53,7 +57,13 @@ from typing import Any
 
 import numpy as np
 
-from metabt.strategies.detectors import DETECTORS, Detector, make_detector
+from metabt.strategies.detectors import (
+    DETECTORS,
+    Detector,
+    DetectorBank,
+    make_detector,
+    make_detector_bank,
+)
 
 
 def vol_regime_series(
@@ -129,6 +139,21 @@ def _timed_updates(factory: Callable[[], Detector], returns: np.ndarray) -> np.n
     return out / 1e3
 
 
+def _timed_bank_updates(name: str, kwargs: dict, inputs: np.ndarray) -> np.ndarray | None:
+    """Per-series cost of a vectorised bank over the columns of ``inputs`` (None: no bank)."""
+    bank = make_detector_bank(name, inputs.shape[1], **kwargs)
+    if isinstance(bank, DetectorBank):
+        return None
+    clock = time.perf_counter_ns
+    active = np.ones(inputs.shape[1], dtype=bool)
+    out = np.empty(len(inputs))
+    for i, row in enumerate(inputs):
+        t0 = clock()
+        bank.update(row, active)
+        out[i] = clock() - t0
+    return out / 1e3 / inputs.shape[1]
+
+
 def bench_detectors(
     seed: int = 0,
     n_series: int = 40,
@@ -158,9 +183,9 @@ def bench_detectors(
     Returns
     -------
     dict
-        ``{"detectors": {name: {"update_us", "delay_bars", "false_alarms_per_1000",
-        "detected_fraction", "halving_delay_bars", "halving_detected_fraction",
-        "regime_false_alarms_per_1000"}}, "setup": {...}}``
+        ``{"detectors": {name: {"update_us", "bank8_update_us_per_series", "delay_bars",
+        "false_alarms_per_1000", "detected_fraction", "halving_delay_bars",
+        "halving_detected_fraction", "regime_false_alarms_per_1000"}}, "setup": {...}}``
     """
     names = list(names or DETECTORS)
     settings = settings or {}
@@ -193,12 +218,19 @@ def bench_detectors(
         cost = np.concatenate(
             [_timed_updates(factory, detector_inputs(kind, returns)) for returns in null[:2]]
         )
+        # What the strategy runs: one bank for its 8 assets, one update per bar for all.
+        bank_cost = _timed_bank_updates(
+            name, kwargs, np.column_stack([detector_inputs(kind, r) for r in null[:8]])
+        )
         n_false = 0
         for returns in null:
             n_false += len(alarms_on(returns))
         up, down = np.array(up_delays), np.array(down_delays)
         out[name] = {
             "update_us": round(float(np.median(cost)), 2),
+            "bank8_update_us_per_series": (
+                None if bank_cost is None else round(float(np.median(bank_cost)), 2)
+            ),
             "delay_bars": round(float(np.nanmean(up)), 2) if np.isfinite(up).any() else None,
             "false_alarms_per_1000": round(1000.0 * n_false / (n_series * n_bars), 3),
             "detected_fraction": round(float(np.isfinite(up).mean()), 3),

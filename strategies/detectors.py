@@ -46,6 +46,7 @@ __all__ = [
     "BOCPDSettings",
     "CUSUMSettings",
     "Detector",
+    "DetectorBank",
     "LossCUSUM",
     "LossCUSUMSettings",
     "detect_alarms",

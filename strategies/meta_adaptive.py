@@ -19,6 +19,11 @@ random initialisation (a random ``policy``) and the ERM network (an ERM
 ``policy``, ``"never"``). ``policy`` may be a tuple of policies (e.g. one per
 meta-training seed): each adapts on the same window and their positions are
 averaged.
+
+Per bar the work is done for all assets at once: one detector bank update, one
+batched adaptation per window length (every asset and member due), one forward
+pass per member; each gives what the asset-by-asset code gives
+(``tests/test_batched_paths.py``, ``tests/test_meta_strategy_reference.py``).
 """
 
 from __future__ import annotations
