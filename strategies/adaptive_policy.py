@@ -109,9 +109,9 @@ def together(policies: tuple[object, ...]) -> bool:
     """
     first = policies[0]
     return all(
-        type(p).adapt is AdaptivePolicy.adapt
-        and isinstance(p, AdaptivePolicy)
+        isinstance(p, AdaptivePolicy)
         and isinstance(first, AdaptivePolicy)
+        and type(p).adapt is AdaptivePolicy.adapt
         and (p.policy_spec, p.objective_spec, p.inner_steps)
         == (first.policy_spec, first.objective_spec, first.inner_steps)
         for p in policies
