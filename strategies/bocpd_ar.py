@@ -113,15 +113,18 @@ class ARBOCPDBank:
             active = np.ones(self.size, dtype=bool)
         if s.clip:
             x = np.clip(x, -s.clip, s.clip)
-        # A series' first input only becomes its regressor.
-        first = active & ~self._has_prev
-        step = active & self._has_prev
-        self._prev[first] = x[first]
-        self._has_prev |= first
-        self.rule.since_change += first
-        if not step.any():
-            return np.zeros(self.size, dtype=bool)
-        old = None if step.all() else (self._post[:, ~step].copy(), self._logp[~step].copy())
+        step = active
+        if not self._has_prev.all():
+            # A series' first input only becomes its regressor.
+            first = active & ~self._has_prev
+            step = active & self._has_prev
+            self._prev[first] = x[first]
+            self._has_prev |= first
+            self.rule.since_change += first
+            if not step.any():
+                return np.zeros(self.size, dtype=bool)
+        every = bool(step.all())
+        old = None if every else (self._post[:, ~step].copy(), self._logp[~step].copy())
         post = self._post
         m1, m2, s11, s12, s22, beta = post
         z, xc = self._prev[:, None], x[:, None]
@@ -157,8 +160,11 @@ class ARBOCPDBank:
         self._logp = new
         if old is not None:
             post[:, ~step], self._logp[~step] = old
-        self._prev[step] = x[step]
-        return self.rule.step(self._logp, s.max_run, step)
+        if every:
+            self._prev[:] = x
+        else:
+            self._prev[step] = x[step]
+        return self.rule.step(self._logp, s.max_run, None if every else step)
 
     @property
     def change_probability(self) -> np.ndarray:

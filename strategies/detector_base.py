@@ -130,13 +130,13 @@ class ShortRunRule:
         k = min(self.short_run, n - 1)
         short = logp[:, 1 : k + 1]
         cp = np.minimum(1.0, np.exp(short).sum(axis=1))
-        if active is None:
-            active = np.ones(self.size, dtype=bool)
-        self.cp = np.where(active, cp, self.cp)
-        self.since_alarm += active
-        self.since_change += active
-        fire = active & self.armed & (cp >= self.threshold) & (self.since_alarm >= self.cooldown)
-        self.armed = (self.armed | (active & (cp < self.threshold))) & ~fire
+        # Inactive rows keep every value: they are masked out of each update.
+        on = True if active is None else active
+        self.cp = cp if active is None else np.where(active, cp, self.cp)
+        self.since_alarm += on
+        self.since_change += on
+        fire = self.armed & (cp >= self.threshold) & (self.since_alarm >= self.cooldown) & on
+        self.armed = (self.armed | ((cp < self.threshold) & on)) & ~fire
         if fire.any():
             self.since_alarm[fire] = 0
             self.since_change[fire] = 1 + np.argmax(short[fire], axis=1)
