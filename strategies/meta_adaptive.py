@@ -388,10 +388,11 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             return
         slots = [self._slot[d] for d, _, _ in moved]
         x = np.stack([x for _, _, x in moved])[:, None, :]  # (assets, 1 bar, features)
+        every = len(moved) == len(self.datas)  # usually: then no copy of the weights
         per_member = [
-            numpy_policy.positions({k: v[slots] for k, v in stack.items()}, x, pol.policy_spec)[
-                :, 0
-            ]
+            numpy_policy.positions(
+                stack if every else {k: v[slots] for k, v in stack.items()}, x, pol.policy_spec
+            )[:, 0]
             for stack, pol in zip(self._stacked, self._policies)
         ]
         mean = per_member[0] if len(per_member) == 1 else np.mean(per_member, axis=0)
