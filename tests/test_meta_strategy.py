@@ -55,12 +55,16 @@ def run(frames, trade_start, **params):
 
 
 @pytest.mark.parametrize(
-    "trigger, detector", [("regime", "bocpd_ar"), ("regime", "loss"), ("calendar", "bocpd_ar")]
+    "trigger, detector",
+    # bocpd_ar runs as one vectorised bank; cusum as a bank of per-asset detectors.
+    [("regime", "bocpd_ar"), ("regime", "cusum"), ("regime", "loss"), ("calendar", "bocpd_ar")],
 )
 def test_positions_orders_and_adaptations_up_to_t_ignore_the_future(frames, trigger, detector):
     start = frames["SPY"].index[150]
     full = run(frames, start, trigger=trigger, detector=detector)
     assert len(full.events) > 3, "the test needs adaptations to mean anything"
+    if detector == "cusum":
+        assert any(e["trigger"] == "alarm" for e in full.events), "cusum must move a window"
     for cut in (300, 480):
         t = frames["SPY"].index[cut]
         expected = upto(full, t)
