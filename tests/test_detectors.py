@@ -257,6 +257,12 @@ def test_bench_reports_every_detector() -> None:
         assert row["update_us"] > 0, name
         assert row["false_alarms_per_1000"] >= 0, name
         assert row["delay_bars"] is None or 1 <= row["delay_bars"] <= 50, name
+    # What the strategy runs for 8 assets: only the AR(1) BOCPD has a vectorised bank.
+    banked = {
+        name for name, row in result["detectors"].items() if "bank8_update_us_per_series" in row
+    }
+    assert banked == {"bocpd_ar"}
+    assert result["detectors"]["bocpd_ar"]["bank8_update_us_per_series"] > 0
 
 
 def _ar1(phi: float, n: int, seed: int) -> np.ndarray:
