@@ -82,9 +82,9 @@ class ARBOCPDBank:
         self._inv_alpha, self._nu = 1.0 / alpha, nu
         self._half_nu1 = (nu + 1.0) / 2.0
         self._t_const = gammaln(self._half_nu1) - gammaln(nu / 2.0) - 0.5 * np.log(nu * math.pi)
-        # A new run's posterior: coefficients 0 with covariance I / coef_prior, beta.
-        self._prior = np.array([0.0, 0.0, 1.0 / s.coef_prior, 0.0, 1.0 / s.coef_prior])
-        self._prior = np.append(self._prior, s.noise_prior)[:, None]
+        # A new run's posterior (rows as in reset): coefficients 0, S = I / coef_prior, beta.
+        inv = 1.0 / s.coef_prior
+        self._prior = np.array([0.0, 0.0, inv, 0.0, inv, s.noise_prior])[:, None]
         self.reset()
 
     def reset(self) -> None:
