@@ -76,9 +76,8 @@ def _feed(
         got = None if tail is None else tail.shape
         raise SnapshotError(f"asset.{asset}.tail is {got}, expected (1..2, {n_feats})")
     recent = frame.iloc[-(TRAIL - 1) :]
-    trail = recent.to_numpy(dtype=np.float64)
-    if tuple(recent.columns) != PRICES:
-        trail = recent[list(PRICES)].to_numpy(dtype=np.float64)
+    prices_only = recent if tuple(recent.columns) == PRICES else recent[list(PRICES)]
+    trail = prices_only.to_numpy(dtype=np.float64)
     index = recent.index[-len(tail) :]
     prices, feats, vol = trail[-len(tail) :], tail, vols
     if asset in bar.rows:
