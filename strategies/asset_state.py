@@ -63,6 +63,8 @@ class AssetState:
                 )
             feats = np.ascontiguousarray(feats[:, [have.index(n) for n in names]])
         self.feats, self.vols = feats, vols  # row i = the feed's i-th bar
+        # Which rows have every feature, checked once for the whole feed, not twice a bar.
+        self.complete = np.isfinite(feats).all(axis=1)
         self.detector = detector
         # Feature rows of the last LABEL_DELAY bars, whose labels are not known yet.
         self.pending: deque[int] = deque(maxlen=LABEL_DELAY)
@@ -97,7 +99,7 @@ class AssetState:
             old = self.pending[0]
             label = float(label_from_opens(d.open[-1], d.open[0], self.vols[old]))
             old_x = self.feats[old]
-            if math.isfinite(label) and np.isfinite(old_x).all():
+            if math.isfinite(label) and self.complete[old]:
                 self.support_row.append(old)
                 self.support_y.append(label)
                 self.support_a.append(1.0 / self.vols[old])
@@ -105,7 +107,7 @@ class AssetState:
                 self.support_when.append(d.datetime[-LABEL_DELAY])
                 labelled = (old_x, label)
         self.pending.append(row)
-        return (x if np.isfinite(x).all() else None), labelled
+        return (x if self.complete[row] else None), labelled
 
     def window(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features ``(n, F)``, labels and 1/vol ``(n,)`` of the last ``n`` labelled bars."""
