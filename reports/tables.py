@@ -31,9 +31,24 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (  # (metric key, header, format)
 Rows = tuple[list[str], list[list[str]]]
 
 
+def _role_of(name: str) -> str:
+    if name in ROLES:
+        return ROLES[name]
+    # The forward-pass learners of ``[meta] compare`` (meta_context, meta_memory) and
+    # their two ablations, named meta_<learner>[_frozen | _calendar] by the runner.
+    if not name.startswith("meta_"):
+        return ""
+    learner, _, ablation = name[len("meta_") :].partition("_")
+    return {
+        "": f"{learner} learner, regime-triggered",
+        "frozen": f"ablation of meta_{learner}: no context",
+        "calendar": f"ablation of meta_{learner}: calendar window",
+    }.get(ablation, "")
+
+
 def role(c: Comparison, name: str) -> str:
     """What a strategy is in this study, marking the best static comparator."""
-    text = ROLES.get(name, "")
+    text = _role_of(name)
     if name != c.best_static:
         return text
     how = "in-sample" if c.best_static_basis is ComparatorBasis.IN_SAMPLE else "by test Sharpe"

@@ -387,3 +387,26 @@ def test_relative_growth_separates_an_ablation_that_lies_on_the_meta_curve() -> 
     assert (rel["meta_calendar"].diff().dropna() > 0).all()
     expected = 100 * (np.prod(1 + base + 0.0002) / np.prod(1 + base) - 1)
     assert rel["meta_calendar"].iloc[-1] == pytest.approx(expected)
+
+
+def test_every_row_of_the_strategy_table_says_what_it_is(tmp_path: Path) -> None:
+    from metabt.reports.tables import strategy_rows
+
+    sharpes = {
+        "meta_adaptive": 0.5,
+        "meta_calendar": 0.4,
+        "meta_context": 0.3,
+        "meta_context_frozen": 0.2,
+        "meta_memory_calendar": 0.1,
+        "sma_cross": 0.0,
+    }
+    c = _comparison(tmp_path, sharpes, train_best={"sma_cross": 0.1})
+    roles = {row[0]: row[1] for row in strategy_rows(c)[1]}
+    assert roles == {
+        "meta_adaptive": "meta policy, regime-triggered",
+        "meta_calendar": "ablation: calendar re-adaptation",
+        "meta_context": "context learner, regime-triggered",
+        "meta_context_frozen": "ablation of meta_context: no context",
+        "meta_memory_calendar": "ablation of meta_memory: calendar window",
+        "sma_cross": "static comparator (best, in-sample)",
+    }
