@@ -179,10 +179,25 @@ class FeatureState:
         return state
 
 
+# Both helpers below spell out what np.std and np.corrcoef compute, with a dot product
+# instead of their generic machinery: each is called twice per asset and bar, and the
+# library versions took half of last_row's time. The values agree to rounding.
+
+
 def _z(x: np.ndarray) -> float:
     """The last value's rolling z-score (``feeds.features._rolling_z``) over ``x``."""
-    sd = float(np.std(x, ddof=1))
-    return 0.0 if not sd > 0 else min(CLIP, max(-CLIP, float((x[-1] - x.mean()) / sd)))
+    dev = x - x.mean()
+    sd = math.sqrt(float(dev @ dev) / (len(x) - 1))
+    return 0.0 if not sd > 0 else min(CLIP, max(-CLIP, float(dev[-1]) / sd))
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of ``a`` and ``b``; 0 when either is flat (as pandas' fillna)."""
+    da, db = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float(da @ da) * float(db @ db))
+    if not denom > 0:
+        return 0.0
+    return min(1.0, max(-1.0, float(da @ db) / denom))
 
 
 def _clip(x: float) -> float:
@@ -210,9 +225,7 @@ def last_row(
         gap = ewm[f"ema_{fast}"] - ewm[f"ema_{slow}"]
         out[f"macd_{fast}_{slow}"] = _clip(gap / (close[-1] * vol))
     for w in spec.autocorr_windows:
-        with np.errstate(all="ignore"):  # a flat window has no correlation: 0, as pandas' fillna
-            c = np.corrcoef(r[-w:], r[-w - 1 : -1])[0, 1]
-        out[f"ac_{w}"] = float(c) if math.isfinite(c) else 0.0
+        out[f"ac_{w}"] = _corr(r[-w:], r[-w - 1 : -1])
     if spec.vol_level:
         out["log_vol"] = math.log(vol / 0.01)
     return np.array([out[name] for name in spec.names], dtype=np.float64), vol
