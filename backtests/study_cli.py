@@ -73,6 +73,15 @@ def choose_defaults(
             help="One candidate setting to validate (repeat); none: the config as is.",
         ),
     ] = None,
+    also_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--also-on",
+            metavar="SECTION.KEY=VALUE",
+            help="Validate on this variant of the config too, e.g. another synthetic market "
+            "(repeat); the rule averages over every variant.",
+        ),
+    ] = None,
     fraction: Annotated[
         float,
         typer.Option(
@@ -85,33 +94,63 @@ def choose_defaults(
 
     Compare candidate settings on the last part of the training period, never the test period.
     Each --candidate is one full study run on the validation split; --set changes the
-    config for all of them.
+    config for all of them. The pick follows one rule for every variant: the highest mean
+    validation Sharpe of the rows that trade a learned network.
     """
-    from metabt.backtests.choose_defaults import validation_config, validation_sharpes
+    from metabt.backtests.choose_defaults import (
+        candidate_configs,
+        choose,
+        learned_mean,
+        validation_config,
+        validation_sharpes,
+    )
     from metabt.backtests.cli import console
 
-    base = validation_config(load_with_settings(config_path, settings or []), fraction)
-    console.print(
-        f"validation: train {base.data.start} .. {base.data.split}, "
-        f"validate {base.data.split} .. {base.data.end}"
-    )
-    # Per-run notes (a late indicator, an order re-tried) would drown the one table this
-    # prints; they are counted instead.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rows = validation_sharpes(base, candidates or [])
-    table = Table(title="validation Sharpe (inside the training period)")
-    table.add_column("candidate")
-    names = list(next(iter(rows.values())))
-    for name in names:
-        table.add_column(name, justify="right")
-    for candidate, sharpe in rows.items():
-        table.add_row(
-            candidate, *(f"{sharpe[n]:.2f}" if sharpe[n] is not None else "-" for n in names)
+    variants = {
+        variant: validation_config(
+            load_with_settings(config_path, [*(settings or []), *([variant] if variant else [])]),
+            fraction,
         )
-    console.print(table)
-    if caught:
-        console.print(f"{len({str(w.message) for w in caught})} distinct warnings not shown")
+        for variant in ["", *(also_on or [])]
+    }
+    # Every candidate on every variant is checked before the first run starts.
+    plans = {v: candidate_configs(base, candidates or []) for v, base in variants.items()}
+    scores: dict[str, list[float | None]] = {}
+    for variant, configs in plans.items():
+        base = variants[variant]
+        console.print(
+            f"validation{' with ' + variant if variant else ''}: train {base.data.start} .. "
+            f"{base.data.split}, validate {base.data.split} .. {base.data.end}"
+        )
+        # Per-run notes (a late indicator, an order re-tried) would drown the one table this
+        # prints; they are counted instead.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = validation_sharpes(configs)
+        table = Table(title="validation Sharpe (inside the training period)")
+        table.add_column("candidate")
+        names = list(next(iter(rows.values())))
+        for name in [*names, "learned mean"]:
+            table.add_column(name, justify="right")
+        for candidate, sharpe in rows.items():
+            score = learned_mean(sharpe)
+            scores.setdefault(candidate, []).append(score)
+            cells = [sharpe[n] for n in names] + [score]
+            table.add_row(candidate, *(f"{c:.2f}" if c is not None else "-" for c in cells))
+        console.print(table)
+        if caught:
+            console.print(f"{len({str(w.message) for w in caught})} distinct warnings not shown")
+    picked = choose(scores)
+    over = f" over {len(variants)} validation runs" if len(variants) > 1 else ""
+    console.print(
+        "rule: the highest mean validation Sharpe of the rows that trade a learned network"
+        f"{over}: "
+        + (f"[bold]{picked[0]}[/bold] ({picked[1]:.2f})" if picked else "none has a score")
+    )
+    console.print(
+        f"{len(scores)} setting(s) validated: count them as trials "
+        "(validated_settings) in the config you keep"
+    )
 
 
 def register(app: typer.Typer) -> None:
