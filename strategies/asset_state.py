@@ -109,6 +109,15 @@ class AssetState:
         self.pending.append(row)
         return (x if self.complete[row] else None), labelled
 
+    def extend(self, rows: np.ndarray) -> int:
+        """Append feature rows below the feed's own (a restored snapshot's labelled bars);
+        returns the index of the first one. ``complete`` grows with them."""
+        first = len(self.feats)
+        if len(rows):
+            self.feats = np.concatenate([self.feats, rows])
+            self.complete = np.concatenate([self.complete, np.isfinite(rows).all(axis=1)])
+        return first
+
     def window(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features ``(n, F)``, labels and 1/vol ``(n,)`` of the last ``n`` labelled bars."""
         rows = list(self.support_row)[-n:]

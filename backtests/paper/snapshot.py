@@ -207,8 +207,7 @@ def restore_strategy(strat: MetaAdaptiveStrategy, raw: dict, arrays: Arrays) -> 
         keep = st.support_row.maxlen
         if keep is not None and n > keep:
             raise SnapshotError(f"{p}: {n} labelled bars, at most {keep} are kept")
-        first = len(st.feats)
-        st.feats = np.concatenate([st.feats, x]) if n else st.feats
+        first = st.extend(x)
         st.support_row = deque(range(first, first + n), maxlen=keep)
         for key, values in cols.items():
             setattr(st, f"support_{key}", deque(values.tolist(), maxlen=keep))
