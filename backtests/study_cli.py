@@ -129,19 +129,20 @@ def choose_defaults(
             rows = validation_sharpes(configs)
         table = Table(title="validation Sharpe (inside the training period)")
         table.add_column("candidate")
-        names = list(next(iter(rows.values())))
+        # A candidate may add or drop rows (e.g. meta.compare): every row any of them has.
+        names = list(dict.fromkeys(n for sharpe in rows.values() for n in sharpe))
         for name in [*names, "learned mean"]:
             table.add_column(name, justify="right")
         for candidate, sharpe in rows.items():
             score = learned_mean(sharpe)
             scores.setdefault(candidate, []).append(score)
-            cells = [sharpe[n] for n in names] + [score]
+            cells = [sharpe.get(n) for n in names] + [score]
             table.add_row(candidate, *(f"{c:.2f}" if c is not None else "-" for c in cells))
         console.print(table)
         if caught:
             console.print(f"{len({str(w.message) for w in caught})} distinct warnings not shown")
     picked = choose(scores)
-    over = f" over {len(variants)} validation runs" if len(variants) > 1 else ""
+    over = f", averaged over the config and {len(variants) - 1} --also-on" if also_on else ""
     console.print(
         "rule: the highest mean validation Sharpe of the rows that trade a learned network"
         f"{over}: "

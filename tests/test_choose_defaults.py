@@ -70,6 +70,8 @@ def test_the_command_prints_each_split_and_picks_by_the_rule(run_cli, monkeypatc
                 "erm_static": good,
                 "buy_and_hold": 5.0,
             }
+            if candidate.endswith("5"):  # a candidate may add rows: each gets its column
+                rows[candidate]["meta_context"] = good
         return rows
 
     monkeypatch.setattr(choose_defaults, "validation_sharpes", fake)
@@ -89,8 +91,9 @@ def test_the_command_prints_each_split_and_picks_by_the_rule(run_cli, monkeypatc
     )
     assert "validation with seed=2:" in result.out
     rule = next(line for line in result.out.splitlines() if line.startswith("rule:"))
-    assert "over 2 validation runs" in rule
-    assert re.search(r"strategy\.readapt_every=5 \(0\.67\)", rule), rule
+    assert "averaged over the config and 1 --also-on" in rule
+    assert re.search(r"strategy\.readapt_every=5 \(0\.75\)", rule), rule
+    assert "meta_context" in result.out
     assert "2 setting(s) validated" in result.out
 
 
