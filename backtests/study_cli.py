@@ -127,17 +127,20 @@ def choose_defaults(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             rows = validation_sharpes(configs)
+        # One row per strategy, one column per candidate: a study has a dozen strategies and
+        # a search a few candidates, so this way round every name stays readable.
         table = Table(title="validation Sharpe (inside the training period)")
-        table.add_column("candidate")
+        table.add_column("strategy", no_wrap=True)
+        for candidate in rows:
+            table.add_column(candidate, justify="right", overflow="fold")
         # A candidate may add or drop rows (e.g. meta.compare): every row any of them has.
         names = list(dict.fromkeys(n for sharpe in rows.values() for n in sharpe))
-        for name in [*names, "learned mean"]:
-            table.add_column(name, justify="right")
+        for i, name in enumerate(names):
+            cells = (_sharpe(sharpe.get(name)) for sharpe in rows.values())
+            table.add_row(name, *cells, end_section=i == len(names) - 1)
         for candidate, sharpe in rows.items():
-            score = learned_mean(sharpe)
-            scores.setdefault(candidate, []).append(score)
-            cells = [sharpe.get(n) for n in names] + [score]
-            table.add_row(candidate, *(f"{c:.2f}" if c is not None else "-" for c in cells))
+            scores.setdefault(candidate, []).append(learned_mean(sharpe))
+        table.add_row("learned mean", *(_sharpe(scores[c][-1]) for c in rows), style="bold")
         console.print(table)
         if caught:
             console.print(f"{len({str(w.message) for w in caught})} distinct warnings not shown")
@@ -152,6 +155,10 @@ def choose_defaults(
         f"{len(scores)} setting(s) validated: count them as trials "
         "(validated_settings) in the config you keep"
     )
+
+
+def _sharpe(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def register(app: typer.Typer) -> None:
