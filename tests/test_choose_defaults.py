@@ -20,7 +20,7 @@ TINY = Path(__file__).parent / "data" / "tiny_basket.toml"
 FAST = ["--set", "comparators.names=[]", "--set", "ensemble.per_seed_runs=false"]
 
 
-@pytest.mark.parametrize("name", ["basket", "synthetic", "recent", "single_asset"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in configs_dir().glob("*.toml")))
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.95])
 def test_the_validation_split_lies_inside_the_training_period(name, fraction):
     config = load_config(configs_dir() / f"{name}.toml")
