@@ -118,6 +118,65 @@ def together(policies: tuple[object, ...]) -> bool:
     )
 
 
+class BatchAdapter:
+    """:func:`adapt_batch` for one fixed ensemble: the members' weights are stacked once.
+
+    The strategy adapts the same policies on hundreds of bars; stacking their
+    weights (and, per window length, their step sizes) on every call cost as much
+    as a tenth of the adaptation itself.
+    """
+
+    def __init__(self, policies: tuple[AdaptivePolicy, ...]) -> None:
+        self.policies = policies
+        first = policies[0]
+        self._start = {
+            k: np.stack([p.params[k] for p in policies]).astype(np.float64) for k in first.params
+        }
+        self._rates: dict[int, dict[str, np.ndarray]] = {}
+
+    def _rates_for(self, n: int) -> dict[str, np.ndarray]:
+        """Each member's step size for ``n``-bar windows, broadcast to its parameters' shapes."""
+        if n not in self._rates:
+            steps = [p.step_size(n) for p in self.policies]
+            self._rates[n] = {
+                k: np.stack(
+                    [
+                        np.broadcast_to(r[k] if isinstance(r, dict) else r, v.shape[1:])
+                        for r in steps
+                    ]
+                )
+                for k, v in self._start.items()
+            }
+        return self._rates[n]
+
+    def __call__(
+        self, x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray
+    ) -> list[list[tuple[NumpyParams, float, float]]]:
+        """What :func:`adapt_batch` returns for these policies."""
+        first, members = self.policies[0], len(self.policies)
+        spec, obj = first.policy_spec, first.objective_spec
+        n_win, n = len(x), x.shape[1]
+        start = {k: np.repeat(v, n_win, axis=0) for k, v in self._start.items()}
+        rates = {k: np.repeat(v, n_win, axis=0) for k, v in self._rates_for(n).items()}
+        xs, ys, inv = (np.concatenate([v] * members) for v in (x, y, inv_vol))
+        adapted = numpy_policy.adapt(start, xs, ys, first.inner_steps, rates, spec, obj, inv)
+        before, after = (
+            numpy_policy.trading_loss(numpy_policy.positions(p, xs, spec), ys, obj, inv)
+            for p in (start, adapted)
+        )
+        return [
+            [
+                (
+                    {k: v[m * n_win + j] for k, v in adapted.items()},
+                    float(before[m * n_win + j]),
+                    float(after[m * n_win + j]),
+                )
+                for m in range(members)
+            ]
+            for j in range(n_win)
+        ]
+
+
 def adapt_batch(
     policies: tuple[AdaptivePolicy, ...], x: np.ndarray, y: np.ndarray, inv_vol: np.ndarray
 ) -> list[list[tuple[NumpyParams, float, float]]]:
@@ -127,42 +186,10 @@ def adapt_batch(
     length. The ``M`` policies' weights are stacked ``M * A`` deep and adapted in
     one batched pass (:func:`metamodels.numpy_policy.adapt`), which costs little
     more than adapting one of them. Returns, per window, per policy, the
-    adapted weights and the support loss before and after.
+    adapted weights and the support loss before and after. To adapt the same
+    policies many times, build a :class:`BatchAdapter` once and call it.
     """
-    first = policies[0]
-    spec, obj = first.policy_spec, first.objective_spec
-    n_win, n = len(x), x.shape[1]
-    start = {
-        k: np.repeat(np.stack([p.params[k] for p in policies]).astype(np.float64), n_win, axis=0)
-        for k in first.params
-    }
-    # Each policy's step size, broadcast to its parameters' shapes, repeated per window.
-    steps = [p.step_size(n) for p in policies]
-    rates = {
-        k: np.repeat(
-            np.stack([np.broadcast_to(r[k] if isinstance(r, dict) else r, v.shape) for r in steps]),
-            n_win,
-            axis=0,
-        )
-        for k, v in first.params.items()
-    }
-    xs, ys, inv = (np.concatenate([v] * len(policies)) for v in (x, y, inv_vol))
-    adapted = numpy_policy.adapt(start, xs, ys, first.inner_steps, rates, spec, obj, inv)
-    before, after = (
-        numpy_policy.trading_loss(numpy_policy.positions(p, xs, spec), ys, obj, inv)
-        for p in (start, adapted)
-    )
-    return [
-        [
-            (
-                {k: v[m * n_win + j] for k, v in adapted.items()},
-                float(before[m * n_win + j]),
-                float(after[m * n_win + j]),
-            )
-            for m in range(len(policies))
-        ]
-        for j in range(n_win)
-    ]
+    return BatchAdapter(policies)(x, y, inv_vol)
 
 
 def adaptive_policy(

@@ -42,8 +42,8 @@ from metabt.metamodels import numpy_policy
 from metabt.metamodels.numpy_policy import NumpyParams
 from metabt.strategies.adaptive_policy import (
     AdaptivePolicy,
+    BatchAdapter,
     InSampleError,
-    adapt_batch,
     load_policy,
     together,
 )
@@ -154,7 +154,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             if watches_loss
             else make_detector_bank(self.p.detector, len(self.datas), **settings)
         )
-        self._adapt_together = together(self._policies)
+        gradient_adapted = cast(tuple[AdaptivePolicy, ...], self._policies)
+        self._batch = BatchAdapter(gradient_adapted) if together(self._policies) else None
         # Every asset's current weights stacked, one stack per ensemble member, so one
         # forward pass per member gives all assets' positions (see _positions).
         self._stacked = [
@@ -295,8 +296,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         """Adapt every member on the last ``n`` labelled bars of each asset in ``group``."""
         x, y, a = (np.stack(v) for v in zip(*(st.window(n) for _, st in group)))
         when = self.datetime.date(0)
-        if self._adapt_together:
-            results = adapt_batch(cast(tuple[AdaptivePolicy, ...], self._policies), x, y, a)
+        if self._batch is not None:
+            results = self._batch(x, y, a)
         else:
             results = [
                 [pol.adapt(x[j], y[j], a[j], when=when) for pol in self._policies]
