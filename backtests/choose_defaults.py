@@ -26,6 +26,7 @@ from rich.console import Console
 
 from metabt.backtests.config import StudyConfig, parse_config
 from metabt.backtests.overrides import with_settings
+from metabt.backtests.runner import META_STRATEGIES
 from metabt.backtests.study import run_study
 
 #: The row label of the config run as it is (no candidate given).
@@ -67,10 +68,10 @@ def validation_sharpes(configs: Mapping[str, StudyConfig]) -> dict[str, Sharpes]
 
 
 def is_learned(name: str) -> bool:
-    """Whether a row trades a learned network: every meta variant (ablations, oracle and the
-    context / memory learners included) and plain ERM; per-seed rows (``name#i``) are not rows
-    of their own."""
-    return "#" not in name and (name.startswith("meta_") or name == "erm_static")
+    """Whether a row trades a learned network: the runner's meta variants and plain ERM
+    (:data:`~backtests.runner.META_STRATEGIES`), the oracle and the context / memory rows
+    (all ``meta_*``); per-seed rows (``name#i``) are not rows of their own."""
+    return "#" not in name and (name in META_STRATEGIES or name.startswith("meta_"))
 
 
 def learned_mean(sharpes: Sharpes) -> float | None:
