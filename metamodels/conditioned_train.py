@@ -33,6 +33,7 @@ from metabt.metamodels.context_policy import (
 )
 from metabt.metamodels.learners import TorchTasks
 from metabt.metamodels.memory_policy import (
+    SCALE,
     Alarms,
     MemorySpec,
     SegmentBank,
@@ -118,9 +119,11 @@ def fit_conditioned(
     if bank is not None:
         start.update(init_memory_params(ctx, memory, config.seed))
     params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-    opt = torch.optim.AdamW(
-        list(params.values()), lr=config.outer_lr, weight_decay=config.weight_decay
-    )
+    # The cosine attention's scale is a sharpness, not a weight: decay would pull it to 1.
+    groups: list[dict] = [{"params": [v for k, v in params.items() if k != SCALE]}]
+    if SCALE in params:
+        groups.append({"params": [params[SCALE]], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=config.outer_lr, weight_decay=config.weight_decay)
     val_tasks = None if val is None else (TorchTasks.from_batch(val), decision_days(val))
 
     def val_losses() -> tuple[float, float]:
@@ -221,12 +224,14 @@ def train_conditioned(
     lo, split, hi = split_period(frames, start, end, config.val_fraction)
     sampler = TaskSampler(frames, feature_spec, task_spec, lo, split, changes)
     val = validation_tasks(frames, feature_spec, task_spec, split, hi, config.val_tasks, changes)
-    bank = None
+    bank, memory = None, None
     if config.algorithm == "memory":
-        memory = MemorySpec(max_bars=task_spec.max_support)
+        memory = MemorySpec(max_bars=task_spec.max_support, attention=config.memory_attention)
         bank = build_bank(frames, feature_spec, alarms or {}, lo, hi, memory)
         log.info("memory bank: %d segments from %d assets", len(bank), len(frames))
-    model = fit_conditioned(sampler.sample, val, policy_spec, objective_spec, config, bank)
+    model = fit_conditioned(
+        sampler.sample, val, policy_spec, objective_spec, config, bank, memory=memory
+    )
     return replace(
         model,
         feature_spec=feature_spec,

@@ -13,6 +13,16 @@ softmax-weighted sum of their values is the context that modulates the
 policy (the same FiLM). A "null" slot with score 0 and value 0 is always
 there, so an empty bank (or an uninformative match) gives the plain policy.
 
+Two ways to score a segment (``MemorySpec.attention``): ``"dot"``, the scaled
+dot product of query and key; or ``"cosine"``, as in Matching Networks, the
+cosine of query and key times a learned scale (``mem.log_scale``, kept out of
+weight decay). With bounded encoder states and small projections the dot
+product's scores stay within about one unit of each other, so over a bank of
+thousands of segments the weights are nearly uniform: the memory averages its
+segments rather than retrieving the ones like today. The cosine scale starts at
+:data:`COSINE_SCALE0` and lets training set how sharp retrieval is. A
+checkpoint holding ``mem.log_scale`` is a cosine one; without it, dot.
+
 The keys and values of the bank are computed once from the trained weights
 and stored with the model, so trading time is one encoder pass plus one
 ``(N, d)`` matrix-vector product.
@@ -49,6 +59,14 @@ BANK_KEYS = tuple(
 
 Alarms = Mapping[str, Sequence[tuple[object, object]]]
 
+ATTENTIONS = ("dot", "cosine")
+SCALE = f"{PREFIX}log_scale"
+# Cosines lie in [-1, 1]; times 10, one segment can outweigh a thousand indifferent ones
+# (e^10 ~ 22,000) while the starting weights still spread over the best few dozen.
+COSINE_SCALE0 = 10.0
+# Queries and keys of (near) zero length score 0 instead of dividing by zero.
+_TINY = 1e-12
+
 
 @dataclass(frozen=True)
 class MemorySpec:
@@ -62,13 +80,20 @@ class MemorySpec:
         Shorter segments are left out of the bank [bars].
     max_bars : int
         A segment is embedded from its last ``max_bars`` labelled bars [bars].
+    attention : {"dot", "cosine"}
+        How a segment is scored against the current window (module docstring).
     """
 
     key_width: int = 8
     min_bars: int = 10
     max_bars: int = 120
+    attention: str = "dot"
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTIONS:
+            raise ValueError(
+                f"memory attention must be one of {ATTENTIONS}, got {self.attention!r}"
+            )
         if self.key_width < 1 or not 2 <= self.min_bars <= self.max_bars:
             raise ValueError(
                 "memory needs key_width >= 1 and 2 <= min_bars <= max_bars, got "
@@ -154,16 +179,28 @@ def build_bank(
 def memory_shapes(ctx: ContextSpec, spec: MemorySpec) -> dict[str, tuple[int, ...]]:
     """Name -> shape of the attention parameters."""
     h, d = ctx.width, spec.key_width
-    return {f"{PREFIX}wq": (h, d), f"{PREFIX}wk": (h, d), f"{PREFIX}wv": (h, h)}
+    shapes: dict[str, tuple[int, ...]] = {
+        f"{PREFIX}wq": (h, d),
+        f"{PREFIX}wk": (h, d),
+        f"{PREFIX}wv": (h, h),
+    }
+    if spec.attention == "cosine":
+        shapes[SCALE] = (1,)
+    return shapes
 
 
 def init_memory_params(ctx: ContextSpec, spec: MemorySpec, seed: int) -> Params:
-    """Fresh float32 attention parameters (uniform +-1/sqrt(fan_in))."""
+    """Fresh float32 attention parameters (uniform +-1/sqrt(fan_in); the cosine scale
+    at :data:`COSINE_SCALE0`)."""
     gen = torch.Generator().manual_seed(int(seed) + 104729)
-    return {
+    out = {
         name: (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) / math.sqrt(shape[0])
         for name, shape in memory_shapes(ctx, spec).items()
+        if name != SCALE
     }
+    if spec.attention == "cosine":
+        out[SCALE] = torch.full((1,), math.log(COSINE_SCALE0), dtype=torch.float32)
+    return out
 
 
 # -- torch --------------------------------------------------------------------
@@ -179,6 +216,17 @@ def bank_embeddings(params: Params, bank: SegmentBank, spec: PolicySpec) -> torc
     )
 
 
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp(min=_TINY)
+
+
+def attention_keys(params: Params, memory: torch.Tensor) -> torch.Tensor:
+    """The keys ``(N, d)`` of segments with encoder states ``memory``, as the bank stores
+    them: unit length for cosine attention."""
+    k = memory @ params[f"{PREFIX}wk"]
+    return _unit(k) if SCALE in params else k
+
+
 def attend(
     params: Params, query: torch.Tensor, memory: torch.Tensor, eligible: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +236,11 @@ def attend(
     ``eligible`` ``(B, N)`` is True where a segment was known before the decision.
     """
     q = query @ params[f"{PREFIX}wq"]
-    k = memory @ params[f"{PREFIX}wk"]
-    scores = (q @ k.T) / math.sqrt(q.shape[-1])
+    k = attention_keys(params, memory)
+    if SCALE in params:
+        scores = (_unit(q) * params[SCALE].exp()) @ k.T
+    else:
+        scores = (q @ k.T) / math.sqrt(q.shape[-1])
     scores = scores.masked_fill(~eligible, -math.inf)
     null = torch.zeros_like(scores[:, :1])
     weights = torch.softmax(torch.cat([null, scores], 1), 1)[:, 1:]
@@ -200,7 +251,7 @@ def bank_tensors(params: Params, bank: SegmentBank, spec: PolicySpec) -> Params:
     """What a trained model keeps of its bank: keys, values and the segments' dates."""
     with torch.no_grad():
         e = bank_embeddings(params, bank, spec)
-        out = {f"{BANK}keys": e @ params[f"{PREFIX}wk"], f"{BANK}values": e @ params[f"{PREFIX}wv"]}
+        out = {f"{BANK}keys": attention_keys(params, e), f"{BANK}values": e @ params[f"{PREFIX}wv"]}
     for name in ("known_day", "start_day", "end_day", "asset"):
         # float32 holds whole numbers up to 2**24 exactly: day numbers and indices fit.
         out[f"{BANK}{name}"] = torch.as_tensor(getattr(bank, name), dtype=torch.float32)
@@ -217,8 +268,13 @@ def numpy_attend(
     """
     query = numpy_window_context(params, x, y, spec) @ params[f"{PREFIX}wq"]
     eligible = params[f"{BANK}known_day"] < day
+    if SCALE in params:  # cosine: the stored keys have unit length
+        query = query / max(float(np.linalg.norm(query)), _TINY) * math.exp(params[SCALE][0])
+        raw = params[f"{BANK}keys"] @ query
+    else:
+        raw = params[f"{BANK}keys"] @ query / math.sqrt(len(query))
     # Masking (not indexing) keeps the bank in place: no copy of keys or values per call.
-    scores = np.where(eligible, params[f"{BANK}keys"] @ query / math.sqrt(len(query)), -np.inf)
+    scores = np.where(eligible, raw, -np.inf)
     top = max(0.0, float(scores.max())) if len(scores) else 0.0
     e = np.exp(scores - top)
     weights = e / (e.sum() + math.exp(-top))  # + the null slot: score 0, value 0
@@ -231,7 +287,8 @@ def check_conditioner(params: dict, spec: PolicySpec, algorithm: str) -> None:
     shapes = context_shapes(spec, ctx)
     if algorithm == "memory":
         key_width = int(params[f"{PREFIX}wq"].shape[-1])
-        shapes.update(memory_shapes(ctx, MemorySpec(key_width=key_width)))
+        attention = "cosine" if SCALE in params else "dot"
+        shapes.update(memory_shapes(ctx, MemorySpec(key_width=key_width, attention=attention)))
         n = int(params[f"{BANK}keys"].shape[0])
         shapes.update({f"{BANK}keys": (n, key_width), f"{BANK}values": (n, ctx.width)})
         shapes.update({k: (n,) for k in BANK_KEYS[2:]})

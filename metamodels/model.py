@@ -17,6 +17,7 @@ import torch
 
 from metabt.metamodels.adapt import adapt, expand_tasks, query_loss
 from metabt.metamodels.learners import LR_LENGTH_REF, TorchTasks
+from metabt.metamodels.memory_policy import ATTENTIONS
 from metabt.metamodels.numpy_policy import NumpyLR, NumpyParams
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import Params, PolicySpec, to_numpy
@@ -76,6 +77,10 @@ class TrainConfig:
         the best validated parameters are returned.
     seed : int
         Fixes initial weights, task sampling and hence the result.
+    memory_attention : {"dot", "cosine"}
+        How the memory policy scores past segments against the current window
+        (:mod:`metamodels.memory_policy`): scaled dot product, or cosine times a
+        learned scale. Other learners ignore it.
     threads : int
         Torch intra-op threads while training (restored afterwards). The
         tensors are small, so extra threads gain little, and on a busy machine
@@ -101,11 +106,16 @@ class TrainConfig:
     patience: int = 8
     seed: int = 0
     threads: int = 1
+    memory_attention: str = "dot"
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"train.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         object.__setattr__(self, "compare", tuple(self.compare))
+        if self.memory_attention not in ATTENTIONS:
+            raise ValueError(
+                f"train.memory_attention must be one of {ATTENTIONS}, got {self.memory_attention!r}"
+            )
         for name in self.compare:
             if name not in FORWARD_LEARNERS:
                 raise ValueError(f"train.compare lists {name!r}; it takes {list(FORWARD_LEARNERS)}")

@@ -6,6 +6,7 @@ regime, and a short synthetic regime market for the end-to-end checks.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
@@ -30,8 +31,12 @@ from metabt.metamodels.context_policy import (
 )
 from metabt.metamodels.learners import TorchTasks
 from metabt.metamodels.memory_policy import (
+    COSINE_SCALE0,
+    SCALE,
     MemorySpec,
+    SegmentBank,
     attend,
+    attention_keys,
     build_bank,
     day_number,
     init_memory_params,
@@ -59,13 +64,18 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def random_weights(memory: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_weights(
+    memory: bool = False, seed: int = 0, attention: str = "dot"
+) -> dict[str, torch.Tensor]:
     """Float64 weights, scaled up so that every term of the forward pass matters."""
     ctx = ContextSpec(width=6)
     p = {**init_params(SPEC, seed), **init_context_params(SPEC, ctx, seed)}
     if memory:
-        p.update(init_memory_params(ctx, MemorySpec(key_width=4), seed))
-    return {k: v.double() * 3.0 for k, v in p.items()}
+        p.update(init_memory_params(ctx, MemorySpec(key_width=4, attention=attention), seed))
+    out = {k: v.double() * 3.0 for k, v in p.items()}
+    if SCALE in out:  # the scale as initialised: sharper would only saturate the softmax
+        out[SCALE] = p[SCALE].double()
+    return out
 
 
 def test_numpy_context_and_folded_policy_equal_the_torch_reference():
@@ -98,13 +108,15 @@ def test_an_empty_window_gives_the_plain_policy():
     )
 
 
-def test_numpy_memory_attention_equals_torch_and_only_reads_segments_known_before():
-    p = random_weights(memory=True)
+@pytest.mark.parametrize("attention", ["dot", "cosine"])
+def test_numpy_memory_attention_equals_torch_and_only_reads_segments_known_before(attention):
+    p = random_weights(memory=True, attention=attention)
+    assert (SCALE in p) == (attention == "cosine")
     rng = np.random.default_rng(3)
     n_seg = 50
     memory = torch.tensor(rng.uniform(-1, 1, (n_seg, 6)))
     known = np.arange(n_seg) + 1000
-    keys = (memory @ p["mem.wk"]).numpy()
+    keys = attention_keys(p, memory).numpy()
     values = (memory @ p["mem.wv"]).numpy()
     npar = {k: v.numpy() for k, v in p.items()}
     npar.update({"bank.keys": keys, "bank.values": values, "bank.known_day": known})
@@ -191,7 +203,83 @@ def models(market) -> dict:
             alarms=alarms,
         )
         for name in ("context", "memory")
+    } | {
+        "memory_cosine": train_conditioned(
+            train,
+            FEATURES,
+            TASK,
+            MARKET_POLICY,
+            OBJ,
+            replace(QUICK, algorithm="memory", memory_attention="cosine"),
+            None,
+            split,
+            alarms=alarms,
+        )
     }
+
+
+def test_cosine_attention_retrieves_what_dot_attention_averages():
+    # One segment's key points where the query points, 999 others elsewhere at random:
+    # the cosine scale as initialised singles out the match, the scaled dot product of
+    # the same unit-scale vectors spreads the weight almost evenly over the bank.
+    rng = np.random.default_rng(4)
+    weights = {}
+    for attention in ("dot", "cosine"):
+        p = random_weights(memory=True, attention=attention)
+        x, y = rng.standard_normal((30, 3)), rng.standard_normal(30)
+        npar = {k: v.numpy() for k, v in p.items()}
+        query = numpy_window_context(npar, x, y, SPEC) @ npar["mem.wq"]
+        keys = rng.standard_normal((1000, 4))
+        keys[0] = query
+        keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+        npar.update(
+            {
+                "bank.keys": keys,
+                "bank.values": np.zeros((1000, 6)),
+                "bank.known_day": np.zeros(1000),
+            }
+        )
+        weights[attention] = numpy_attend(npar, x, y, 10, SPEC)[1]
+    # dot: 0.2%, barely above the uniform 0.1%; cosine: 4.4% (4-d keys: random ones
+    # often lie close to the query, so not more).
+    assert weights["dot"][0] < 3 / 1000 and weights["cosine"][0] > 10 * weights["dot"][0]
+
+
+def test_the_cosine_scale_is_learned_and_not_decayed():
+    # A decay this strong shrinks every weight within a few steps; the scale only moves
+    # by Adam's steps (at most about outer_lr each), and it does move: it is learned.
+    rng = np.random.default_rng(6)
+    past = two_regime_tasks(12, rng)  # twelve past segments of either regime, known early
+    n = len(past.support_y)
+    bank = SegmentBank(
+        past.support_x,
+        past.support_y,
+        np.ones_like(past.support_y),
+        np.zeros(n, np.int64),
+        *(np.full(n, day_number("2009-06-01"), np.int64) for _ in range(3)),
+        ("A",),
+    )
+    config = TrainConfig(
+        algorithm="memory", meta_steps=20, tasks_per_step=8, outer_lr=1e-2, weight_decay=20.0
+    )
+    memory = MemorySpec(max_bars=40, attention="cosine")
+    model = fit_conditioned(two_regime_tasks, None, SPEC, OBJ, config, bank, memory=memory)
+    start = init_memory_params(ContextSpec(), memory, 0)
+    moved = abs(float(model.params[SCALE][0]) - math.log(COSINE_SCALE0))
+    assert 0 < moved <= 20 * 1e-2 * 1.1
+    assert float(model.params["mem.wq"].abs().max()) < 0.05 * float(start["mem.wq"].abs().max())
+
+
+def test_an_unknown_memory_attention_is_one_clear_error():
+    from metabt.backtests.config import ConfigError, parse_config
+
+    raw = {"data": {"source": "synthetic", "split": "2007-06-01"}}
+    raw["meta"] = {"memory_attention": "cos"}
+    with pytest.raises(
+        ConfigError, match=r"memory_attention must be one of \('dot', 'cosine'\)"
+    ) as err:
+        parse_config(raw, "study.toml")
+    assert "\n" not in str(err.value) and "cos" in str(err.value)
 
 
 def test_the_bank_at_date_t_holds_no_segment_that_ends_or_is_known_after_t(market):
@@ -228,14 +316,14 @@ def backtest(frames, policy, trade_start, trigger="regime"):
     )
 
 
-@pytest.mark.parametrize("name", ["context", "memory"])
+@pytest.mark.parametrize("name", ["context", "memory", "memory_cosine"])
 def test_positions_up_to_t_ignore_the_future(market, models, name):
     policy = conditioned_policy(models[name], FEATURES)
     start = market["SYN0"].index[560]
     frames = {s: f.loc[market["SYN0"].index[300] :] for s, f in market.items()}
     full = backtest(frames, policy, start)
     assert full.events, "the test needs adaptations to mean anything"
-    if name == "memory":  # each adaptation names the past segments it attended to
+    if name != "context":  # each adaptation names the past segments it attended to
         named = [e["attended"] for e in full.events if e.get("attended")]
         assert named and all(
             re.match(r"SYN\d \d{4}-\d\d-\d\d\.\.\d{4}-\d\d-\d\d [01]\.\d\d", a) for a in named
@@ -249,14 +337,17 @@ def test_positions_up_to_t_ignore_the_future(market, models, name):
     )
 
 
-@pytest.mark.parametrize("name", ["context", "memory"])
+@pytest.mark.parametrize("name", ["context", "memory", "memory_cosine"])
 def test_checkpoint_round_trip_gives_identical_positions(tmp_path, market, models, name):
     model = models[name]
-    if name == "memory":
+    if name != "context":
         assert model.bank_assets == tuple(market) and model.params["bank.keys"].shape[0] > 3
+        assert (SCALE in model.params) == (name == "memory_cosine")
     save_model(model, tmp_path / name, {})
     loaded, _ = load_model(tmp_path / name)
-    assert loaded.algorithm == name and loaded.bank_assets == model.bank_assets
+    assert loaded.algorithm == model.algorithm and loaded.bank_assets == model.bank_assets
+    for k, v in model.params.items():
+        torch.testing.assert_close(loaded.params[k], v, rtol=0, atol=0, msg=k)
     before = conditioned_policy(model, FEATURES)
     after = conditioned_policy(loaded, FEATURES)
     rng = np.random.default_rng(5)
