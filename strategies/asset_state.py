@@ -80,6 +80,7 @@ class AssetState:
         self.position: float | None = None
         self.bars_since_adapt = 0
         self.adapted = False  # False while the fallback (initial) weights trade
+        self.deferred: object = None  # the queued warm-up adaptation in force, if any
         self.loss_ref = (0.0, 1.0)  # mean, sd of the adapted policy's per-bar support loss
 
     def observe(

@@ -24,12 +24,22 @@ Per bar the work is done for all assets at once: one detector bank update, one
 batched adaptation per window length (every asset and member due), one forward
 pass per member; each gives what the asset-by-asset code gives
 (``tests/test_batched_paths.py``, ``tests/test_meta_strategy_reference.py``).
+
+Warm-up bars (before ``trade_start``) trade nothing, so there the strategy keeps
+its schedule but defers the arithmetic: an adaptation that falls due is queued
+with its window, and only the ones still in force when trading starts are
+computed then, exactly as they would have been (the same batch, the same
+inputs); positions are not computed at all. A backtest then skips about a
+sixth of its adaptations, and ``metabt serve``, whose history is all warm-up
+but its last bar, skips all but the last. With the loss detector, which reads
+the adapted weights on every bar, nothing is deferred.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -59,6 +69,20 @@ TRIGGERS = ("regime", "calendar", "never", "oracle")
 DEFAULT_REBALANCE_THRESHOLD = 0.02
 # An asset with a new bar: its data feed, its memory and this bar's features (None if missing).
 Moved = tuple[bt.LineSeries, AssetState, "np.ndarray | None"]
+
+
+@dataclass(eq=False)
+class AdaptJob:
+    """One batched adaptation: the assets due on ``when`` with ``n``-bar windows ``x, y, a``
+    (stacked in ``group`` order), and each window's first day."""
+
+    group: list[tuple[bt.LineSeries, AssetState]]
+    n: int
+    when: object
+    starts: list[object]
+    x: np.ndarray
+    y: np.ndarray
+    a: np.ndarray
 
 
 class MetaAdaptiveStrategy(TargetWeightStrategy):
@@ -164,7 +188,10 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         ]
         self._slot = {d: i for i, d in enumerate(self.datas)}
         self._order = {d._name: i for i, d in enumerate(self.datas)}
-        self.n_adaptations = 0
+        self.n_adaptations = 0  # adaptations computed (deferred ones once they are)
+        # Warm-up adaptations queued until trading starts (see the module docstring).
+        self._defer = not watches_loss
+        self._deferred: list[AdaptJob] = []
         self._changes = {
             name: {pd.Timestamp(t).date() for t in dates}
             for name, dates in (self.p.known_changes or {}).items()
@@ -290,40 +317,68 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
         if st.adapted:
             # Fall back to the initial weights until the new regime has min_window labels.
             self._set_params(d, self._initial())
-            st.adapted = False
+            st.adapted, st.deferred = False, None
 
     def _adapt(self, group: list[tuple[bt.LineSeries, AssetState]], n: int) -> None:
-        """Adapt every member on the last ``n`` labelled bars of each asset in ``group``."""
+        """Adapt every member on the last ``n`` labelled bars of each asset in ``group``
+        (or, on a warm-up bar, queue it: :meth:`settle`)."""
         x, y, a = (np.stack(v) for v in zip(*(st.window(n) for _, st in group)))
-        when = self.datetime.date(0)
+        starts = [bt.num2date(st.support_when[-n]).date() for _, st in group]
+        job = AdaptJob(group, n, self.datetime.date(0), starts, x, y, a)
+        for _, st in group:
+            st.bars_since_adapt, st.adapted = 0, True
+        if self._defer and not self.trading:
+            for _, st in group:
+                st.deferred = job
+            self._deferred.append(job)
+        else:
+            self._run(job)
+
+    def settle(self) -> None:
+        """Compute the queued warm-up adaptations that are still in force, in their order.
+
+        Each is computed as the batch it was queued with, so the weights are the ones
+        the adaptation would have given on its own bar.
+        """
+        jobs, self._deferred = self._deferred, []
+        for job in jobs:
+            live = [st.deferred is job for _, st in job.group]
+            if any(live):
+                self._run(job, live)
+        for st in self._state.values():
+            st.deferred = None
+
+    def _run(self, job: AdaptJob, live: list[bool] | None = None) -> None:
+        """Compute ``job`` and trade its weights for the assets marked ``live`` (default all)."""
         if self._batch is not None:
-            results = self._batch(x, y, a)
+            results = self._batch(job.x, job.y, job.a)
         else:
             results = [
-                [pol.adapt(x[j], y[j], a[j], when=when) for pol in self._policies]
-                for j in range(len(group))
+                [pol.adapt(job.x[j], job.y[j], job.a[j], when=job.when) for pol in self._policies]
+                for j in range(len(job.group))
             ]
-        for (d, st), got in zip(group, results):
-            self._adapted(d, st, n, got)
+        for j, ((d, st), got) in enumerate(zip(job.group, results)):
+            if live is None or live[j]:
+                self._adapted(d, st, job, j, got)
 
-    def _adapted(self, d: bt.LineSeries, st: AssetState, n: int, results: list[tuple]) -> None:
-        """Trade the adapted weights of ``d`` and log the adaptation."""
+    def _adapted(
+        self, d: bt.LineSeries, st: AssetState, job: AdaptJob, j: int, results: list[tuple]
+    ) -> None:
+        """Trade the adapted weights of ``d`` (row ``j`` of ``job``) and log the adaptation."""
         self._set_params(d, [r[0] for r in results])
-        st.bars_since_adapt, st.adapted = 0, True
         self.n_adaptations += 1
         if st.detector is not None:  # the loss detector's reference: the support loss per bar
             pol = self._policies[0]
-            x, y, _ = st.window(n)
-            pnl = numpy_policy.positions(results[0][0], x, pol.policy_spec) * y
+            pnl = numpy_policy.positions(results[0][0], job.x[j], pol.policy_spec) * job.y[j]
             per_bar = -pnl + pol.objective_spec.risk * pnl * pnl
             st.loss_ref = (float(per_bar.mean()), max(float(per_bar.std()), 1e-6))
         self.events.append(
             {
-                "date": self.datetime.date(0),
+                "date": job.when,
                 "asset": d._name,
                 "trigger": self.p.trigger,
-                "window": n,
-                "start": bt.num2date(st.support_when[-n]).date(),
+                "window": job.n,
+                "start": job.starts[j],
                 "loss_before": float(np.mean([r[1] for r in results])),
                 "loss_after": float(np.mean([r[2] for r in results])),
                 # the memory policy's fourth item: the past segments it attended to
@@ -363,6 +418,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             self._adapt(group, n)
 
     def target_weights(self) -> dict:
+        if self._deferred and self.trading:
+            self.settle()
         logged = len(self.events)
         moved: list[Moved] = []
         for d in self.datas:
@@ -380,7 +437,8 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
                 self.events[logged:] = sorted(
                     self.events[logged:], key=lambda e: self._order[e["asset"]]
                 )
-            self._positions([(d, st, x) for d, st, x in moved if x is not None])
+            if self.trading or not self._defer:  # a warm-up bar's positions go nowhere
+                self._positions([(d, st, x) for d, st, x in moved if x is not None])
         return {d: st.position for d, st in self._state.items() if st.position is not None}
 
     def _positions(self, moved: list[tuple[bt.LineSeries, AssetState, np.ndarray]]) -> None:

@@ -150,3 +150,22 @@ def test_features_are_read_by_name_not_by_column_position(frames):
     missing = dataclasses.replace(base, feature_names=(*SPEC.names[:-1], "not_a_feature"))
     with pytest.raises(ValueError, match="not_a_feature"):
         run(frames, start, policy=missing)
+
+
+@pytest.mark.parametrize("trigger", ["regime", "calendar"])
+def test_warm_up_computes_only_the_adaptations_in_force_when_trading_starts(frames, trigger):
+    # Trading from the last bar (what `metabt serve` runs): every earlier bar is warm-up,
+    # so at most one queued adaptation per asset is computed, plus the last bar's own,
+    # and the last bar's weights are those of the run that traded all along.
+    last = frames["SPY"].index[-1]
+    full = run(frames, frames["SPY"].index[150], trigger=trigger)
+    short = run(frames, last, trigger=trigger)
+    scheduled = [e for e in full.events if e["trigger"] != "alarm"]
+    computed = [e for e in short.events if e["trigger"] != "alarm"]
+    assert len(scheduled) > 20 * len(frames)
+    assert 0 < len(computed) <= 2 * len(frames)
+    assert all(e in scheduled for e in computed)  # the same adaptations, to the last digit
+    pd.testing.assert_frame_equal(
+        short.weights.reset_index(drop=True),
+        full.weights[full.weights["date"] == last].reset_index(drop=True),
+    )

@@ -262,7 +262,12 @@ def test_signal_equals_the_backtest_decision_on_the_last_bar(world, signals):
                 assert math.copysign(1, got["position"]) == math.copysign(1, got["weight"])
             mine = [e for e in events if e["asset"] == asset and pd.Timestamp(e["date"]) <= day]
             regime = [e for e in mine if e["trigger"] == "alarm"]
-            past = [e for e in mine if e["trigger"] != "alarm"]
+            # In force: the last adaptation not dropped by a later alarm (an alarm and
+            # an adaptation on the same bar: the alarm comes first).
+            dropped = pd.Timestamp(regime[-1]["date"]) if regime else pd.Timestamp.min
+            past = [
+                e for e in mine if e["trigger"] != "alarm" and pd.Timestamp(e["date"]) >= dropped
+            ]
             assert got["window"] == (past[-1]["window"] if past else 0)
             if past:
                 assert got["loss_after"] == pytest.approx(past[-1]["loss_after"], abs=1e-12)

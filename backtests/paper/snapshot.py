@@ -134,7 +134,9 @@ def strategy_state(strat: MetaAdaptiveStrategy, arrays: Arrays) -> dict:
 
     Feed row numbers are run-relative, so rows become what they hold: the
     labelled window's feature vectors, and the pending labels as bars back.
+    Queued warm-up adaptations are computed first: the snapshot holds weights.
     """
+    strat.settle()
     assets = {}
     for d in strat.datas:
         st, name = strat._state[d], d._name

@@ -113,9 +113,13 @@ def decide_last_bar(model: MetaModel, frames: Frames, config: StudyConfig) -> De
     assets: dict[str, dict] = {}
     for symbol in frames:
         events = [e for e in result.events if e.get("asset") == symbol]
-        # "alarm" events move the start of the regime; the others are adaptations.
+        # "alarm" events move the start of the regime; the others are adaptations. An
+        # alarm drops the adapted weights (the fallback trades until the new regime has
+        # min_window labels), so the adaptation in force is one logged after the last
+        # alarm (events are logged in the order they took effect), else none.
         changes = [e for e in events if e.get("trigger") == "alarm"]
-        adaptations = [e for e in events if e.get("trigger") != "alarm"]
+        after = events[events.index(changes[-1]) + 1 :] if changes else events
+        adaptations = [e for e in after if e.get("trigger") != "alarm"]
         latest = adaptations[-1] if adaptations else None
         assets[symbol] = {
             "weight": weights.get(symbol, 0.0),
