@@ -37,7 +37,6 @@ the adapted weights on every bar, nothing is deferred.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,6 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from metabt.feeds.features import LABEL_DELAY
 from metabt.metamodels import numpy_policy
 from metabt.metamodels.numpy_policy import NumpyParams
 from metabt.strategies.adaptive_policy import (
@@ -61,14 +59,13 @@ from metabt.strategies.asset_state import AssetState
 from metabt.strategies.base import TargetWeightStrategy
 from metabt.strategies.conditioned_policy import ContextPolicy
 from metabt.strategies.detectors import make_detector, make_detector_bank
+from metabt.strategies.regime_windows import Moved, RegimeWindows
 
 TRIGGERS = ("regime", "calendar", "never", "oracle")
 # The policy's position moves a little on every bar; re-ordering each wiggle
 # pays costs for nothing (and is most of a backtest's run time). A change of
 # 0.02 in portfolio weight is 16% of a full position in an 8-asset basket.
 DEFAULT_REBALANCE_THRESHOLD = 0.02
-# An asset with a new bar: its data feed, its memory and this bar's features (None if missing).
-Moved = tuple[bt.LineSeries, AssetState, "np.ndarray | None"]
 
 
 @dataclass(eq=False)
@@ -85,7 +82,7 @@ class AdaptJob:
     a: np.ndarray
 
 
-class MetaAdaptiveStrategy(TargetWeightStrategy):
+class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
     """Trade a meta-learned policy, re-adapted on the window since the last regime change.
 
     Params:
@@ -239,86 +236,6 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
             )
         self.in_sample = True
 
-    def _observe(self, d: bt.LineSeries, st: AssetState) -> np.ndarray | None:
-        """Record this bar's features and the label that just became known."""
-        x, labelled = st.observe(d)
-        if labelled is not None:
-            self._feed_loss_detector(d, st, *labelled)
-        return x
-
-    def _feed_loss_detector(
-        self, d: bt.LineSeries, st: AssetState, x: np.ndarray, label: float
-    ) -> None:
-        # The loss detector watches how the trading policy does on each newly labelled
-        # bar against what it scored on its own support window. In an ensemble the first
-        # member stands for all: they adapt on the same windows.
-        if st.detector is None or not st.adapted:
-            return
-        pol = self._policies[0]
-        pnl = float(numpy_policy.positions(self.asset_params(d)[0], x, pol.policy_spec)) * label
-        loss = -pnl + pol.objective_spec.risk * pnl * pnl
-        mean, sd = st.loss_ref
-        if st.detector.update((loss - mean) / sd):
-            start = st.regime_start
-            st.regime_start = st.bar - LABEL_DELAY - int(st.detector.run_length) + 1
-            self._moved(d, st, start)
-
-    def _detect(self, moved: Sequence[Moved]) -> None:
-        """Move the estimated start of each asset's current regime when a change is seen.
-
-        Every move is logged as an ``"alarm"`` event whose ``window`` is the bars
-        since the estimated start.
-        """
-        starts = [st.regime_start for _, st, _ in moved]
-        if self.p.trigger == "oracle":
-            today = self.datetime.date(0)
-            for d, st, _ in moved:
-                if today in self._changes.get(d._name, ()):
-                    st.regime_start = st.bar
-        elif self.p.trigger == "regime" and self._detectors is not None:
-            self._detect_returns(moved)
-        for (d, st, _), start in zip(moved, starts):
-            self._moved(d, st, start)
-
-    def _detect_returns(self, moved: Sequence[Moved]) -> None:
-        bank = self._detectors
-        assert bank is not None
-        scaled = bank.input_kind == "scaled_return"
-        x = np.zeros(len(self.datas))
-        active = np.zeros(len(self.datas), dtype=bool)
-        for d, st, _ in moved:
-            if len(d) > 1:
-                ret = math.log(d.close[0] / d.close[-1])
-                if scaled:
-                    ret /= st.vols[len(d) - 2]
-                if math.isfinite(ret):
-                    x[self._slot[d]], active[self._slot[d]] = ret, True
-        fired = bank.update(x, active)
-        if fired.any():
-            run = bank.run_length
-            for d, st, _ in moved:
-                if fired[self._slot[d]]:
-                    st.regime_start = st.bar - int(run[self._slot[d]]) + 1
-
-    def _moved(self, d: bt.LineSeries, st: AssetState, start: int) -> None:
-        """Log a new regime start and drop the weights fitted to the old regime."""
-        if st.regime_start == start:
-            return
-        self.events.append(
-            {
-                "date": self.datetime.date(0),
-                "asset": d._name,
-                "trigger": "alarm",
-                "window": st.bar - st.regime_start + 1,
-                "loss_before": math.nan,
-                "loss_after": math.nan,
-            }
-        )
-        if st.adapted:
-            # Fall back to the initial weights until the new regime has min_window labels.
-            self._set_params(d, self._initial())
-            st.adapted, st.deferred = False, None
-
     def _adapt(self, group: list[tuple[bt.LineSeries, AssetState]], n: int) -> None:
         """Adapt every member on the last ``n`` labelled bars of each asset in ``group``
         (or, on a warm-up bar, queue it: :meth:`settle`)."""
@@ -385,21 +302,6 @@ class MetaAdaptiveStrategy(TargetWeightStrategy):
                 **({"attended": results[0][3]} if len(results[0]) > 3 else {}),
             }
         )
-
-    def window_length(self, st: AssetState) -> int:
-        """Labelled bars the next adaptation uses (0 = trade the fallback weights).
-
-        ``regime`` / ``oracle``: the labelled bars at or after the regime's start, at
-        most ``max_window``; 0 while fewer than ``min_window`` exist. ``calendar``: the
-        last ``calendar_window`` labelled bars. ``never``: 0.
-        """
-        have = len(st.support_y)
-        if self.p.trigger == "never" or have < self.p.min_window:
-            return 0
-        if self.p.trigger == "calendar":
-            return min(self.p.calendar_window, have)
-        new = st.labelled_since(st.regime_start)
-        return min(new, self.p.max_window) if new >= self.p.min_window else 0
 
     def _schedule(self, moved: Sequence[Moved]) -> None:
         """Re-adapt on the cadence, and as soon as a fallback can end.
