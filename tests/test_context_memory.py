@@ -246,8 +246,10 @@ def test_cosine_attention_retrieves_what_dot_attention_averages():
 
 
 def test_the_cosine_scale_is_learned_and_not_decayed():
-    # A decay this strong shrinks every weight within a few steps; the scale only moves
-    # by Adam's steps (at most about outer_lr each), and it does move: it is learned.
+    # A decay of 20 at a step of 0.01 multiplies a decayed weight by 0.8 each step (0.8**20
+    # = 0.012 in 20 steps: log(10) would fall to 0.03). The scale only moves by Adam's steps
+    # (at most about outer_lr each), and it does move: it is learned. The weights decay:
+    # Adam's steps alone could take at most 20 * 0.01 off wq's largest entry (about 0.25).
     rng = np.random.default_rng(6)
     past = two_regime_tasks(12, rng)  # twelve past segments of either regime, known early
     n = len(past.support_y)
@@ -267,7 +269,7 @@ def test_the_cosine_scale_is_learned_and_not_decayed():
     start = init_memory_params(ContextSpec(), memory, 0)
     moved = abs(float(model.params[SCALE][0]) - math.log(COSINE_SCALE0))
     assert 0 < moved <= 20 * 1e-2 * 1.1
-    assert float(model.params["mem.wq"].abs().max()) < 0.05 * float(start["mem.wq"].abs().max())
+    assert float(model.params["mem.wq"].abs().max()) < 0.15 * float(start["mem.wq"].abs().max())
 
 
 def test_an_unknown_memory_attention_is_one_clear_error():
