@@ -9,6 +9,7 @@ folded weights. Random weights of the study's sizes; a bank of
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -16,7 +17,13 @@ import numpy as np
 
 from metabt.metamodels.bench import _times_ms
 from metabt.metamodels.context_policy import ContextSpec, init_context_params
-from metabt.metamodels.memory_policy import BANK, MemorySpec, init_memory_params
+from metabt.metamodels.memory_policy import (
+    BANK,
+    COSINE_SCALE0,
+    SCALE,
+    MemorySpec,
+    init_memory_params,
+)
 from metabt.metamodels.numpy_policy import positions as numpy_positions
 from metabt.metamodels.objective import ObjectiveSpec
 from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
@@ -35,8 +42,11 @@ def bench_conditioned(
 ) -> dict[str, Any]:
     """``context_adapt_p50_ms``, ``memory_adapt_p50_ms``, ``context_infer_us``, ``memory_infer_us``.
 
-    ``window`` is the longest support (the strategy's ``max_window``); the
-    figures are medians over ``400 * repeats`` adaptations and ``2000 * repeats`` bars.
+    Also ``memory_cosine_*``: the memory policy with cosine attention (unit-length
+    keys and the learned scale; ``synthetic.toml`` trades it), reported without a
+    target of its own. ``window`` is the longest support (the strategy's
+    ``max_window``); the figures are medians over ``400 * repeats`` adaptations
+    and ``2000 * repeats`` bars.
     """
     spec, ctx, mem = PolicySpec(n_features, (hidden,)), ContextSpec(), MemorySpec()
     weights = to_numpy(
@@ -58,10 +68,17 @@ def bench_conditioned(
             f"{BANK}asset": np.zeros(bank_size),
         }
     )
+    keys = weights[f"{BANK}keys"]
+    cosine = {
+        **weights,
+        SCALE: np.array([math.log(COSINE_SCALE0)]),
+        f"{BANK}keys": keys / np.linalg.norm(keys, axis=1, keepdims=True),
+    }
     names = tuple(f"f{i}" for i in range(n_features))
     policies = {
         "context": ContextPolicy(spec, ObjectiveSpec(), weights, names),
         "memory": MemoryPolicy(spec, ObjectiveSpec(), weights, names, bank_assets=("A",)),
+        "memory_cosine": MemoryPolicy(spec, ObjectiveSpec(), cosine, names, bank_assets=("A",)),
     }
     x, y = rng.standard_normal((window, n_features)), rng.standard_normal(window)
     inv_vol = rng.uniform(40, 160, window)
