@@ -247,7 +247,9 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
         if self._defer and not self.trading:
             for _, st in group:
                 st.deferred = job
-            self._deferred.append(job)
+            # Keep only the jobs some asset still trades on: a long warm-up would
+            # otherwise hold every window it ever queued (thousands, tens of MB).
+            self._deferred = [j for j in self._deferred if self._live(j)] + [job]
         else:
             self._run(job)
 
@@ -259,11 +261,15 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
         """
         jobs, self._deferred = self._deferred, []
         for job in jobs:
-            live = [st.deferred is job for _, st in job.group]
-            if any(live):
-                self._run(job, live)
+            if self._live(job):
+                self._run(job, [st.deferred is job for _, st in job.group])
         for st in self._state.values():
             st.deferred = None
+
+    @staticmethod
+    def _live(job: AdaptJob) -> bool:
+        """Whether some asset of ``job`` still trades on it (not replaced, not dropped)."""
+        return any(st.deferred is job for _, st in job.group)
 
     def _run(self, job: AdaptJob, live: list[bool] | None = None) -> None:
         """Compute ``job`` and trade its weights for the assets marked ``live`` (default all)."""

@@ -118,8 +118,10 @@ def decide_last_bar(model: MetaModel, frames: Frames, config: StudyConfig) -> De
         # min_window labels), so the adaptation in force is one logged after the last
         # alarm (events are logged in the order they took effect), else none.
         changes = [e for e in events if e.get("trigger") == "alarm"]
-        after = events[events.index(changes[-1]) + 1 :] if changes else events
-        adaptations = [e for e in after if e.get("trigger") != "alarm"]
+        last_alarm = max(
+            (i for i, e in enumerate(events) if e.get("trigger") == "alarm"), default=-1
+        )
+        adaptations = [e for e in events[last_alarm + 1 :] if e.get("trigger") != "alarm"]
         latest = adaptations[-1] if adaptations else None
         assets[symbol] = {
             "weight": weights.get(symbol, 0.0),
