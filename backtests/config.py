@@ -211,6 +211,7 @@ def _strategy_default(name: str) -> Any:
 class StrategyConfig(_Section):
     min_window: int = Field(_strategy_default("min_window"), ge=2, le=2_520)
     max_window: int = Field(_strategy_default("max_window"), ge=2, le=2_520)
+    fallback: Literal["initial", "flat", "previous"] = _strategy_default("fallback")
     readapt_every: int = Field(_strategy_default("readapt_every"), ge=1, le=2_520)
     calendar_window: int = Field(_strategy_default("calendar_window"), ge=2, le=2_520)
     vol_target: float = Field(_strategy_default("vol_target"), gt=0)

@@ -284,6 +284,7 @@ def strategy_params(config: StudyConfig) -> dict:
         "detector_settings": dict(config.detector.settings),
         "min_window": s.min_window,
         "max_window": s.max_window,
+        "fallback": s.fallback,
         "readapt_every": s.readapt_every,
         "calendar_window": s.calendar_window,
         "long_only": s.long_only,

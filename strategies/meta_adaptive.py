@@ -62,6 +62,8 @@ from metabt.strategies.detectors import make_detector, make_detector_bank
 from metabt.strategies.regime_windows import Moved, RegimeWindows
 
 TRIGGERS = ("regime", "calendar", "never", "oracle")
+# What trades between a regime change and the new regime's first adaptation.
+FALLBACKS = ("initial", "flat", "previous")
 # The policy's position moves a little on every bar; re-ordering each wiggle
 # pays costs for nothing (and is most of a backtest's run time). A change of
 # 0.02 in portfolio weight is 16% of a full position in an 8-asset basket.
@@ -103,7 +105,10 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
             (see strategies.detectors).
         detector_settings (dict): settings of that detector.
         min_window (int): fewest new-regime labelled bars an adaptation uses [bars];
-            before that many exist, the unadapted initial weights trade.
+            before that many exist, the ``fallback`` trades.
+        fallback (str): what trades until the new regime has ``min_window`` labels:
+            ``"initial"`` (the unadapted meta-learned weights, default), ``"flat"``
+            (position 0) or ``"previous"`` (the weights adapted to the old regime).
         max_window (int): most labelled bars an adaptation uses [bars].
         readapt_every (int): bars between re-adaptations [bars].
         calendar_window (int): window of the calendar ablation [bars].
@@ -119,6 +124,7 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
         ("detector", "bocpd_ar"),
         ("detector_settings", None),
         ("min_window", 20),
+        ("fallback", "initial"),
         ("max_window", 120),
         ("readapt_every", 5),
         ("calendar_window", 60),
@@ -149,6 +155,8 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
             raise ValueError("every policy of an ensemble must read the same features")
         if self.p.trigger not in TRIGGERS:
             raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.p.trigger!r}")
+        if self.p.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.p.fallback!r}")
         if not 2 <= self.p.min_window <= self.p.max_window:
             raise ValueError(
                 f"need 2 <= min_window <= max_window, got {self.p.min_window}, {self.p.max_window}"
@@ -363,5 +371,8 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
             for stack, pol in zip(self._stacked, self._policies)
         ]
         mean = per_member[0] if len(per_member) == 1 else np.mean(per_member, axis=0)
+        flat = self.p.fallback == "flat" and self.p.trigger != "never"
         for (_, st, _), pos in zip(moved, mean.tolist()):
+            if flat and not st.adapted:
+                pos = 0.0
             st.position = max(pos, 0.0) if self.p.long_only else pos

@@ -2,9 +2,10 @@
 
 The detector does not decide *whether* to adapt but *where the window starts*:
 every alarm moves the asset's estimated regime start (the true change date for
-the oracle), logs an ``"alarm"`` event, and drops the weights fitted to the old
-regime, so the unadapted initial weights trade until the new regime has
-``min_window`` labels (the fallback rule). :meth:`RegimeWindows.window_length`
+the oracle) and logs an ``"alarm"`` event. Until the new regime has
+``min_window`` labels, the strategy's ``fallback`` trades: the unadapted initial
+weights (the weights fitted to the old regime are dropped), a flat position, or
+those old weights kept. :meth:`RegimeWindows.window_length`
 turns that start into the next adaptation's window.
 
 :class:`RegimeWindows` is the part of
@@ -109,7 +110,8 @@ class RegimeWindows:
                     st.regime_start = st.bar - int(run[self._slot[d]]) + 1
 
     def _moved(self, d: bt.LineSeries, st: AssetState, start: int) -> None:
-        """Log a new regime start and drop the weights fitted to the old regime."""
+        """Log a new regime start and drop the weights fitted to the old regime
+        (unless the fallback keeps them)."""
         if st.regime_start == start:
             return
         self.events.append(
@@ -122,8 +124,9 @@ class RegimeWindows:
                 "loss_after": math.nan,
             }
         )
-        if st.adapted:
-            # Fall back to the initial weights until the new regime has min_window labels.
+        if st.adapted and self.p.fallback != "previous":
+            # Fall back to the initial weights (flat: see _positions) until the new
+            # regime has min_window labels.
             self._set_params(d, self._initial())
             st.adapted, st.deferred = False, None
 

@@ -2,8 +2,8 @@
 
 Guards the rules the README documents: a bar's label is used only from two bars
 later on and equals the task builder's; after a regime change (true or
-detected) the strategy trades the unadapted initial weights until ``min_window``
-labels of the new regime exist, then re-adapts every ``readapt_every`` bars on
+detected) the strategy trades its fallback (by default the unadapted initial
+weights) until ``min_window`` labels of the new regime exist, then re-adapts every ``readapt_every`` bars on
 the labelled bars since the change (at most ``max_window``); the calendar
 ablation always uses the last ``calendar_window`` labelled bars.
 """
@@ -24,7 +24,7 @@ from metabt.metamodels.policy import PolicySpec, init_params, to_numpy
 from metabt.strategies import detectors
 from metabt.strategies.adaptive_policy import AdaptivePolicy
 from metabt.strategies.engine import CostSpec, run_backtest
-from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
+from metabt.strategies.meta_adaptive import FALLBACKS, MetaAdaptiveStrategy
 
 SPEC = FeatureSpec()
 MIN, MAX, EVERY, CAL = 20, 70, 5, 40
@@ -53,7 +53,20 @@ def frame() -> pd.DataFrame:
     return load_sample(["SPY"])["SPY"].loc["2006-01-01":"2008-06-30"]
 
 
-def run(frame: pd.DataFrame, pol: AdaptivePolicy, **params):
+class ParamLog(MetaAdaptiveStrategy):
+    """MetaAdaptiveStrategy that logs, per date, the weights it traded and the position."""
+
+    params = (("log", None),)  # type: ignore[assignment]  # backtrader merges them
+
+    def target_weights(self) -> dict:
+        positions = super().target_weights()
+        d = self.datas[0]
+        weights = {k: v.copy() for k, v in self.asset_params(d)[0].items()}
+        self.p.log[self.datetime.date(0)] = (weights, positions.get(d))
+        return positions
+
+
+def run(frame: pd.DataFrame, pol: AdaptivePolicy, strategy=MetaAdaptiveStrategy, **params):
     params = {
         "policy": pol,
         "min_window": MIN,
@@ -64,7 +77,7 @@ def run(frame: pd.DataFrame, pol: AdaptivePolicy, **params):
     }
     return run_backtest(
         {"SPY": frame},
-        MetaAdaptiveStrategy,
+        strategy,
         params,
         CostSpec(),
         trade_start=frame.index[SPEC.warmup + 10],
@@ -135,6 +148,40 @@ def test_after_a_true_change_windows_hold_only_new_regime_bars(frame, change_bar
     span = weights.index[(weights.index >= change) & (weights.index < pd.Timestamp(first["date"]))]
     assert len(span) == MIN + 1
     pd.testing.assert_series_equal(weights.loc[span], frozen.loc[span])
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("fallback", FALLBACKS)
+def test_the_fallback_trades_until_the_new_regime_has_min_window_labels(frame, fallback):
+    change_bar, log = 300, {}
+    pol = recording_policy()
+    run(
+        frame,
+        pol,
+        strategy=ParamLog,
+        log=log,
+        trigger="oracle",
+        known_changes={"SPY": [frame.index[change_bar]]},
+        fallback=fallback,
+    )
+    day = [t.date() for t in frame.index]
+    old, _ = log[day[change_bar - 1]]  # adapted to the old regime
+    assert not same(old, pol.params)
+    for t in range(change_bar, change_bar + MIN + 1):  # the new regime's first adaptation is
+        weights, position = log[day[t]]  # at change_bar + MIN + 1 (see the test above)
+        assert same(weights, old if fallback == "previous" else pol.params), t
+        assert (position == 0.0) == (fallback == "flat"), t
+    weights, position = log[day[change_bar + MIN + 1]]
+    assert not same(weights, old) and not same(weights, pol.params)
+    assert position != 0.0
+
+
+def test_an_unknown_fallback_is_refused(frame):
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        run(frame, recording_policy(), fallback="sideways")
 
 
 class Scripted:
