@@ -240,6 +240,8 @@ def train_models(
         if loaded is not None
         else [config.seed + i for i in range(config.ensemble.seeds)]
     )
+    # Logged too: the heartbeat of a piped run names the step from the log.
+    log.info("meta-training %d seed(s) x (meta, erm)", len(seeds))
     if console is not None and progress:
         console.print(
             f"  meta-training {len(seeds)} seed(s) x (meta, erm) on bars before "
@@ -453,6 +455,7 @@ def run_segment(
     tuning: dict[str, TuningResult] = {}
     for name in config.comparators.names:
         grid = config.comparators.grids.get(name, DEFAULT_GRIDS[name])
+        log.info("tuning %s on the training period", name)
         tuning[name] = tune_once(
             cache, train_frames, name, grid, specs.costs, start, split, n_jobs=n_jobs
         )
@@ -513,10 +516,12 @@ def run_segment(
         disable=not progress,
     ) as bar:
         task = bar.add_task("", total=len(jobs))
+        log.info("test period: 0 of %d runs done", len(jobs))
         finished = []
         for item in done:
             finished.append(item)
             bar.update(task, advance=1, description=item[0])
+            log.info("test period: %d of %d runs done (%s)", len(finished), len(jobs), item[0])
     seed_results: dict[str, list[BacktestResult]] = {}
     for name, result, notes in sorted(finished, key=lambda item: list(jobs).index(item[0])):
         if "#" in name:

@@ -50,6 +50,7 @@ def build_reports(run_dir: Path, console: Console | None = None, *, reps: int = 
     ReportError
         If a required file is missing or malformed; the message names the file.
     """
+    log.info("writing the reports (metrics, bootstrap intervals, tear sheet)")
     run = load_run(Path(run_dir))
     study = run.study
     returns = run.returns[ordered_strategies(run.returns.columns)]

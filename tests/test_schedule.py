@@ -3,9 +3,10 @@
 Guards the rules the README documents: a bar's label is used only from two bars
 later on and equals the task builder's; after a regime change (true or
 detected) the strategy trades its fallback (by default the unadapted initial
-weights) until ``min_window`` labels of the new regime exist, then re-adapts every ``readapt_every`` bars on
-the labelled bars since the change (at most ``max_window``); the calendar
-ablation always uses the last ``calendar_window`` labelled bars.
+weights) until ``min_window`` labels of the new regime exist, then re-adapts
+every ``readapt_every`` bars on the labelled bars since the change (at most
+``max_window``); the calendar ablation always uses the last ``calendar_window``
+labelled bars.
 """
 
 from __future__ import annotations

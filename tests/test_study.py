@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -58,12 +59,52 @@ METRICS = [
 ]
 
 
+class _Steps(logging.Handler):
+    """Keeps the steps metabt logs (what a piped run's heartbeat line names)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+STEPS = _Steps()
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = invoke_cli("backtest", TINY, "--out", out)
+    logger = logging.getLogger("metabt")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(STEPS)
+    try:
+        result = invoke_cli("backtest", TINY, "--out", out)
+    finally:
+        logger.removeHandler(STEPS)
+        logger.setLevel(level)
     assert result.code == 0, result.err
     return out
+
+
+def test_every_stage_of_a_run_is_logged_for_the_heartbeat(run_dir):
+    # A piped run prints "... still working, N s: <last logged step>": each stage must
+    # log itself, or the line names a step that ended long ago.
+    steps = STEPS.messages
+    names = load_config(TINY).comparators.names
+    expected = [
+        "meta-training",
+        *(f"tuning {name} on the training period" for name in names),
+        "test period: 0 of",
+        "writing the reports",
+    ]
+    at = [next((i for i, m in enumerate(steps) if m.startswith(e)), -1) for e in expected]
+    assert -1 not in at and at == sorted(at), (expected, steps)
+    done = [m for m in steps if m.startswith("test period:")]
+    total = int(done[0].split(" of ")[1].split()[0])
+    assert len(done) == total + 1 and done[-1].startswith(f"test period: {total} of {total}")
 
 
 def test_run_folder_holds_every_contract_file(run_dir):
