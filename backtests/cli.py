@@ -320,7 +320,7 @@ def train(
     """
     from metabt.backtests.config import build_specs
     from metabt.backtests.data import bar_dates, load_study_data
-    from metabt.backtests.runner import train_meta
+    from metabt.backtests.training import train_meta
     from metabt.metamodels.model_io import save_model
 
     config = _resolve(

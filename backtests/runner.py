@@ -5,6 +5,8 @@ static comparators on the same bars, then run every strategy and ablation on
 ``[split, next_split)`` with the same costs. A plain study is one segment; an
 expanding walk-forward (``refit_every``) chains segments, each trained only on
 data before its own split. Bars at or after a split never reach its training.
+The training itself is :mod:`backtests.training`; here the strategies are set up
+and the test period is traded.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
-from dataclasses import replace as dc_replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,21 +27,16 @@ from metabt.backtests.shared_work import (
     in_turn,
     run_once,
     seed_run_once,
-    train_seeds_once,
     tune_once,
 )
+from metabt.backtests.training import Models, train_models, true_changes
 from metabt.feeds.btfeed import feature_frame, make_feature_feed
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.loaders import Frames, slice_period
-from metabt.metamodels.conditioned_train import train_conditioned
-from metabt.metamodels.erm import erm_train, random_init
-from metabt.metamodels.model import FORWARD_LEARNERS, MetaModel
-from metabt.metamodels.model_io import load_model
-from metabt.metamodels.trainer import meta_train
+from metabt.metamodels.model import MetaModel
 from metabt.strategies.adaptive_policy import AdaptivePolicy, adaptive_policy
 from metabt.strategies.conditioned_policy import ContextPolicy
-from metabt.strategies.detectors import detect_alarms, detect_changes
 from metabt.strategies.engine import BacktestResult, CostSpec, run_backtest
 from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
 from metabt.strategies.regime_bound import RegimeBound, fit_regime_rules
@@ -82,200 +78,9 @@ def segment_splits(config: StudyConfig, last_bar: pd.Timestamp) -> list[pd.Times
     return splits
 
 
-# "meta" / "erm" / "random" (and "context" / "memory" when compared) -> one model per seed
-Models = dict[str, list[MetaModel]]
-
-
 def warmup_start(config: StudyConfig, split: pd.Timestamp) -> pd.Timestamp:
     """First bar fed before ``split`` so indicators, detectors and windows are warm."""
     return split - pd.tseries.offsets.BDay(config.strategy.warmup_bars)
-
-
-def task_changes(
-    frames: Frames, config: StudyConfig, regimes: dict[str, pd.Series] | None, split: pd.Timestamp
-) -> dict[str, list[pd.Timestamp]]:
-    """Where training supports start: the true changes when known, else the detector's.
-
-    Either way only bars before ``split`` are looked at; the detector runs causally.
-    """
-    if regimes is not None:
-        return {
-            s: [t for t in changes if t < split] for s, changes in true_changes(regimes).items()
-        }
-    train = slice_period(frames, None, split)
-    return {
-        s: detect_changes(f, config.detector.name, **config.detector.settings)
-        for s, f in train.items()
-    }
-
-
-def true_changes(regimes: dict[str, pd.Series]) -> dict[str, list[pd.Timestamp]]:
-    """First date of every new true regime, per asset."""
-    return {s: list(r.index[1:][r.to_numpy()[1:] != r.to_numpy()[:-1]]) for s, r in regimes.items()}
-
-
-def train_meta(
-    frames: Frames,
-    config: StudyConfig,
-    specs: Specs,
-    split: pd.Timestamp,
-    progress: bool = True,
-    changes: dict | None = None,
-    seed: int | None = None,
-    regimes: dict[str, pd.Series] | None = None,
-) -> MetaModel:
-    """Meta-train on the bars in ``[data.start, split)`` only.
-
-    ``changes`` (else derived from ``regimes`` or the detector, see :func:`task_changes`)
-    anchor the task supports; ``seed`` replaces the config's seed.
-    """
-    if changes is None:
-        changes = task_changes(frames, config, regimes, split)
-    train = slice_period(frames, config.data.start, split)
-    train_config = specs.train if seed is None else dc_replace(specs.train, seed=seed)
-    if train_config.algorithm in FORWARD_LEARNERS:
-        # The memory bank is cut at the detector's causal alarms, on training bars only.
-        alarms = {
-            s: detect_alarms(f, config.detector.name, **config.detector.settings)
-            for s, f in slice_period(frames, None, split).items()
-        }
-        return train_conditioned(
-            train,
-            specs.features,
-            specs.task,
-            specs.policy,
-            specs.objective,
-            train_config,
-            config.data.start,
-            split,
-            changes=changes,
-            alarms=alarms,
-        )
-    return meta_train(
-        train,
-        specs.features,
-        specs.task,
-        specs.policy,
-        specs.objective,
-        train_config,
-        config.data.start,
-        split,
-        progress=progress,
-        changes=changes,
-    )
-
-
-def _train_seed(
-    frames: Frames,
-    config: StudyConfig,
-    specs: Specs,
-    split: pd.Timestamp,
-    changes: dict,
-    seed: int,
-    meta: MetaModel | None,
-) -> tuple[MetaModel, MetaModel, MetaModel]:
-    train_config = dc_replace(specs.train, seed=seed)
-    if meta is None:
-        meta = train_meta(frames, config, specs, split, False, changes, seed)
-    erm = erm_train(
-        slice_period(frames, config.data.start, split),
-        specs.features,
-        specs.task,
-        specs.policy,
-        specs.objective,
-        train_config,
-        config.data.start,
-        split,
-        progress=False,
-        changes=changes,
-    )
-    # The random init is the very start point of meta-training (same seed), adapted
-    # with the meta-model's step sizes: the ablation isolates what meta-learning added.
-    rand = random_init(specs.policy, specs.objective, train_config, inner_lr=meta.inner_lr)
-    rand = dc_replace(rand, lr_length_power=meta.lr_length_power)
-    return meta, erm, rand
-
-
-def train_models(
-    frames: Frames,
-    config: StudyConfig,
-    specs: Specs,
-    split: pd.Timestamp,
-    model_path: Path | None,
-    progress: bool,
-    regimes: dict | None = None,
-    n_jobs: int = 2,
-    console: Console | None = None,
-    cache: Memory | None = None,
-) -> Models:
-    """Meta-learned, ERM and random-init models, one per seed, from bars before ``split`` only.
-
-    With a sweep's ``cache`` each seed's models are trained once per sweep.
-    """
-    loaded = None
-    if model_path is not None:
-        loaded, last_bar = load_model(model_path)
-        if last_bar >= split:
-            raise DataError(
-                f"{model_path}: trained on bars up to {last_bar.date()}, on or after "
-                f"the split {split.date()}; it has seen the test period. Re-train "
-                "or move --split later"
-            )
-        if loaded.feature_spec != specs.features:
-            raise DataError(
-                f"{model_path}: its feature spec differs from the config's "
-                "[features]; use the config it was trained with"
-            )
-    algorithm = loaded.algorithm if loaded is not None else specs.train.algorithm
-    if algorithm in FORWARD_LEARNERS:
-        raise DataError(
-            f"a study's meta_adaptive rows need a gradient learner, not {algorithm!r}; "
-            f'keep [meta] algorithm = "maml" and add [meta] compare = ["{algorithm}"] '
-            f"to trade it as meta_{algorithm}"
-        )
-    changes = task_changes(frames, config, regimes, split)
-    # A loaded checkpoint is one model: the study then runs that one seed.
-    seeds = (
-        [config.seed]
-        if loaded is not None
-        else [config.seed + i for i in range(config.ensemble.seeds)]
-    )
-    # Logged too: the heartbeat of a piped run names the step from the log.
-    log.info("meta-training %d seed(s) x (meta, erm)", len(seeds))
-    if console is not None and progress:
-        console.print(
-            f"  meta-training {len(seeds)} seed(s) x (meta, erm) on bars before "
-            f"{split.date()} ({sum(map(len, changes.values()))} regime changes "
-            "anchor the tasks) ..."
-        )
-    if cache is not None and loaded is None:
-        trained = train_seeds_once(cache, _train_seed, frames, config, specs, split, changes, seeds)
-    else:
-        trained = Parallel(n_jobs=min(n_jobs, len(seeds)))(
-            delayed(_train_seed)(frames, config, specs, split, changes, seed, loaded)
-            for seed in seeds
-        )
-    models = {
-        "meta": [t[0] for t in trained],
-        "erm": [t[1] for t in trained],
-        "random": [t[2] for t in trained],
-    }
-    for name in specs.train.compare:
-        if console is not None and progress:
-            console.print(f"  training the {name} learner, {len(seeds)} seed(s) ...")
-        models[name] = Parallel(n_jobs=min(n_jobs, len(seeds)))(
-            delayed(train_meta)(
-                frames,
-                config,
-                dc_replace(specs, train=dc_replace(specs.train, algorithm=name)),
-                split,
-                False,
-                changes,
-                seed,
-            )
-            for seed in seeds
-        )
-    return models
 
 
 def strategy_params(config: StudyConfig) -> dict:

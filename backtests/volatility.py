@@ -34,7 +34,8 @@ from rich.table import Table
 
 from metabt.backtests.config import ConfigError, Specs, StudyConfig, build_specs, dump_config
 from metabt.backtests.data import StudyData, load_study_data
-from metabt.backtests.runner import meta_adaptive_params, train_meta, true_changes, warmup_start
+from metabt.backtests.runner import meta_adaptive_params, warmup_start
+from metabt.backtests.training import train_meta, true_changes
 from metabt.backtests.vol_scores import (
     MIN_MONTH_BARS,
     WITHIN,

@@ -17,9 +17,10 @@ from metabt.backtests.config import build_specs, dump_config, parse_config
 from metabt.backtests.data import load_study_data
 from metabt.backtests.paper.loop import PaperLoop
 from metabt.backtests.paper.session import PaperOptions, open_session
-from metabt.backtests.runner import meta_adaptive_params, train_meta, warmup_start
+from metabt.backtests.runner import meta_adaptive_params, warmup_start
 from metabt.backtests.serve.decision import decide_last_bar
 from metabt.backtests.serve.registry import load_registry
+from metabt.backtests.training import train_meta
 from metabt.feeds.btfeed import make_feature_feed
 from metabt.feeds.loaders import slice_period
 from metabt.metamodels.model_io import save_model

@@ -31,7 +31,7 @@ from metabt.backtests.config import (
     tomllib,
 )
 from metabt.backtests.data import load_study_data
-from metabt.backtests.runner import train_meta
+from metabt.backtests.training import train_meta
 from metabt.feeds.loaders import load_sample, sample_data_dir
 from metabt.metamodels.model_io import save_model
 

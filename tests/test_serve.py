@@ -28,8 +28,9 @@ from metabt.backtests.paper.ledger import DB_FILE, StateLock
 from metabt.backtests.paper.loop import PaperLoop
 from metabt.backtests.paper.session import PaperOptions, open_session
 from metabt.backtests.paper.status import read_status
-from metabt.backtests.runner import meta_adaptive_params, train_meta, warmup_start
+from metabt.backtests.runner import meta_adaptive_params, warmup_start
 from metabt.backtests.serve.bench import ServeProcess
+from metabt.backtests.training import train_meta
 from metabt.feeds.btfeed import make_feature_feed
 from metabt.feeds.loaders import slice_period
 from metabt.metamodels.model_io import load_model, save_model

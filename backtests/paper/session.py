@@ -45,7 +45,8 @@ from metabt.backtests.paper.manifest import MANIFEST_FILE, read_manifest, write_
 from metabt.backtests.paper.simulate import DEFAULT_CASH
 from metabt.backtests.paper.sources import ReplaySource, YahooSource, make_source, utc_today
 from metabt.backtests.paper.verify import verify
-from metabt.backtests.runner import meta_adaptive_params, train_meta, warmup_start
+from metabt.backtests.runner import meta_adaptive_params, warmup_start
+from metabt.backtests.training import train_meta
 from metabt.feeds.errors import DataError
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.loaders import Frames, slice_period

@@ -60,7 +60,7 @@ def _rows(frame: pd.DataFrame) -> list[dict]:
 def _train(folder: Path) -> dict[str, pd.DataFrame]:
     from metabt.backtests.config import build_specs, parse_config
     from metabt.backtests.data import load_study_data
-    from metabt.backtests.runner import train_meta
+    from metabt.backtests.training import train_meta
     from metabt.metamodels.model_io import save_model
 
     config = parse_config(BENCH_CONFIG, "serve bench config")
