@@ -16,19 +16,29 @@ import pandas as pd
 import typer
 from rich.console import Console
 
+from metabt.backtests.cli_options import (
+    DataOpt,
+    EndOpt,
+    GapsOpt,
+    JumpsOpt,
+    OutOpt,
+    OverwriteOpt,
+    SplitOpt,
+    StartOpt,
+    SymbolsOpt,
+    resolve_config,
+)
 from metabt.backtests.config import (
     ConfigError,
     StudyConfig,
     configs_dir,
-    parse_period,
-    with_overrides,
 )
 from metabt.backtests.heartbeat import Heartbeat
 from metabt.backtests.outdir import check_out, check_writable
 from metabt.backtests.overrides import SetOpt, load_with_settings, with_keys
 from metabt.backtests.sweep import SweepError
 from metabt.feeds.errors import DataError
-from metabt.feeds.loaders import folder_problems, list_symbols, load_csv, parse_symbols
+from metabt.feeds.loaders import folder_problems, list_symbols, load_csv
 from metabt.metamodels.checkpoint_meta import CheckpointError
 from metabt.reports.errors import ReportError
 
@@ -78,73 +88,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ReportError,
     SweepError,
 )
-
-DataOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data", help="Folder of SYMBOL.csv files (Yahoo layout) instead of the config's source."
-    ),
-]
-SymbolsOpt = Annotated[
-    str | None, typer.Option("--symbols", help="Comma-separated symbols, or 'all'.")
-]
-StartOpt = Annotated[
-    str | None, typer.Option("--start", help="First bar of training (YYYY-MM-DD).")
-]
-SplitOpt = Annotated[str | None, typer.Option("--split", help="First bar of the test period.")]
-EndOpt = Annotated[str | None, typer.Option("--end", help="Last bar of the test period.")]
-OutOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--out", help="Run folder to write (new or empty; an earlier run only with --overwrite)."
-    ),
-]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite", help="Replace the earlier run in --out (its files are removed first)."
-    ),
-]
-JumpsOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-jumps",
-        help="Accept one-bar moves beyond x10 that come back (genuine, not bad prints).",
-    ),
-]
-GapsOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-gaps", help="Accept more than 30 days between bars (warned in warnings.log)."
-    ),
-]
-
-
-def _resolve(
-    config_path: Path,
-    settings: list[str] | None,
-    data: Path | None,
-    symbols: str | None,
-    start: str | None,
-    split: str | None,
-    end: str | None,
-    allow_jumps: bool = False,
-    allow_gaps: bool = False,
-) -> StudyConfig:
-    config = load_with_settings(config_path, settings or [])
-    overrides: dict[str, object] = {
-        "start": start,
-        "split": split,
-        "end": end,
-        "allow_jumps": allow_jumps or None,
-        "allow_gaps": allow_gaps or None,
-    }
-    if data is not None:
-        overrides.update(source="csv", path=str(data))
-    if symbols is not None:
-        parsed = parse_symbols(symbols)
-        overrides["symbols"] = "all" if parsed is None else parsed
-    return with_overrides(config, **overrides)
 
 
 def _default_out(config: StudyConfig) -> Path:
@@ -283,7 +226,7 @@ def backtest(
 
     Meta-train on [start, split), tune the comparators there, trade [split, end].
     """
-    config = _resolve(
+    config = resolve_config(
         config_path, settings, data, symbols, start, split, end, allow_jumps, allow_gaps
     )
     if refit_every is not None:  # short for --set walk_forward.refit_every=...
@@ -323,7 +266,7 @@ def train(
     from metabt.backtests.training import train_meta
     from metabt.metamodels.model_io import save_model
 
-    config = _resolve(
+    config = resolve_config(
         config_path, settings, data, symbols, start, split, None, allow_jumps, allow_gaps
     )
     if algorithm is not None:
@@ -350,98 +293,6 @@ def train(
         f"saved {out} ({model.algorithm}, best step {model.best_step}, "
         f"best validation loss {min(best):.4f}); {periods}",
         highlight=False,
-    )
-
-
-@app.command()
-def sweep(
-    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study TOML file.")],
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out", help="Sweep folder: runs/, sweep.csv, robustness.md, robustness.png."
-        ),
-    ],
-    seeds: Annotated[
-        str | None,
-        typer.Option(
-            "--seeds", help="Seeds to run, e.g. 0-9 or 0-4,7 (default: the config's seed)."
-        ),
-    ] = None,
-    grid: Annotated[
-        list[str] | None,
-        typer.Option("--grid", help="section.key=v1,v2 (TOML values; repeat for more keys)."),
-    ] = None,
-    walk_forward: Annotated[
-        str | None,
-        typer.Option("--walk-forward", help="Refit periods, e.g. 1y or 1y,6m,none (a grid axis)."),
-    ] = None,
-    universe: Annotated[
-        list[str] | None,
-        typer.Option("--universe", help="One universe as SYM,SYM (repeat for more)."),
-    ] = None,
-    universes: Annotated[
-        Path | None, typer.Option("--universes", help='TOML file of NAME = ["SYM", ...] universes.')
-    ] = None,
-    data: DataOpt = None,
-    cluster: Annotated[
-        str | None,
-        typer.Option(
-            "--cluster", help="Dask scheduler address, e.g. tcp://host:8786 (default: local)."
-        ),
-    ] = None,
-    workers: Annotated[
-        int,
-        typer.Option("--workers", min=1, help="Local worker processes (ignored with --cluster)."),
-    ] = 2,
-    settings: SetOpt = None,
-) -> None:
-    """Run many studies on Dask: seeds x grid x universes.
-
-    Run the product of seeds x grid x walk-forward x universes as studies on Dask.
-    Each run is a normal run folder under OUT/runs/<hash>/; finished runs are skipped,
-    so running the same command again resumes (or does nothing).
-    """
-    from metabt.backtests.sweep import expand, is_finished, parse_grid, parse_seeds, parse_universes
-    from metabt.backtests.sweep_exec import run_sweep
-
-    config = _resolve(config_path, settings, data, None, None, None, None)
-    periods: list[str | None] = [None]
-    if walk_forward is not None:
-        periods = [
-            None if p.strip().lower() == "none" else p.strip() for p in walk_forward.split(",")
-        ]
-        for period in periods:
-            try:
-                if period is not None:
-                    parse_period(period)
-            except ValueError:
-                raise SweepError(
-                    f"--walk-forward {walk_forward!r}: use periods like 1y, 6m, "
-                    "2w or none, comma-separated"
-                ) from None
-    runs = expand(
-        config,
-        parse_seeds(seeds) if seeds else [config.seed],
-        parse_grid(grid or []),
-        periods,
-        parse_universes(universe or [], universes),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    todo = sum(1 for r in runs if not is_finished(out, r))
-    console.print(
-        f"sweep: {len(runs)} runs, {len(runs) - todo} already finished, {todo} to run "
-        f"on {cluster or f'{workers} local worker processes'}"
-    )
-    outcome = run_sweep(runs, out, cluster, workers, console)
-    console.print(
-        f"ran {len(outcome.ran)}, failed {len(outcome.failed)}, in {outcome.seconds:.1f} s"
-    )
-    for run_hash, error in outcome.failed.items():
-        console.print(f"  failed {run_hash}: {error}")
-    console.print(
-        f"[bold]sweep table:[/bold] {out / 'sweep.csv'}   "
-        f"[bold]robustness:[/bold] {out / 'robustness.md'}"
     )
 
 
@@ -491,8 +342,10 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
 from metabt.backtests.paper.cli import register as _register_paper  # noqa: E402
 from metabt.backtests.serve.cli import register as _register_serve  # noqa: E402
 from metabt.backtests.study_cli import register as _register_study  # noqa: E402
+from metabt.backtests.sweep_cli import register as _register_sweep  # noqa: E402
 
 _register_study(app)
+_register_sweep(app)
 _register_paper(app)
 _register_serve(app)
 
