@@ -180,6 +180,17 @@ def test_the_fallback_trades_until_the_new_regime_has_min_window_labels(frame, f
     assert position != 0.0
 
 
+def test_the_never_adapted_ablation_trades_its_initial_weights_whatever_the_fallback(frame):
+    # meta_frozen shares the study's [strategy] settings: a flat fallback must not flatten it
+    weights = {
+        fallback: run(frame, recording_policy(), trigger="never", fallback=fallback).weights
+        for fallback in FALLBACKS
+    }
+    assert (weights["initial"]["weight"].abs() > 0).mean() > 0.5
+    for fallback in ("flat", "previous"):
+        pd.testing.assert_frame_equal(weights[fallback], weights["initial"])
+
+
 def test_an_unknown_fallback_is_refused(frame):
     with pytest.raises(ValueError, match="fallback must be one of"):
         run(frame, recording_policy(), fallback="sideways")
