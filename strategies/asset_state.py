@@ -80,6 +80,9 @@ class AssetState:
         self.position: float | None = None
         self.bars_since_adapt = 0
         self.adapted = False  # False while the fallback (initial) weights trade
+        # The logged adaptation whose weights trade now (None: the initial weights). Kept
+        # for reporting (metabt serve); a paper snapshot does not carry it.
+        self.in_force: dict | None = None
         self.deferred: object = None  # the queued warm-up adaptation in force, if any
         self.loss_ref = (0.0, 1.0)  # mean, sd of the adapted policy's per-bar support loss
 

@@ -192,6 +192,9 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
             for p in self._policies
         ]
         self._slot = {d: i for i, d in enumerate(self.datas)}
+        # A flat fallback zeroes the positions of assets not adapted since their last
+        # change; the never-adapted ablation keeps trading its initial weights.
+        self._flat_fallback = self.p.fallback == "flat" and self.p.trigger != "never"
         self._order = {d._name: i for i, d in enumerate(self.datas)}
         self.n_adaptations = 0  # adaptations computed (deferred ones once they are)
         # Warm-up adaptations queued until trading starts (see the module docstring).
@@ -303,19 +306,19 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
             pnl = numpy_policy.positions(results[0][0], job.x[j], pol.policy_spec) * job.y[j]
             per_bar = -pnl + pol.objective_spec.risk * pnl * pnl
             st.loss_ref = (float(per_bar.mean()), max(float(per_bar.std()), 1e-6))
-        self.events.append(
-            {
-                "date": job.when,
-                "asset": d._name,
-                "trigger": self.p.trigger,
-                "window": job.n,
-                "start": job.starts[j],
-                "loss_before": float(np.mean([r[1] for r in results])),
-                "loss_after": float(np.mean([r[2] for r in results])),
-                # the memory policy's fourth item: the past segments it attended to
-                **({"attended": results[0][3]} if len(results[0]) > 3 else {}),
-            }
-        )
+        event = {
+            "date": job.when,
+            "asset": d._name,
+            "trigger": self.p.trigger,
+            "window": job.n,
+            "start": job.starts[j],
+            "loss_before": float(np.mean([r[1] for r in results])),
+            "loss_after": float(np.mean([r[2] for r in results])),
+            # the memory policy's fourth item: the past segments it attended to
+            **({"attended": results[0][3]} if len(results[0]) > 3 else {}),
+        }
+        self.events.append(event)
+        st.in_force = event
 
     def _schedule(self, moved: Sequence[Moved]) -> None:
         """Re-adapt on the cadence, and as soon as a fallback can end.
@@ -371,8 +374,7 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
             for stack, pol in zip(self._stacked, self._policies)
         ]
         mean = per_member[0] if len(per_member) == 1 else np.mean(per_member, axis=0)
-        flat = self.p.fallback == "flat" and self.p.trigger != "never"
         for (_, st, _), pos in zip(moved, mean.tolist()):
-            if flat and not st.adapted:
+            if self._flat_fallback and not st.adapted:
                 pos = 0.0
             st.position = max(pos, 0.0) if self.p.long_only else pos

@@ -128,7 +128,7 @@ class RegimeWindows:
             # Fall back to the initial weights (flat: see _positions) until the new
             # regime has min_window labels.
             self._set_params(d, self._initial())
-            st.adapted, st.deferred = False, None
+            st.adapted, st.deferred, st.in_force = False, None, None
 
     def window_length(self, st: AssetState) -> int:
         """Labelled bars the next adaptation uses (0 = trade the fallback weights).

@@ -55,7 +55,8 @@ def frame() -> pd.DataFrame:
 
 
 class ParamLog(MetaAdaptiveStrategy):
-    """MetaAdaptiveStrategy that logs, per date, the weights it traded and the position."""
+    """MetaAdaptiveStrategy that logs, per date, the weights it traded, the position and the
+    adaptation it reports in force."""
 
     params = (("log", None),)  # type: ignore[assignment]  # backtrader merges them
 
@@ -63,7 +64,7 @@ class ParamLog(MetaAdaptiveStrategy):
         positions = super().target_weights()
         d = self.datas[0]
         weights = {k: v.copy() for k, v in self.asset_params(d)[0].items()}
-        self.p.log[self.datetime.date(0)] = (weights, positions.get(d))
+        self.p.log[self.datetime.date(0)] = (weights, positions.get(d), self._state[d].in_force)
         return positions
 
 
@@ -169,15 +170,17 @@ def test_the_fallback_trades_until_the_new_regime_has_min_window_labels(frame, f
         fallback=fallback,
     )
     day = [t.date() for t in frame.index]
-    old, _ = log[day[change_bar - 1]]  # adapted to the old regime
-    assert not same(old, pol.params)
+    old, _, old_event = log[day[change_bar - 1]]  # adapted to the old regime
+    assert not same(old, pol.params) and old_event["date"] < day[change_bar]
     for t in range(change_bar, change_bar + MIN + 1):  # the new regime's first adaptation is
-        weights, position = log[day[t]]  # at change_bar + MIN + 1 (see the test above)
+        weights, position, event = log[day[t]]  # at change_bar + MIN + 1 (see the test above)
         assert same(weights, old if fallback == "previous" else pol.params), t
         assert (position == 0.0) == (fallback == "flat"), t
-    weights, position = log[day[change_bar + MIN + 1]]
+        assert event is (old_event if fallback == "previous" else None), t
+    weights, position, event = log[day[change_bar + MIN + 1]]
     assert not same(weights, old) and not same(weights, pol.params)
     assert position != 0.0
+    assert event["date"] == day[change_bar + MIN + 1] and event["window"] == MIN
 
 
 def test_the_never_adapted_ablation_trades_its_initial_weights_whatever_the_fallback(frame):

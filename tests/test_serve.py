@@ -306,6 +306,49 @@ def test_settings_change_the_decision_as_they_change_the_backtest(world):
         assert decision["weight"] >= 0.0
 
 
+def test_with_the_previous_fallback_the_old_adaptation_stays_in_force_after_an_alarm(world):
+    # `previous` keeps the old regime's weights after an alarm: /signal must report that
+    # adaptation, not "none", on the bars between the alarm and the next adaptation.
+    frames, split = world["frames"], world["split"]
+    settings = {"strategy": {"fallback": "previous"}}
+    config = parse_config(
+        {**RAW_CONFIG, "strategy": {**RAW_CONFIG["strategy"], **settings["strategy"]}}
+    )
+    specs = build_specs(config)
+    loaded, _ = load_model(world["root"] / "models" / "syn")
+    ref = run_backtest(
+        frames,
+        MetaAdaptiveStrategy,
+        meta_adaptive_params(config, loaded, specs),
+        specs.costs,
+        trade_start=split,
+        feed_factory=lambda s, f: make_feature_feed(s, f, specs.features),
+    )
+    events = [e for e in ref.events if pd.Timestamp(e["date"]) >= split]
+    # an alarm on a day no adaptation of that asset followed
+    alarm = next(
+        e
+        for e in events
+        if e["trigger"] == "alarm"
+        and not any(
+            a["asset"] == e["asset"] and a["date"] == e["date"] and a["trigger"] != "alarm"
+            for a in events
+        )
+    )
+    day, asset = pd.Timestamp(alarm["date"]), alarm["asset"]
+    before = [
+        e
+        for e in ref.events
+        if e["asset"] == asset and e["trigger"] != "alarm" and pd.Timestamp(e["date"]) <= day
+    ]
+    body = _body(frames, day, settings=settings)
+    got = world["server"].client.post("/v1/models/syn/signal", json=body).json()["assets"][asset]
+    assert got["change_detected"] is True
+    assert got["last_adaptation"] == pd.Timestamp(before[-1]["date"]).date().isoformat()
+    assert got["window"] == before[-1]["window"]
+    assert got["loss_after"] == pytest.approx(before[-1]["loss_after"], abs=1e-12)
+
+
 def _bad(frames: dict[str, pd.DataFrame], day: pd.Timestamp, case: str) -> tuple[object, str]:
     """A request body broken in one way, and a phrase its 422 detail must contain."""
     body = _body(frames, day)

@@ -5,8 +5,8 @@ strategy params with :func:`backtests.runner.meta_adaptive_params` and runs
 :class:`strategies.meta_adaptive.MetaAdaptiveStrategy` through
 :func:`strategies.engine.run_backtest` with the model's feature feed and costs,
 exactly as ``metabt backtest`` runs ``meta_adaptive``; then it reads the target
-weights the engine recorded on the last bar and the adaptation events the
-strategy logged. When the strategy's schedule, sizing or features change, the
+weights the engine recorded on the last bar, the alarms the strategy logged and
+the adaptation it had in force then. When the strategy's schedule, sizing or features change, the
 service's answers change with them, with no second copy to keep in step.
 
 The first traded day is the last bar. That gives the backtest's decision for
@@ -40,22 +40,25 @@ _ENGINE_LOCK = threading.Lock()
 
 
 class _LastPositions(MetaAdaptiveStrategy):
-    """MetaAdaptiveStrategy that also keeps the positions it returned on traded bars.
+    """MetaAdaptiveStrategy that also keeps what it traded on the last traded bar.
 
     It only records: the weights and orders are those of its parent class.
 
     Params:
         positions_out (dict): filled with ``{asset: position}`` of the last traded bar.
+        in_force_out (dict): filled with ``{asset: adaptation event or None}``, the
+            adaptation whose weights traded then (None: the initial weights).
     """
 
-    params = (("positions_out", None),)  # type: ignore[assignment]  # backtrader merges them
+    params = (("positions_out", None), ("in_force_out", None))  # type: ignore[assignment]
 
     def target_weights(self) -> dict:
         positions = super().target_weights()
         if self.trading:
-            out = self.p.positions_out
-            out.clear()
-            out.update({d._name: float(p) for d, p in positions.items()})
+            self.p.positions_out.clear()
+            self.p.positions_out.update({d._name: float(p) for d, p in positions.items()})
+            self.p.in_force_out.clear()
+            self.p.in_force_out.update({d._name: st.in_force for d, st in self._state.items()})
         return positions
 
 
@@ -97,12 +100,13 @@ def decide_last_bar(model: MetaModel, frames: Frames, config: StudyConfig) -> De
     params = meta_adaptive_params(config, model, specs)
     asof = max(f.index[-1] for f in frames.values())
     positions: dict[str, float] = {}
+    in_force: dict[str, dict | None] = {}
     with _ENGINE_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_backtest(
             frames,
             _LastPositions,
-            {**params, "positions_out": positions},
+            {**params, "positions_out": positions, "in_force_out": in_force},
             specs.costs,
             trade_start=asof,
             feed_factory=lambda s, f: make_feature_feed(s, f, specs.features),
@@ -112,17 +116,12 @@ def decide_last_bar(model: MetaModel, frames: Frames, config: StudyConfig) -> De
     today = _day(asof)
     assets: dict[str, dict] = {}
     for symbol in frames:
-        events = [e for e in result.events if e.get("asset") == symbol]
-        # "alarm" events move the start of the regime; the others are adaptations. An
-        # alarm drops the adapted weights (the fallback trades until the new regime has
-        # min_window labels), so the adaptation in force is one logged after the last
-        # alarm (events are logged in the order they took effect), else none.
-        changes = [e for e in events if e.get("trigger") == "alarm"]
-        last_alarm = max(
-            (i for i, e in enumerate(events) if e.get("trigger") == "alarm"), default=-1
-        )
-        adaptations = [e for e in events[last_alarm + 1 :] if e.get("trigger") != "alarm"]
-        latest = adaptations[-1] if adaptations else None
+        # "alarm" events move the start of the regime; the strategy knows which
+        # adaptation (if any) its fallback rule left in force.
+        changes = [
+            e for e in result.events if e.get("asset") == symbol and e.get("trigger") == "alarm"
+        ]
+        latest = in_force.get(symbol)
         assets[symbol] = {
             "weight": weights.get(symbol, 0.0),
             "position": positions.get(symbol),
