@@ -76,25 +76,8 @@ def train_meta(
         changes = task_changes(frames, config, regimes, split)
     train = slice_period(frames, config.data.start, split)
     train_config = specs.train if seed is None else dc_replace(specs.train, seed=seed)
-    if train_config.algorithm in FORWARD_LEARNERS:
-        # The memory bank is cut at the detector's causal alarms, on training bars only.
-        alarms = {
-            s: detect_alarms(f, config.detector.name, **config.detector.settings)
-            for s, f in slice_period(frames, None, split).items()
-        }
-        return train_conditioned(
-            train,
-            specs.features,
-            specs.task,
-            specs.policy,
-            specs.objective,
-            train_config,
-            config.data.start,
-            split,
-            changes=changes,
-            alarms=alarms,
-        )
-    return meta_train(
+    # What every learner trains on: bars, features, tasks, network, objective, settings, period.
+    inputs = (
         train,
         specs.features,
         specs.task,
@@ -103,9 +86,15 @@ def train_meta(
         train_config,
         config.data.start,
         split,
-        progress=progress,
-        changes=changes,
     )
+    if train_config.algorithm in FORWARD_LEARNERS:
+        # The memory bank is cut at the detector's causal alarms, on training bars only.
+        alarms = {
+            s: detect_alarms(f, config.detector.name, **config.detector.settings)
+            for s, f in slice_period(frames, None, split).items()
+        }
+        return train_conditioned(*inputs, changes=changes, alarms=alarms)
+    return meta_train(*inputs, progress=progress, changes=changes)
 
 
 def _train_seed(
