@@ -66,11 +66,13 @@ def train_meta(
     changes: dict | None = None,
     seed: int | None = None,
     regimes: dict[str, pd.Series] | None = None,
+    erm: MetaModel | None = None,
 ) -> MetaModel:
     """Meta-train on the bars in ``[data.start, split)`` only.
 
     ``changes`` (else derived from ``regimes`` or the detector, see :func:`task_changes`)
-    anchor the task supports; ``seed`` replaces the config's seed.
+    anchor the task supports; ``seed`` replaces the config's seed. With ``[meta] init =
+    "erm"`` a gradient learner starts from ``erm``'s weights (trained here when None).
     """
     if changes is None:
         changes = task_changes(frames, config, regimes, split)
@@ -94,7 +96,11 @@ def train_meta(
             for s, f in slice_period(frames, None, split).items()
         }
         return train_conditioned(*inputs, changes=changes, alarms=alarms)
-    return meta_train(*inputs, progress=progress, changes=changes)
+    init = None
+    if train_config.init == "erm":
+        erm = erm or erm_train(*inputs, progress=False, changes=changes)
+        init = erm.params
+    return meta_train(*inputs, progress=progress, changes=changes, init=init)
 
 
 def _train_seed(
@@ -107,8 +113,6 @@ def _train_seed(
     meta: MetaModel | None,
 ) -> tuple[MetaModel, MetaModel, MetaModel]:
     train_config = dc_replace(specs.train, seed=seed)
-    if meta is None:
-        meta = train_meta(frames, config, specs, split, False, changes, seed)
     erm = erm_train(
         slice_period(frames, config.data.start, split),
         specs.features,
@@ -121,8 +125,11 @@ def _train_seed(
         progress=False,
         changes=changes,
     )
-    # The random init is the very start point of meta-training (same seed), adapted
-    # with the meta-model's step sizes: the ablation isolates what meta-learning added.
+    if meta is None:
+        meta = train_meta(frames, config, specs, split, False, changes, seed, erm=erm)
+    # The random init is meta-training's seeded random start point (with [meta] init =
+    # "erm" meta-training starts from ERM's weights instead), adapted with the
+    # meta-model's step sizes: the ablation isolates what the learned init adds.
     rand = random_init(specs.policy, specs.objective, train_config, inner_lr=meta.inner_lr)
     rand = dc_replace(rand, lr_length_power=meta.lr_length_power)
     return meta, erm, rand

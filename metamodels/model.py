@@ -25,6 +25,8 @@ from metabt.metamodels.policy import Params, PolicySpec, to_numpy
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "context", "memory")
 # Learners that adapt by a forward pass over the window (metamodels.conditioned_train).
 FORWARD_LEARNERS = ("context", "memory")
+# Where a gradient learner's meta-training starts (see TrainConfig.init).
+INITS = ("random", "erm")
 # A learned inner step size is the default where the algorithm has a gradient for it.
 _LR_DEFAULT = {
     "maml": True,
@@ -81,6 +83,11 @@ class TrainConfig:
         How the memory policy scores past segments against the current window
         (:mod:`metamodels.memory_policy`): scaled dot product, or cosine times a
         learned scale. Other learners ignore it.
+    init : {"random", "erm"}
+        Where a gradient learner's meta-training starts: the seeded random weights,
+        or the weights ERM fits to the same training bars with the same settings and
+        seed (pooled training first, then meta-training on top of it). The context
+        and memory learners ignore it; the random-init ablation stays random.
     threads : int
         Torch intra-op threads while training (restored afterwards). The
         tensors are small, so extra threads gain little, and on a busy machine
@@ -107,6 +114,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     memory_attention: str = "dot"
+    init: str = "random"
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -116,6 +124,8 @@ class TrainConfig:
             raise ValueError(
                 f"train.memory_attention must be one of {ATTENTIONS}, got {self.memory_attention!r}"
             )
+        if self.init not in INITS:
+            raise ValueError(f"train.init must be one of {INITS}, got {self.init!r}")
         for name in self.compare:
             if name not in FORWARD_LEARNERS:
                 raise ValueError(f"train.compare lists {name!r}; it takes {list(FORWARD_LEARNERS)}")

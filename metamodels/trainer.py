@@ -27,7 +27,7 @@ from metabt.feeds.tasks import TaskBatch, TaskSampler
 from metabt.metamodels.learners import LEARNERS, MetaLearner, TorchTasks
 from metabt.metamodels.model import MetaModel, TrainConfig, adapted_query_losses
 from metabt.metamodels.objective import ObjectiveSpec
-from metabt.metamodels.policy import PolicySpec, init_params
+from metabt.metamodels.policy import Params, PolicySpec, init_params
 
 __all__ = [
     "MetaModel",
@@ -125,6 +125,7 @@ def meta_train(
     end: Any = None,
     progress: bool = True,
     changes: Changes = None,
+    init: Params | None = None,
 ) -> MetaModel:
     """Meta-train a policy initialisation on tasks from ``[start, end)`` of ``frames``.
 
@@ -142,6 +143,9 @@ def meta_train(
     changes : mapping of symbol -> dates, optional
         Regime changes (true, or detected causally on these bars) where a share of
         the task supports start, as the trading schedule's windows do.
+    init : dict of Tensor, optional
+        Weights meta-training starts from (e.g. ERM's, ``TrainConfig.init = "erm"``);
+        None: the seeded random weights.
 
     Returns
     -------
@@ -161,7 +165,7 @@ def meta_train(
         split.date(),
         hi.date(),
     )
-    model = fit(sampler.sample, val, policy_spec, objective_spec, config, progress=progress)
+    model = fit(sampler.sample, val, policy_spec, objective_spec, config, progress, init)
     return replace(
         model,
         feature_spec=feature_spec,
@@ -178,15 +182,17 @@ def fit(
     objective_spec: ObjectiveSpec,
     config: TrainConfig,
     progress: bool = False,
+    init: Params | None = None,
 ) -> MetaModel:
     """The loop itself, on any task source: ``sample(n, rng)`` -> training TaskBatch.
 
     ``val`` (fixed tasks) drives early stopping; None trains for ``meta_steps``.
+    ``init`` replaces the seeded random starting weights (it is copied, not changed).
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     learner = make_learner(config)
-    meta = learner.init_meta(init_params(policy_spec, config.seed))
+    meta = learner.init_meta(init_params(policy_spec, config.seed) if init is None else init)
     weights = [v for k, v in meta.items() if not learner.is_lr_key(k)]
     rates = [v for k, v in meta.items() if learner.is_lr_key(k)]
     opt = torch.optim.AdamW(
