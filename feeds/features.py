@@ -42,6 +42,9 @@ class FeatureSpec:
             returns: the input that tells trending from mean-reverting regimes.
         vol_level: add ``log_vol``, the log of the trailing vol relative to 1 % a day
             (calm and volatile regimes, and how much a unit of turnover costs in vol).
+        bar_shape: add ``vol_ratio``, ``trend``, ``range_z`` and ``volume_z`` (vol
+            regime, distance from the moving average, bar range and volume z-scores);
+            False leaves the lags and the inputs listed above.
     """
 
     lags: int = 5
@@ -53,6 +56,7 @@ class FeatureSpec:
     macd: tuple[tuple[int, int], ...] = ((8, 24), (16, 48), (32, 96))
     autocorr_windows: tuple[int, ...] = (20, 60)
     vol_level: bool = True
+    bar_shape: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lags", "trend_window", "volume_window"):
@@ -87,7 +91,8 @@ class FeatureSpec:
             + tuple(f"ac_{w}" for w in self.autocorr_windows)
             + (("log_vol",) if self.vol_level else ())
         )
-        return lags + ("vol_ratio", "trend", "range_z", "volume_z") + extra
+        shape = ("vol_ratio", "trend", "range_z", "volume_z") if self.bar_shape else ()
+        return lags + shape + extra
 
     @property
     def warmup(self) -> int:

@@ -1,0 +1,108 @@
+"""``[meta] init``: where a gradient learner's meta-training starts.
+
+With ``"erm"`` meta-training must start from the ERM weights of the same seed and
+bars, and with ``"random"`` from the seeded random weights; a study's ERM row and
+the meta row's starting point must then be one and the same model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from metabt.backtests import training
+from metabt.backtests.config import ConfigError, build_specs, load_config
+from metabt.backtests.data import load_study_data
+from metabt.backtests.overrides import with_keys
+from metabt.feeds.tasks import random_task_batch
+from metabt.metamodels.model import TrainConfig
+from metabt.metamodels.objective import ObjectiveSpec
+from metabt.metamodels.policy import PolicySpec, init_params
+from metabt.metamodels.trainer import fit
+
+TINY = Path(__file__).parent / "data" / "tiny_basket.toml"
+# One outer step this small leaves the weights where meta-training started.
+STILL = {"meta_steps": 1, "outer_lr": 1e-9, "val_fraction": 0.0}
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].detach() - b[k].detach()).abs().max()) for k in a)
+
+
+def _sample(n: int, rng: np.random.Generator) -> object:
+    return random_task_batch(n, 30, 10, 4, int(rng.integers(1 << 30)))
+
+
+def test_fit_starts_from_the_weights_given_and_leaves_them_unchanged():
+    spec = PolicySpec(4, (8,))
+    config = TrainConfig(**STILL, tasks_per_step=8, seed=3)
+    start = init_params(spec, seed=99)
+    before = {k: v.clone() for k, v in start.items()}
+    model = fit(_sample, None, spec, ObjectiveSpec(), config, init=start)
+    assert _distance(model.params, start) < 1e-6
+    assert _distance(model.params, init_params(spec, seed=3)) > 1e-2
+    assert _distance(start, before) == 0.0  # copied, not trained in place
+    # Without init: the seeded random weights.
+    plain = fit(_sample, None, spec, ObjectiveSpec(), config)
+    assert _distance(plain.params, init_params(spec, seed=3)) < 1e-6
+
+
+def _tiny(init: str, **meta: object):
+    overrides = {"meta.init": init, **{f"meta.{k}": v for k, v in meta.items()}}
+    config = with_keys(load_config(TINY), overrides, "test")
+    return config, build_specs(config), load_study_data(config).frames
+
+
+def test_train_meta_starts_from_the_erm_model_it_is_given():
+    config, specs, frames = _tiny("erm", **STILL)
+    split = pd.Timestamp(config.data.split)
+    erm = replace(
+        training.erm_train(
+            frames,
+            specs.features,
+            specs.task,
+            specs.policy,
+            specs.objective,
+            specs.train,
+            config.data.start,
+            split,
+            progress=False,
+        ),
+        params=init_params(specs.policy, seed=99),
+    )
+    model = training.train_meta(frames, config, specs, split, progress=False, erm=erm)
+    assert _distance(model.params, erm.params) < 1e-6
+
+
+@pytest.mark.parametrize("init", ["random", "erm"])
+def test_a_study_seed_meta_trains_from_its_own_erm_row_only_when_asked(monkeypatch, init):
+    config, specs, frames = _tiny(init, meta_steps=2)
+    split = pd.Timestamp(config.data.split)
+    started: list[object] = []
+    real = training.meta_train
+
+    def spy(*args, **kwargs):
+        started.append(kwargs.get("init"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "meta_train", spy)
+    changes = training.task_changes(frames, config, None, split)
+    _, erm, _ = training._train_seed(frames, config, specs, split, changes, 5, None)
+    if init == "erm":
+        assert started == [erm.params]
+    else:
+        assert started == [None]
+
+
+def test_an_unknown_init_is_refused_naming_the_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY.read_text().replace("[meta]\n", '[meta]\ninit = "pretrained"\n'))
+    with pytest.raises(ConfigError, match="init"):
+        load_config(path)
+    with pytest.raises(ValueError, match="train.init must be one of"):
+        TrainConfig(init="pretrained")
