@@ -156,3 +156,13 @@ def test_change_anchored_supports_start_at_the_change_and_labels_stay_known(spy)
         np.testing.assert_array_equal(window["query_x"][0], feats[t])
         # padding comes first and is masked out
         assert batch.support_mask[i, : spec.max_support - n].sum() == 0
+
+
+def test_bar_shape_false_drops_exactly_the_four_bar_shape_inputs(spy):
+    lean = FeatureSpec(bar_shape=False)
+    assert set(SPEC.names) - set(lean.names) == {"vol_ratio", "trend", "range_z", "volume_z"}
+    assert set(lean.names) < set(SPEC.names)
+    pd.testing.assert_frame_equal(
+        compute_features(spy, lean), compute_features(spy, SPEC)[list(lean.names)]
+    )
+    assert_prefix_invariant(lambda f: compute_features(f, lean), spy, n_cuts=5)

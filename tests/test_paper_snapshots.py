@@ -225,8 +225,10 @@ def test_carried_ewms_are_pandas_to_the_bit():
             np.testing.assert_array_equal(np.array(got[k]), series.to_numpy(), err_msg=k)
 
 
-def test_new_bar_features_equal_the_backtests():
-    spec = FeatureSpec()
+@pytest.mark.parametrize(
+    "spec", [FeatureSpec(), FeatureSpec(bar_shape=False, horizons=(), macd=())], ids=["all", "lean"]
+)
+def test_new_bar_features_equal_the_backtests(spec):
     frame = load_sample(["SPY"])["SPY"]
     full = compute_features(frame, spec).to_numpy()
     vol = trailing_vol(frame, spec).to_numpy()
