@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
 from metabt.backtests.config import ConfigError, StudyConfig, load_config, parse_config
 
@@ -82,20 +83,46 @@ def parse_setting(text: str, option: str = "--set") -> tuple[str, Any]:
     return key, toml_value(value, f"{option} {key}")
 
 
+def _section(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    """The config section ``name`` of ``model`` (None: not a section, e.g. a dict-valued key)."""
+    field = None if model is None else model.model_fields.get(name)
+    kind = None if field is None else field.annotation
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+
+
+def _merged(old: dict, table: dict, model: type[BaseModel]) -> dict:
+    """Section ``old`` with the keys of ``table`` set, sections inside it merged the same way."""
+    out = dict(old)
+    for key, value in table.items():
+        inner = _section(model, key)
+        if inner is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value, inner)
+        else:
+            out[key] = value
+    return out
+
+
 def with_keys(config: StudyConfig, overrides: dict[str, Any], source: str) -> StudyConfig:
     """A copy of ``config`` with dotted keys (``meta.inner_lr``, ``seed``) set, re-validated.
 
-    ``source`` names where the values came from in any error (``"--set seed=x"``).
+    A table given for a whole section (``features={bar_shape=false}``) sets the keys it
+    names and leaves the section's others as they were, as the dotted keys would; a
+    dict-valued key (``detector.settings={}``) is replaced whole. ``source`` names where
+    the values came from in any error (``"--set seed=x"``).
     """
     raw = config.model_dump(mode="json")
     for key, value in overrides.items():
         *parents, last = key.split(".")
-        node = raw
+        node, model = raw, StudyConfig
         for part in parents:
             if not isinstance(node.get(part, {}), dict):
                 raise ConfigError(f"{source}: {key}: {part!r} is a value, not a section")
-            node = node.setdefault(part, {})
-        node[last] = value
+            node, model = node.setdefault(part, {}), _section(model, part)
+        section = _section(model, last)
+        if section is not None and isinstance(value, dict) and isinstance(node.get(last), dict):
+            node[last] = _merged(node[last], value, section)
+        else:
+            node[last] = value
     return parse_config(raw, source)
 
 

@@ -33,6 +33,25 @@ def test_set_changes_the_named_keys_and_nothing_else():
     assert changed == {"meta", "policy", "seed"}
 
 
+def test_a_table_for_a_section_sets_its_keys_and_keeps_the_others():
+    base = load_config(TINY)  # horizons [5, 21], one MACD, hidden [16] ...
+    dotted = load_with_settings(TINY, ["features.bar_shape=false", "volatility.meta.meta_steps=7"])
+    tabled = load_with_settings(
+        TINY, ["features={bar_shape=false}", "volatility={meta={meta_steps=7}}"]
+    )
+    assert tabled == dotted
+    assert tabled.features.horizons == base.features.horizons
+    assert tabled.features.macd == base.features.macd
+    assert tabled.volatility.meta.tasks_per_step == base.volatility.meta.tasks_per_step
+    # A dict-valued key is a value, not a section: a table replaces it whole.
+    settings = load_with_settings(
+        TINY, ["detector.settings={hazard=100.0}", "detector.settings={}"]
+    )
+    assert settings.detector.settings == {}
+    with pytest.raises(ConfigError, match="bar_shap"):
+        load_with_settings(TINY, ["features={bar_shap=false}"])
+
+
 def test_a_bare_word_is_a_string_and_a_toml_literal_is_typed():
     assert parse_setting("policy.mode=long_only") == ("policy.mode", "long_only")
     assert parse_setting("walk_forward.refit_every=1y") == ("walk_forward.refit_every", "1y")
