@@ -70,7 +70,10 @@ def choose_defaults(
         typer.Option(
             "--candidate",
             metavar="SECTION.KEY=VALUE",
-            help="One candidate setting to validate (repeat); none: the config as is.",
+            help=(
+                "One candidate setting to validate (repeat); none: the config as is. "
+                "Several keys of one section at once: SECTION={KEY=VALUE, ...}."
+            ),
         ),
     ] = None,
     also_on: Annotated[
