@@ -17,29 +17,27 @@ import pandas as pd
 import pytest
 import torch
 
+from metabt.backtests.config import build_specs, configs_dir, load_config
 from metabt.feeds.features import (
     LABEL_DELAY,
-    FeatureSpec,
     compute_features,
     compute_labels,
     trailing_vol,
 )
 from metabt.feeds.synthetic import SyntheticMarketSpec, make_regime_market
-from metabt.feeds.tasks import TaskSampler, TaskSpec
+from metabt.feeds.tasks import TaskSampler
 from metabt.feeds.validate import validate_bars
 from metabt.metamodels.erm import erm_train, random_init, training_series
 from metabt.metamodels.model import TrainConfig, evaluate
-from metabt.metamodels.objective import ObjectiveSpec
-from metabt.metamodels.policy import PolicySpec
 from metabt.metamodels.trainer import meta_train, split_period, validation_tasks
 
-# The synthetic study's inputs (backtests/configs/synthetic.toml: no multi-bar returns or MACDs).
-FEATURES, TASK, OBJ = FeatureSpec(horizons=(), macd=()), TaskSpec(), ObjectiveSpec()
-POLICY = PolicySpec(len(FEATURES.names), (16,), "long_short")
-# The synthetic study's training settings (TrainConfig defaults: learning rates, inner loop,
-# meta-steps; like synthetic.toml, no early stopping); QUICK is for the tests that check
+# The synthetic study's own inputs, tasks, objective, network and training settings
+# (backtests/configs/synthetic.toml: its learner and learning rates, no early stopping), read
+# from the config so that they cannot drift apart; QUICK is for the tests that check
 # mechanics, not performance.
-CONFIG = TrainConfig(algorithm="maml", seed=0, val_fraction=0.0)
+_STUDY = build_specs(load_config(configs_dir() / "synthetic.toml"))
+FEATURES, TASK, OBJ, POLICY = _STUDY.features, _STUDY.task, _STUDY.objective, _STUDY.policy
+CONFIG = replace(_STUDY.train, seed=0, compare=())
 QUICK = TrainConfig(
     algorithm="maml", meta_steps=200, tasks_per_step=32, eval_every=20, patience=5, seed=0
 )
