@@ -111,6 +111,7 @@ def with_keys(config: StudyConfig, overrides: dict[str, Any], source: str) -> St
     the values came from in any error (``"--set seed=x"``).
     """
     raw = config.model_dump(mode="json")
+    model: type[BaseModel] | None
     for key, value in overrides.items():
         *parents, last = key.split(".")
         node, model = raw, StudyConfig
