@@ -105,7 +105,7 @@ class TorchTasks(NamedTuple):
 
 @dataclass(frozen=True)
 class MetaLearner:
-    """Shared machinery; subclasses define :meth:`meta_grads`.
+    """Shared machinery; subclasses define :meth:`adapted_grads`.
 
     Parameters
     ----------
@@ -119,6 +119,12 @@ class MetaLearner:
         Also learn how the step size scales with the support length (see ``LR_POWER``).
     engine : {"batched", "loop"}
         See module docstring; both give the same gradients.
+    unadapted_weight : float
+        Weight of a second term of the meta-loss: the query loss of the initial
+        weights themselves, before any inner step (0 = none, plain meta-learning).
+        It asks the initial weights to trade well unadapted too, as ERM's do, so
+        that adaptation starts from a sound policy rather than one that is only
+        good once adapted (the reported loss stays the adapted one).
     """
 
     inner_lr: float = 0.1
@@ -126,6 +132,7 @@ class MetaLearner:
     learn_inner_lr: bool = False
     learn_lr_length_power: bool = False
     engine: str = "batched"
+    unadapted_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.inner_lr > 0 and math.isfinite(self.inner_lr)):
@@ -134,6 +141,8 @@ class MetaLearner:
             raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if not (self.unadapted_weight >= 0 and math.isfinite(self.unadapted_weight)):
+            raise ValueError(f"unadapted_weight must be >= 0, got {self.unadapted_weight}")
 
     # -- meta-parameters ---------------------------------------------------
     def init_meta(self, params: Params) -> Params:
@@ -180,7 +189,29 @@ class MetaLearner:
         policy_spec: PolicySpec,
         objective_spec: ObjectiveSpec,
     ) -> tuple[float, Params]:
-        """Mean query loss after adaptation, and d(meta-loss)/d(meta) for every key of ``meta``."""
+        """Mean query loss after adaptation, and d(meta-loss)/d(meta) for every key of ``meta``.
+
+        The meta-loss is the learner's own (:meth:`adapted_grads`) plus
+        ``unadapted_weight`` times the mean query loss of the initial weights.
+        """
+        loss, grads = self.adapted_grads(meta, tasks, policy_spec, objective_spec)
+        if self.unadapted_weight:
+            params = self.split(meta)[0]
+            unadapted = self._query_losses(
+                [expand_tasks(params, len(tasks))], tasks, policy_spec, objective_spec
+            ).mean()
+            extra = _grads_or_zeros(self.unadapted_weight * unadapted, meta)
+            grads = {k: g + extra[k] for k, g in grads.items()}
+        return loss, grads
+
+    def adapted_grads(
+        self,
+        meta: Params,
+        tasks: TorchTasks,
+        policy_spec: PolicySpec,
+        objective_spec: ObjectiveSpec,
+    ) -> tuple[float, Params]:
+        """Mean query loss after adaptation and the learner's gradient of it."""
         raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------
@@ -269,7 +300,7 @@ def _grads_or_zeros(loss: torch.Tensor, meta: Params) -> Params:
 class MAML(MetaLearner):
     """Second-order MAML: differentiate the query loss through the inner steps."""
 
-    def meta_grads(
+    def adapted_grads(
         self,
         meta: Params,
         tasks: TorchTasks,
@@ -295,7 +326,7 @@ class FOMAML(MetaLearner):
     of ``s_b = (n_b / ref) ** k`` gets the same product times ``log(n_b / ref)``.
     """
 
-    def meta_grads(
+    def adapted_grads(
         self,
         meta: Params,
         tasks: TorchTasks,
@@ -345,7 +376,7 @@ class Reptile(MetaLearner):
                 "set learn_inner_lr = false or use maml / fomaml / metasgd"
             )
 
-    def meta_grads(
+    def adapted_grads(
         self,
         meta: Params,
         tasks: TorchTasks,

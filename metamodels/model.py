@@ -88,6 +88,12 @@ class TrainConfig:
         or the weights ERM fits to the same training bars with the same settings and
         seed (pooled training first, then meta-training on top of it). The context
         and memory learners ignore it; the random-init ablation stays random.
+    unadapted_weight : float
+        A gradient learner's meta-loss adds this weight times the query loss of
+        the initial weights before any inner step (0 = plain meta-learning): the
+        initial weights must then trade well on their own too, and adaptation
+        starts from them (:class:`metamodels.learners.MetaLearner`). The context
+        and memory learners ignore it.
     threads : int
         Torch intra-op threads while training (restored afterwards). The
         tensors are small, so extra threads gain little, and on a busy machine
@@ -115,6 +121,7 @@ class TrainConfig:
     threads: int = 1
     memory_attention: str = "dot"
     init: str = "random"
+    unadapted_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -126,6 +133,10 @@ class TrainConfig:
             )
         if self.init not in INITS:
             raise ValueError(f"train.init must be one of {INITS}, got {self.init!r}")
+        if not (self.unadapted_weight >= 0 and math.isfinite(self.unadapted_weight)):
+            raise ValueError(
+                f"train.unadapted_weight must be a number >= 0, got {self.unadapted_weight!r}"
+            )
         for name in self.compare:
             if name not in FORWARD_LEARNERS:
                 raise ValueError(f"train.compare lists {name!r}; it takes {list(FORWARD_LEARNERS)}")

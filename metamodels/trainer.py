@@ -56,6 +56,7 @@ def make_learner(config: TrainConfig) -> MetaLearner:
         inner_steps=config.inner_steps,
         learn_inner_lr=learn,
         learn_lr_length_power=config.learns_inner_lr,
+        unadapted_weight=config.unadapted_weight,
     )
 
 

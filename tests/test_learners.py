@@ -117,6 +117,40 @@ def test_zero_inner_steps_is_plain_query_gradient(cls):
             assert float(grads[k].abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("cls", [MAML, FOMAML, MetaSGD, Reptile])
+def test_unadapted_weight_adds_the_initial_weights_query_gradient(cls):
+    # meta-loss = adapted query loss + w * query loss of the initial weights: its gradient is
+    # the learner's own plus w times the plain query gradient at theta (numpy, hand-written).
+    tasks = _tasks(n=5, seed=4)
+    w = 0.7
+    plain, anchored = (
+        cls(inner_lr=0.3, inner_steps=2),
+        cls(inner_lr=0.3, inner_steps=2, unadapted_weight=w),
+    )
+    meta = _meta(plain)
+    loss_plain, grads_plain = plain.meta_grads(meta, tasks, SPEC, OBJ)
+    loss_anchored, grads_anchored = anchored.meta_grads(meta, tasks, SPEC, OBJ)
+    assert loss_anchored == loss_plain  # the reported loss stays the adapted one
+    theta = _theta_np(meta)
+    want = {k: np.zeros_like(v) for k, v in theta.items()}
+    for b in range(len(tasks)):
+        _, g = loss_and_grad(theta, *_query(tasks, b)[:2], SPEC, OBJ, _query(tasks, b)[2])
+        for k in want:
+            want[k] += w * g[k] / len(tasks)
+    assert max(float(np.abs(v).max()) for v in want.values()) > 1e-4  # a real extra term
+    for k in meta:
+        extra = want[k] if k in want else 0.0  # step sizes do not move the initial weights
+        np.testing.assert_allclose(
+            (grads_anchored[k] - grads_plain[k]).numpy(), extra, rtol=0, atol=1e-10, err_msg=k
+        )
+
+
+def test_unadapted_weight_must_be_a_nonnegative_number():
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="unadapted_weight"):
+            MAML(unadapted_weight=bad)
+
+
 def _meta_loss(learner, meta, tasks) -> float:
     return learner.meta_grads(
         {k: v.detach().clone().requires_grad_(True) for k, v in meta.items()}, tasks, SPEC, OBJ
