@@ -106,6 +106,7 @@ def test_every_command_with_a_config_takes_set_and_hints_a_typo(command, tmp_pat
         ("walk_forward.refit_every=soon", "walk_forward.refit_every: 'soon' is not a period"),
         ("strategy.min_window=1", "strategy.min_window must be greater than or equal to 2"),
         ("seed.x=1", "'seed' is a value, not a section"),
+        ("meta.unadapted_weight=-1", "meta.unadapted_weight must be a number >= 0"),
     ],
 )
 def test_a_bad_set_names_itself(setting, needle, tmp_path, run_cli):
