@@ -282,18 +282,17 @@ def train(
             regimes=study_data.regimes,
         )
     save_model(model, out, config.model_dump(mode="json", exclude_none=True))
-    best = model.history.get("val_loss") or [float("nan")]
     frames = study_data.frames
     if model.train_period is None:  # train_meta records it on every model it returns
         raise RuntimeError("the trained model records no training period")
     periods = f"trained on bars {bar_dates(frames, *model.train_period)}"
-    if model.val_period is not None:
+    if model.val_period is None:  # val_fraction = 0: no validation loss exists to quote
+        chosen = f"no validation split, the last step ({model.best_step}) kept"
+    else:
+        best = min(model.history["val_loss"])
+        chosen = f"best step {model.best_step}, best validation loss {best:.4f}"
         periods += f", validated on bars {bar_dates(frames, *model.val_period)}"
-    console.print(
-        f"saved {out} ({model.algorithm}, best step {model.best_step}, "
-        f"best validation loss {min(best):.4f}); {periods}",
-        highlight=False,
-    )
+    console.print(f"saved {out} ({model.algorithm}, {chosen}); {periods}", highlight=False)
 
 
 @app.command()

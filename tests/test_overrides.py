@@ -127,3 +127,25 @@ def test_choose_defaults_checks_every_candidate_before_the_first_run(run_cli):
     )
     assert line.startswith("error: --candidate polcy.mode=x: unknown key 'polcy'")
     assert "did you mean 'policy'?" in line
+
+
+@pytest.mark.parametrize("val_fraction, needle", [("0", "no validation split"), ("0.25", "best")])
+def test_train_reports_the_step_it_kept_and_never_a_nan_loss(
+    val_fraction, needle, tmp_path, run_cli
+):
+    # Without a validation split there is no validation loss: saying "nan" would read as a
+    # training that diverged.
+    result = run_cli(
+        "train",
+        TINY,
+        "--out",
+        tmp_path / "model",
+        "--set",
+        f"meta.val_fraction={val_fraction}",
+        "--set",
+        "ensemble.seeds=1",
+    )
+    assert result.code == 0, result.err
+    line = next(x for x in result.out.splitlines() if x.startswith("saved"))
+    assert needle in line and "nan" not in line, line
+    assert ("validated on bars" in line) == (val_fraction != "0"), line
