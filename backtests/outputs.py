@@ -1,7 +1,8 @@
 """Write a run folder: the files every report and script can rely on.
 
 ``config.toml`` (resolved), ``returns.csv``, ``positions.csv``, ``trades.csv``,
-``adaptations.csv``, ``study.json`` and the model checkpoint are written here;
+``adaptations.csv``, ``study.json``, the model checkpoint and, where the true regimes are
+known, ``regime_attribution.csv`` are written here;
 the reports (``metrics.json``, ``tearsheet.html``, ``comparison.md``,
 ``equity.png``) are then built from these files alone, so ``metabt report``
 rebuilds exactly what the run showed.
@@ -19,7 +20,9 @@ import pandas as pd
 from metabt.backtests.config import StudyConfig, dump_config
 from metabt.backtests.data import StudyData
 from metabt.backtests.outdir import clear_run_folder
+from metabt.backtests.regime_attribution import asset_contributions, regime_attribution
 from metabt.backtests.runner import Segment
+from metabt.feeds.synthetic import DEFAULT_REGIMES
 from metabt.metamodels.model_io import save_model
 from metabt.strategies.engine import BacktestResult
 from metabt.strategies.tuning import annualised_sharpe
@@ -119,6 +122,20 @@ def seed_spread(segments: list[Segment]) -> dict:
     return out
 
 
+def attribution(data: StudyData, segments: list[Segment]) -> pd.DataFrame:
+    """``regime_attribution.csv``: each strategy's test-period return by true regime and age."""
+    assert data.regimes is not None
+    closes = {s: f["close"] for s, f in data.frames.items()}
+    rows = [
+        _in_segment(asset_contributions(result, closes), seg).assign(strategy=name)
+        for seg in segments
+        for name, result in seg.results.items()
+    ]
+    # The synthetic generator's regime ids index its regimes; a CSV folder's are just ids.
+    names = [r.name for r in DEFAULT_REGIMES] if data.source.startswith("synthetic") else None
+    return regime_attribution(pd.concat(rows, ignore_index=True), data.regimes, names)
+
+
 def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Segment]) -> Path:
     """Write every contract file except the reports; return the folder.
 
@@ -133,6 +150,8 @@ def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Se
     _long(segments, lambda r: r.weights).to_csv(out / "positions.csv", **date_fmt)
     _long(segments, lambda r: r.trades).to_csv(out / "trades.csv", **date_fmt)
     _long(segments, _events).to_csv(out / "adaptations.csv", **date_fmt)
+    if data.regimes is not None:
+        attribution(data, segments).to_csv(out / "regime_attribution.csv", index=False)
     attention = _long(segments, _attention)
     if len(attention):
         attention.to_csv(out / "memory_attention.csv", **date_fmt)

@@ -76,6 +76,8 @@ class BacktestResult:
         Bars of all feeds (warm-up included) per second of ``cerebro.run``.
     events : list[dict]
         Whatever the strategy appended to ``self.events`` (e.g. adaptations).
+    cash : float
+        The starting value of the account (``returns`` compound from it).
     """
 
     returns: pd.Series
@@ -84,6 +86,7 @@ class BacktestResult:
     n_rejected: int
     bars_per_second: float
     events: list[dict] = field(default_factory=list)
+    cash: float = 1_000_000.0
 
 
 def default_feed(symbol: str, frame: pd.DataFrame) -> bt.feeds.PandasData:
@@ -260,4 +263,5 @@ def run_backtest(
         n_rejected=strat.n_rejected,
         bars_per_second=n_bars / seconds if seconds > 0 else float("inf"),
         events=list(strat.events),
+        cash=float(cash),
     )
