@@ -122,8 +122,9 @@ def seed_spread(segments: list[Segment]) -> dict:
     return out
 
 
-def attribution(data: StudyData, segments: list[Segment]) -> pd.DataFrame:
-    """``regime_attribution.csv``: each strategy's test-period return by true regime and age."""
+def attribution(data: StudyData, segments: list[Segment], names: list[str] | None) -> pd.DataFrame:
+    """``regime_attribution.csv``: each strategy's test-period return by true regime and age
+    (``names[i]`` names regime id ``i``; None writes the ids)."""
     assert data.regimes is not None
     closes = {s: f["close"] for s, f in data.frames.items()}
     rows = [
@@ -131,8 +132,6 @@ def attribution(data: StudyData, segments: list[Segment]) -> pd.DataFrame:
         for seg in segments
         for name, result in seg.results.items()
     ]
-    # The synthetic generator's regime ids index its regimes; a CSV folder's are just ids.
-    names = [r.name for r in DEFAULT_REGIMES] if data.source.startswith("synthetic") else None
     return regime_attribution(pd.concat(rows, ignore_index=True), data.regimes, names)
 
 
@@ -151,7 +150,9 @@ def write_run(out: Path, config: StudyConfig, data: StudyData, segments: list[Se
     _long(segments, lambda r: r.trades).to_csv(out / "trades.csv", **date_fmt)
     _long(segments, _events).to_csv(out / "adaptations.csv", **date_fmt)
     if data.regimes is not None:
-        attribution(data, segments).to_csv(out / "regime_attribution.csv", index=False)
+        # The generator's regime ids index its regimes; a CSV folder's regimes.csv has ids only.
+        names = [r.name for r in DEFAULT_REGIMES] if config.data.source == "synthetic" else None
+        attribution(data, segments, names).to_csv(out / "regime_attribution.csv", index=False)
     attention = _long(segments, _attention)
     if len(attention):
         attention.to_csv(out / "memory_attention.csv", **date_fmt)

@@ -100,7 +100,7 @@ def test_the_run_folder_table_counts_each_segments_test_bars_once(lab):
         Segment(middle, None, None, results, {}),  # type: ignore[arg-type]
     ]
     data = StudyData(frames, dict(market.regimes), "synthetic (seed 5)")
-    table = attribution(data, segments)
+    table = attribution(data, segments, NAMES)
     for name, result in results.items():
         rows = table[(table["strategy"] == name) & (table["by"] == "regime")]
         assert rows["asset_bars"].sum() == len(dates) * len(frames)
