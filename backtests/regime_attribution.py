@@ -67,6 +67,13 @@ def asset_contributions(result: BacktestResult, closes: Mapping[str, pd.Series])
     return pd.concat(rows, ignore_index=True)
 
 
+def _in_order(column: pd.Series) -> pd.Series:
+    # Strategies in the order they first appear; buckets in their categories' order.
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes
+    return column.map({name: i for i, name in enumerate(dict.fromkeys(column))})
+
+
 def regime_attribution(
     contributions: pd.DataFrame,
     regimes: Mapping[str, pd.Series],
@@ -96,14 +103,17 @@ def regime_attribution(
     every = contributions.merge(labels, on=["date", "asset"], how="left", validate="many_to_one")
     unknown = every[every["regime"].isna()]
     if len(unknown):
-        first = unknown.iloc[0]
+        row = unknown.iloc[0]
         raise ValueError(
-            f"no true regime for {first['asset']} on {first['date'].date()}: "
+            f"no true regime for {row['asset']} on {row['date'].date()}: "
             "the regimes must cover every traded bar"
         )
-    every["regime"] = [
-        str(int(r)) if names is None else names[int(r)] for r in every["regime"].to_numpy()
-    ]
+    # Categories keep the table in a fixed order: regimes by id, ages youngest first.
+    ids = sorted({int(r) for r in every["regime"]})
+    labels_of = {i: str(i) if names is None else names[i] for i in ids}
+    every["regime"] = pd.Categorical(
+        [labels_of[int(r)] for r in every["regime"]], categories=[labels_of[i] for i in ids]
+    )
     edges = [first - 0.5 for _, first in AGE_BUCKETS] + [np.inf]
     every["age"] = pd.cut(every["age"], edges, labels=[label for label, _ in AGE_BUCKETS])
     tables = []
@@ -115,7 +125,7 @@ def regime_attribution(
             .rename(columns={by: "bucket"})
         )
         table.insert(1, "by", by)
-        tables.append(table)
+        tables.append(table.sort_values(["strategy", "bucket"], kind="stable", key=_in_order))
     out = pd.concat(tables, ignore_index=True)
     out["return_pct"] *= 100.0
     return out

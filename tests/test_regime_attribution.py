@@ -61,8 +61,13 @@ def test_every_grouping_adds_up_to_the_strategys_returns(lab):
             rows = table[(table["strategy"] == name) & (table["by"] == by)]
             assert rows["return_pct"].sum() == pytest.approx(total, abs=1e-9)
             assert rows["asset_bars"].sum() == len(result.returns) * len(frames)
-    assert set(table.loc[table["by"] == "regime", "bucket"]) <= set(NAMES)
-    assert set(table.loc[table["by"] == "age", "bucket"]) == {b for b, _ in AGE_BUCKETS}
+    # A fixed order: strategies as run, regimes by id, ages youngest first.
+    assert list(dict.fromkeys(table["strategy"])) == list(results)
+    for name in results:
+        mine = table[table["strategy"] == name]
+        regimes = list(mine.loc[mine["by"] == "regime", "bucket"])
+        assert regimes == sorted(regimes, key=NAMES.index)
+        assert list(mine.loc[mine["by"] == "age", "bucket"]) == [b for b, _ in AGE_BUCKETS]
 
 
 def test_a_bar_is_counted_in_the_regime_it_belongs_to(lab):
