@@ -67,13 +67,6 @@ def asset_contributions(result: BacktestResult, closes: Mapping[str, pd.Series])
     return pd.concat(rows, ignore_index=True)
 
 
-def _in_order(column: pd.Series) -> pd.Series:
-    # Strategies in the order they first appear; buckets in their categories' order.
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        return column.cat.codes
-    return column.map({name: i for i, name in enumerate(dict.fromkeys(column))})
-
-
 def regime_attribution(
     contributions: pd.DataFrame,
     regimes: Mapping[str, pd.Series],
@@ -108,24 +101,27 @@ def regime_attribution(
             f"no true regime for {row['asset']} on {row['date'].date()}: "
             "the regimes must cover every traded bar"
         )
-    # Categories keep the table in a fixed order: regimes by id, ages youngest first.
-    ids = sorted({int(r) for r in every["regime"]})
-    labels_of = {i: str(i) if names is None else names[i] for i in ids}
-    every["regime"] = pd.Categorical(
-        [labels_of[int(r)] for r in every["regime"]], categories=[labels_of[i] for i in ids]
+    # Categories keep the table in a fixed order: strategies as run, regimes by id, ages
+    # youngest first (groupby sorts by category order).
+    every["strategy"] = pd.Categorical(
+        every["strategy"], categories=list(dict.fromkeys(every["strategy"]))
+    )
+    regime = pd.Categorical(every["regime"].astype(int))
+    every["regime"] = regime.rename_categories(
+        [str(i) if names is None else names[i] for i in regime.categories]
     )
     edges = [first - 0.5 for _, first in AGE_BUCKETS] + [np.inf]
     every["age"] = pd.cut(every["age"], edges, labels=[label for label, _ in AGE_BUCKETS])
     tables = []
     for by in ("regime", "age"):
         table = (
-            every.groupby(["strategy", by], observed=True, sort=False)["contribution"]
+            every.groupby(["strategy", by], observed=True)["contribution"]
             .agg(asset_bars="size", return_pct="sum")
             .reset_index()
             .rename(columns={by: "bucket"})
         )
         table.insert(1, "by", by)
-        tables.append(table.sort_values(["strategy", "bucket"], kind="stable", key=_in_order))
+        tables.append(table)
     out = pd.concat(tables, ignore_index=True)
     out["return_pct"] *= 100.0
     return out
