@@ -331,7 +331,19 @@ def test_demo_runs_offline_end_to_end(tmp_path, run_cli, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     out = tmp_path / "demo"
-    result = run_cli("demo", "--out", out)
+    # The whole demo config, lighter: two meta-training seeds, shorter meta-training and two
+    # comparators (the release check in .ci/run runs the full `metabt demo` from the wheel).
+    result = run_cli(
+        "demo",
+        "--out",
+        out,
+        "--set",
+        "ensemble.seeds=2",
+        "--set",
+        "meta.meta_steps=150",
+        "--set",
+        'comparators.names=["sma_cross", "buy_and_hold_vt"]',
+    )
     assert result.code == 0, result.err
     assert f"tear sheet: {out / 'tearsheet.html'}" in result.out
     for name in CONTRACT:

@@ -53,6 +53,10 @@ max_window = 60
 
 [comparators]
 names = ["buy_and_hold"]
+
+[ensemble]
+# two meta-training seeds, not five: every run stays a true ensemble, at less cost
+seeds = 2
 """
 
 
