@@ -39,12 +39,12 @@ from metabt.feeds.did_you_mean import did_you_mean, known_fields
 from metabt.feeds.features import FeatureSpec
 from metabt.feeds.tasks import TaskSpec
 from metabt.feeds.vol_features import VolFeatureSpec
-from metabt.metamodels.model import TrainConfig
-from metabt.metamodels.objective import ObjectiveSpec
-from metabt.metamodels.policy import PolicySpec
+from metabt.metamodels.specs import ObjectiveSpec, PolicySpec
+from metabt.metamodels.train_config import TrainConfig
+from metabt.strategies.base import TargetWeightStrategy
 from metabt.strategies.detectors import make_detector
 from metabt.strategies.engine import CostSpec
-from metabt.strategies.meta_adaptive import MetaAdaptiveStrategy
+from metabt.strategies.meta_params import META_ADAPTIVE_PARAMS
 from metabt.strategies.vol_estimators import ESTIMATORS, MetaVolSchedule, Schedule
 
 if sys.version_info >= (3, 11):
@@ -198,14 +198,16 @@ class ObjectiveConfig(_Section):
     cost: float | None = Field(None, ge=0)
 
 
-class DetectorConfig(_Section):
-    name: Literal["bocpd_ar", "loss", "bocpd", "cusum"] = MetaAdaptiveStrategy.params.detector  # type: ignore[attr-defined]
-    settings: dict[str, float | int] = {}
-
-
 def _strategy_default(name: str) -> Any:
-    """The strategy class's own default: documented once, in its ``Params:`` block."""
-    return getattr(MetaAdaptiveStrategy.params, name)
+    """MetaAdaptiveStrategy's own default (documented once, in its ``Params:`` block), or
+    its base class's."""
+    own = dict(META_ADAPTIVE_PARAMS)
+    return own[name] if name in own else getattr(TargetWeightStrategy.params, name)
+
+
+class DetectorConfig(_Section):
+    name: Literal["bocpd_ar", "loss", "bocpd", "cusum"] = _strategy_default("detector")
+    settings: dict[str, float | int] = {}
 
 
 class StrategyConfig(_Section):

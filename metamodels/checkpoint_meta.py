@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-import torch
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -137,8 +137,8 @@ class CheckpointMeta(_Strict):
             if param is None:
                 raise ValueError(f"tensor '{name}' has no matching parameter tensor")
             try:
-                torch.broadcast_shapes(tuple(self.tensors[name].shape), tuple(param.shape))
-            except RuntimeError:
+                np.broadcast_shapes(tuple(self.tensors[name].shape), tuple(param.shape))
+            except ValueError:
                 raise ValueError(
                     f"tensor '{name}' shape {self.tensors[name].shape} does not fit its "
                     f"parameter's shape {param.shape}"

@@ -48,6 +48,7 @@ from metabt.metamodels.context_policy import (
     window_context,
 )
 from metabt.metamodels.policy import NumpyParams, Params, PolicySpec
+from metabt.metamodels.train_config import ATTENTIONS
 
 PREFIX = "mem."
 BANK = "bank."
@@ -59,7 +60,6 @@ BANK_KEYS = tuple(
 
 Alarms = Mapping[str, Sequence[tuple[object, object]]]
 
-ATTENTIONS = ("dot", "cosine")
 SCALE = f"{PREFIX}log_scale"
 # Cosines lie in [-1, 1]; times 10, one segment can outweigh a thousand indifferent ones
 # (e^10 ~ 22,000) while the starting weights still spread over the best few dozen.

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import quantstats as qs
 
 METRIC_KEYS: tuple[str, ...] = (
     "sharpe",
@@ -65,6 +64,10 @@ def return_metrics(returns: pd.Series, periods_per_year: int) -> dict[str, float
         Ratios annualised with ``rf=0``; ``cagr``, ``volatility`` and
         ``max_drawdown`` as fractions (``max_drawdown`` <= 0).
     """
+    # Imported here, not with the module: QuantStats brings matplotlib and seaborn (about
+    # 2 s), which the command line does not need to list METRIC_KEYS or to refuse bad input.
+    import quantstats as qs
+
     r = returns.astype(float)
     if r.index.tz is not None:  # QuantStats compares against tz-naive indexes
         r = r.tz_localize(None)

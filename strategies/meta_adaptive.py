@@ -59,15 +59,8 @@ from metabt.strategies.asset_state import AssetState
 from metabt.strategies.base import TargetWeightStrategy
 from metabt.strategies.conditioned_policy import ContextPolicy
 from metabt.strategies.detectors import make_detector, make_detector_bank
+from metabt.strategies.meta_params import FALLBACKS, META_ADAPTIVE_PARAMS, TRIGGERS
 from metabt.strategies.regime_windows import Moved, RegimeWindows
-
-TRIGGERS = ("regime", "calendar", "never", "oracle")
-# What trades between a regime change and the new regime's first adaptation.
-FALLBACKS = ("initial", "flat", "previous")
-# The policy's position moves a little on every bar; re-ordering each wiggle
-# pays costs for nothing (and is most of a backtest's run time). A change of
-# 0.02 in portfolio weight is 16% of a full position in an 8-asset basket.
-DEFAULT_REBALANCE_THRESHOLD = 0.02
 
 
 @dataclass(eq=False)
@@ -118,22 +111,7 @@ class MetaAdaptiveStrategy(RegimeWindows, TargetWeightStrategy):
         (plus the TargetWeightStrategy params: trade_start, gross_cap, asset_weight, ...)
     """
 
-    params = (
-        ("policy", None),
-        ("trigger", "regime"),
-        ("detector", "bocpd_ar"),
-        ("detector_settings", None),
-        ("min_window", 20),
-        ("fallback", "initial"),
-        ("max_window", 120),
-        ("readapt_every", 5),
-        ("calendar_window", 60),
-        ("long_only", False),
-        ("known_changes", None),
-        ("vol_target", 0.01),
-        ("rebalance_threshold", DEFAULT_REBALANCE_THRESHOLD),
-        ("allow_in_sample", False),
-    )
+    params = META_ADAPTIVE_PARAMS
 
     def __init__(self) -> None:
         super().__init__()

@@ -34,7 +34,7 @@ import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -48,8 +48,10 @@ from metabt.feeds.vol_features import (
     vol_features,
     vol_targets,
 )
-from metabt.metamodels.vol_model import VolModel
 from metabt.strategies.detectors import make_detector
+
+if TYPE_CHECKING:  # the forecaster needs torch; the estimators' names and settings do not
+    from metabt.metamodels.vol_model import VolModel
 
 ESTIMATORS = ("ewm", "garch", "gjr_garch", "har", "meta", "meta_frozen")
 # Fewest bars before the split a GARCH or HAR fit may use (a year of daily bars).

@@ -98,6 +98,24 @@ def test_import_metabt_loads_neither_torch_nor_backtrader():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_the_command_line_refuses_a_bad_key_without_loading_torch_or_quantstats():
+    # A typo in --set should be named at once, not after seconds of importing the learners.
+    config = ROOT / "backtests" / "configs" / "basket.toml"
+    code = (
+        "import sys\n"
+        "from metabt.backtests.cli import main\n"
+        f"sys.argv = ['metabt', 'backtest', {str(config)!r}, '--set', 'strategy.min_windw=3']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as stop:\n"
+        "    print(stop.code, sorted({'torch', 'quantstats'} & set(sys.modules)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "2 []", out.stdout + out.stderr
+    assert "did you mean 'strategy.min_window'?" in out.stderr
+
+
 def test_load_policy_carries_its_features_and_training_period(checkpoint):
     policy = metabt.load_policy(checkpoint)
     specs = build_specs(load_config(checkpoint.parent / "study.toml"))
