@@ -2,7 +2,8 @@
 
 Kept apart from the training loop so checkpoints, strategies and reports can
 use a trained model without importing the trainer (or rich, or the task
-sampler).
+sampler). ``TrainConfig`` itself lives in the torch-free
+:mod:`metamodels.train_config` and is re-exported here.
 """
 
 from __future__ import annotations
