@@ -83,6 +83,7 @@ Day = Annotated[date, BeforeValidator(_iso_date)]
 LIMITS: dict[str, dict[str, int]] = {
     "meta": {
         "meta_steps": 100_000,
+        "forward_meta_steps": 100_000,
         "patience": 1_000,
         "tasks_per_step": 4_096,
         "inner_steps": 100,

@@ -78,6 +78,8 @@ def train_meta(
         changes = task_changes(frames, config, regimes, split)
     train = slice_period(frames, config.data.start, split)
     train_config = specs.train if seed is None else dc_replace(specs.train, seed=seed)
+    # The context and memory learners train with their own budget when the config gives one.
+    train_config = train_config.for_learner(train_config.algorithm)
     # What every learner trains on: bars, features, tasks, network, objective, settings, period.
     inputs = (
         train,
@@ -206,7 +208,7 @@ def train_models(
             delayed(train_meta)(
                 frames,
                 config,
-                dc_replace(specs, train=dc_replace(specs.train, algorithm=name)),
+                dc_replace(specs, train=specs.train.for_learner(name)),
                 split,
                 False,
                 changes,

@@ -8,7 +8,7 @@ without loading torch. :mod:`metamodels.model` re-exports everything here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # How the memory policy may score past segments (metamodels.memory_policy).
 ATTENTIONS = ("dot", "cosine")
@@ -84,6 +84,11 @@ class TrainConfig:
         initial weights must then trade well on their own too, and adaptation
         starts from them (:class:`metamodels.learners.MetaLearner`). The context
         and memory learners ignore it.
+    forward_meta_steps, forward_outer_lr : int or None, float or None
+        ``meta_steps`` and ``outer_lr`` of the context and memory learners
+        (None: the same as the gradient learners'). They train a different
+        network by a forward pass, not SGD steps, so a study can give them
+        their own budget, chosen on its validation splits like every setting.
     threads : int
         Torch intra-op threads while training (restored afterwards). The
         tensors are small, so extra threads gain little, and on a busy machine
@@ -112,6 +117,8 @@ class TrainConfig:
     memory_attention: str = "dot"
     init: str = "random"
     unadapted_weight: float = 0.0
+    forward_meta_steps: int | None = None
+    forward_outer_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -142,8 +149,14 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.inner_steps < 0:
             raise ValueError(f"train.inner_steps must be >= 0, got {self.inner_steps}")
-        for name in ("inner_lr", "outer_lr"):
+        if self.forward_meta_steps is not None and int(self.forward_meta_steps) < 1:
+            raise ValueError(
+                f"train.forward_meta_steps must be >= 1 (or unset), got {self.forward_meta_steps}"
+            )
+        for name in ("inner_lr", "outer_lr", "forward_outer_lr"):
             value = getattr(self, name)
+            if name == "forward_outer_lr" and value is None:
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"train.{name} must be a positive number, got {value}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -160,6 +173,17 @@ class TrainConfig:
                 "train.learn_inner_lr = false turns metasgd into maml; "
                 'use algorithm = "maml" instead'
             )
+
+    def for_learner(self, algorithm: str) -> TrainConfig:
+        """This config for ``algorithm``, with the forward learners' own settings applied."""
+        if algorithm not in FORWARD_LEARNERS:
+            return replace(self, algorithm=algorithm)
+        return replace(
+            self,
+            algorithm=algorithm,
+            meta_steps=self.forward_meta_steps or self.meta_steps,
+            outer_lr=self.forward_outer_lr or self.outer_lr,
+        )
 
     @property
     def learns_inner_lr(self) -> bool:

@@ -95,3 +95,19 @@ def test_an_unknown_init_is_refused_naming_the_key(tmp_path):
         load_config(path)
     with pytest.raises(ValueError, match="train.init must be one of"):
         TrainConfig(init="pretrained")
+
+
+def test_the_forward_learners_train_with_their_own_budget_and_the_gradient_learners_keep_theirs():
+    config, specs, frames = _tiny(
+        "random", meta_steps=2, val_fraction=0.0, forward_meta_steps=3, forward_outer_lr=0.02
+    )
+    split = pd.Timestamp(config.data.split)
+    maml = training.train_meta(frames, config, specs, split, progress=False)
+    assert (maml.best_step, maml.config.meta_steps) == (2, 2)
+    assert maml.config.outer_lr == TrainConfig().outer_lr
+    as_context = with_keys(config, {"meta.algorithm": "context"}, "test")
+    context = training.train_meta(frames, as_context, build_specs(as_context), split, False)
+    assert (context.best_step, context.config.meta_steps, context.config.outer_lr) == (3, 3, 0.02)
+    with pytest.raises(ConfigError, match=r"meta\.forward_meta_steps must be >= 1") as err:
+        build_specs(with_keys(config, {"meta.forward_meta_steps": 0}, "test"))
+    assert "\n" not in str(err.value)
