@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +49,7 @@ from metabt.metamodels.trainer import (
     Changes,
     Sample,
     split_period,
+    stamped,
     training_context,
     validation_tasks,
 )
@@ -232,10 +232,4 @@ def train_conditioned(
     model = fit_conditioned(
         sampler.sample, val, policy_spec, objective_spec, config, bank, memory=memory
     )
-    return replace(
-        model,
-        feature_spec=feature_spec,
-        task_spec=task_spec,
-        train_period=(str(lo.date()), str(split.date())),
-        val_period=None if val is None else (str(split.date()), str(hi.date())),
-    )
+    return stamped(model, feature_spec, task_spec, (lo, split, hi), val)

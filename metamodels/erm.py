@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,13 @@ from metabt.feeds.tasks import TaskBatch
 from metabt.metamodels.model import MetaModel, TrainConfig, adapted_query_losses
 from metabt.metamodels.objective import ObjectiveSpec, trading_loss
 from metabt.metamodels.policy import PolicySpec, init_params, positions
-from metabt.metamodels.trainer import Changes, split_period, training_context, validation_tasks
+from metabt.metamodels.trainer import (
+    Changes,
+    split_period,
+    stamped,
+    training_context,
+    validation_tasks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +93,7 @@ def erm_train(
     series = training_series(frames, feature_spec, lo, split)
     val = validation_tasks(frames, feature_spec, task_spec, split, hi, config.val_tasks, changes)
     model = fit_erm(series, val, policy_spec, objective_spec, config, progress=progress)
-    return replace(
-        model,
-        feature_spec=feature_spec,
-        task_spec=task_spec,
-        train_period=(str(lo.date()), str(split.date())),
-        val_period=None if val is None else (str(split.date()), str(hi.date())),
-    )
+    return stamped(model, feature_spec, task_spec, (lo, split, hi), val)
 
 
 def fit_erm(

@@ -85,6 +85,25 @@ def split_period(
     return lo, split, hi
 
 
+def stamped(
+    model: MetaModel,
+    feature_spec: Any,
+    task_spec: Any,
+    period: tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp],
+    val: TaskBatch | None,
+) -> MetaModel:
+    """``model`` with what it was trained on: its features, tasks and periods (see
+    :func:`split_period`); every trainer returns its model through here."""
+    lo, split, hi = period
+    return replace(
+        model,
+        feature_spec=feature_spec,
+        task_spec=task_spec,
+        train_period=(str(lo.date()), str(split.date())),
+        val_period=None if val is None else (str(split.date()), str(hi.date())),
+    )
+
+
 def validation_tasks(
     frames: dict[str, pd.DataFrame],
     feature_spec: Any,
@@ -167,13 +186,7 @@ def meta_train(
         hi.date(),
     )
     model = fit(sampler.sample, val, policy_spec, objective_spec, config, progress, init)
-    return replace(
-        model,
-        feature_spec=feature_spec,
-        task_spec=task_spec,
-        train_period=(str(lo.date()), str(split.date())),
-        val_period=None if val is None else (str(split.date()), str(hi.date())),
-    )
+    return stamped(model, feature_spec, task_spec, (lo, split, hi), val)
 
 
 def fit(
