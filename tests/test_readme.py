@@ -196,6 +196,8 @@ def _table(*header: str) -> list[list[str]]:
 
 
 def _toml(text: str) -> object:
+    if text == "unset":  # a key whose default is None (TOML has no null)
+        return None
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
