@@ -1,8 +1,11 @@
-"""``[meta] init``: where a gradient learner's meta-training starts.
+"""``[meta] init``: where a gradient learner's meta-training starts (and the forward
+learners' own budget).
 
 With ``"erm"`` meta-training must start from the ERM weights of the same seed and
 bars, and with ``"random"`` from the seeded random weights; a study's ERM row and
 the meta row's starting point must then be one and the same model.
+``forward_meta_steps`` / ``forward_outer_lr`` must reach the context and memory
+learners and leave the gradient learners' budget alone.
 """
 
 from __future__ import annotations
