@@ -137,27 +137,24 @@ class TrainConfig:
         for name in self.compare:
             if name not in FORWARD_LEARNERS:
                 raise ValueError(f"train.compare lists {name!r}; it takes {list(FORWARD_LEARNERS)}")
+        # The forward_* keys may be unset (None): those learners then take the shared value.
         for name in (
             "meta_steps",
+            "forward_meta_steps",
             "tasks_per_step",
             "val_tasks",
             "eval_every",
             "patience",
             "threads",
         ):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {value}")
         if self.inner_steps < 0:
             raise ValueError(f"train.inner_steps must be >= 0, got {self.inner_steps}")
-        if self.forward_meta_steps is not None and int(self.forward_meta_steps) < 1:
-            raise ValueError(
-                f"train.forward_meta_steps must be >= 1 (or unset), got {self.forward_meta_steps}"
-            )
         for name in ("inner_lr", "outer_lr", "forward_outer_lr"):
             value = getattr(self, name)
-            if name == "forward_outer_lr" and value is None:
-                continue
-            if not (math.isfinite(value) and value > 0):
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"train.{name} must be a positive number, got {value}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
